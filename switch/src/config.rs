@@ -1,0 +1,588 @@
+//! The declarative configuration (TOML) that xvsd starts from, and its validation into a
+//! [`Tables`] snapshot. Every check lives here, before any interface is touched; an invalid
+//! config yields one error naming the bad value and builds nothing.
+
+use crate::tables::{FdbDest, Port, PortKind, Tables, Tenant, Underlay};
+use crate::types::{is_assignable_mac, mac_str, parse_mac, InvalidMac, InvalidVni, PortId, TenantId, Vni};
+use crate::wire::MacAddr;
+use serde::{Deserialize, Serialize};
+use std::collections::{HashMap, HashSet};
+use std::net::{IpAddr, Ipv4Addr};
+
+/// Default number of MACs one tenant may have in the FDB.
+pub const DEFAULT_MAC_LIMIT: u32 = 4096;
+/// Default FDB capacity of a core (all tenants together).
+pub const DEFAULT_FDB_CAPACITY: u32 = 1 << 16;
+/// Default aging time of learned FDB entries.
+pub const DEFAULT_FDB_AGING_SECS: u32 = 300;
+/// Most tenants one host can hold (the tenant index is 16 bits wide).
+pub const MAX_TENANTS: usize = u16::MAX as usize;
+
+/// The whole configuration file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// The underlay side: interface and our VTEP address.
+    pub uplink: UplinkConfig,
+    /// Daemon settings.
+    #[serde(default)]
+    pub daemon: DaemonConfig,
+    /// Tenants, each with its own VNI.
+    #[serde(default, rename = "tenant", skip_serializing_if = "Vec::is_empty")]
+    pub tenants: Vec<TenantConfig>,
+    /// VM ports.
+    #[serde(default, rename = "port", skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<PortConfig>,
+}
+
+/// `[uplink]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UplinkConfig {
+    /// The underlay interface (a NIC or a veth).
+    pub interface: String,
+    /// Our VTEP address, optionally with the on-link prefix length (`192.168.77.1/24`).
+    pub vtep_ip: String,
+    /// Next-hop gateway for remote VTEPs outside the on-link prefix.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<Ipv4Addr>,
+    /// Underlay MTU (IP packet size); defaults to the interface's MTU.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtu: Option<u16>,
+    /// Source MAC for encapsulated frames; defaults to the interface's MAC.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac: Option<String>,
+    /// TTL of the outer IPv4 header.
+    #[serde(default = "default_ttl")]
+    pub ttl: u8,
+}
+
+fn default_ttl() -> u8 {
+    64
+}
+
+/// `[daemon]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DaemonConfig {
+    /// CPUs the forwarding core threads are pinned to (one thread per entry).
+    #[serde(default = "default_cores")]
+    pub cores: Vec<usize>,
+    /// FDB capacity per core, all tenants together.
+    #[serde(default = "default_fdb_capacity")]
+    pub fdb_capacity: u32,
+    /// Seconds after which a learned FDB entry that saw no traffic is forgotten.
+    #[serde(default = "default_aging")]
+    pub fdb_aging_secs: u32,
+}
+
+fn default_cores() -> Vec<usize> {
+    vec![0]
+}
+fn default_fdb_capacity() -> u32 {
+    DEFAULT_FDB_CAPACITY
+}
+fn default_aging() -> u32 {
+    DEFAULT_FDB_AGING_SECS
+}
+
+impl Default for DaemonConfig {
+    fn default() -> Self {
+        DaemonConfig {
+            cores: default_cores(),
+            fdb_capacity: DEFAULT_FDB_CAPACITY,
+            fdb_aging_secs: DEFAULT_FDB_AGING_SECS,
+        }
+    }
+}
+
+/// `[[tenant]]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantConfig {
+    /// Unique name.
+    pub name: String,
+    /// The tenant's VXLAN network identifier, 1..=16777215.
+    pub vni: i64,
+    /// Most MACs of this tenant the FDB will hold.
+    #[serde(default = "default_mac_limit")]
+    pub mac_limit: u32,
+    /// Remote VTEPs: the flood list and the allow-list for decapsulation.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub vteps: Vec<IpAddr>,
+    /// Static FDB entries: a remote VM's MAC behind a remote VTEP.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fdb: Vec<StaticFdbConfig>,
+    /// IP->MAC bindings of remote VMs, for ARP suppression (local ports' bindings are implied).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub arp: Vec<ArpBindingConfig>,
+}
+
+fn default_mac_limit() -> u32 {
+    DEFAULT_MAC_LIMIT
+}
+
+/// A static FDB entry.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StaticFdbConfig {
+    /// The MAC.
+    pub mac: String,
+    /// The remote VTEP it sits behind (must be in the tenant's `vteps`).
+    pub vtep: IpAddr,
+}
+
+/// An IP->MAC binding for ARP suppression.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ArpBindingConfig {
+    /// The IPv4 address.
+    pub ip: Ipv4Addr,
+    /// The MAC that owns it.
+    pub mac: String,
+}
+
+/// `[[port]]`: a VM port.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PortConfig {
+    /// The netdev (tap or veth) of the VM.
+    pub interface: String,
+    /// The tenant the VM belongs to.
+    pub tenant: String,
+    /// The only source MAC the VM may use.
+    pub mac: String,
+    /// The only source IPs the VM may use.
+    #[serde(default)]
+    pub ips: Vec<IpAddr>,
+}
+
+/// Why a configuration was refused. Each names the bad value.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    /// TOML syntax or type error.
+    #[error("config: {0}")]
+    Syntax(String),
+    /// Bad VNI.
+    #[error("tenant {tenant:?}: {source}")]
+    Vni {
+        /// Tenant name.
+        tenant: String,
+        /// The range error.
+        source: InvalidVni,
+    },
+    /// Two tenants with one VNI.
+    #[error("duplicate VNI {vni}: used by tenants {first:?} and {second:?}")]
+    DuplicateVni {
+        /// The VNI.
+        vni: u32,
+        /// First tenant.
+        first: String,
+        /// Second tenant.
+        second: String,
+    },
+    /// Two tenants with one name.
+    #[error("duplicate tenant name {0:?}")]
+    DuplicateTenant(String),
+    /// An empty or overlong name.
+    #[error("invalid name {0:?} (1 to 64 characters of letters, digits, '-', '_', '.')")]
+    BadName(String),
+    /// A port names a tenant that does not exist.
+    #[error("port {port:?}: unknown tenant {tenant:?}")]
+    UnknownTenant {
+        /// Port interface.
+        port: String,
+        /// The name given.
+        tenant: String,
+    },
+    /// Bad MAC.
+    #[error("{context}: {source}")]
+    Mac {
+        /// Where.
+        context: String,
+        /// The parse error.
+        source: InvalidMac,
+    },
+    /// Multicast or zero MAC where a unicast MAC is needed.
+    #[error("{context}: MAC {mac} is not a unicast address")]
+    NotUnicast {
+        /// Where.
+        context: String,
+        /// The MAC.
+        mac: String,
+    },
+    /// Two owners of one MAC within a tenant.
+    #[error("tenant {tenant:?}: duplicate MAC {mac} ({first} and {second})")]
+    DuplicateMac {
+        /// Tenant.
+        tenant: String,
+        /// The MAC.
+        mac: String,
+        /// First owner.
+        first: String,
+        /// Second owner.
+        second: String,
+    },
+    /// Two owners of one IP within a tenant.
+    #[error("tenant {tenant:?}: duplicate IP {ip} ({first} and {second})")]
+    DuplicateIp {
+        /// Tenant.
+        tenant: String,
+        /// The address.
+        ip: IpAddr,
+        /// First owner.
+        first: String,
+        /// Second owner.
+        second: String,
+    },
+    /// One interface configured twice, or a VM port on the uplink.
+    #[error("interface {0:?} is used twice")]
+    DuplicateInterface(String),
+    /// Bad VTEP address.
+    #[error("invalid VTEP address {0:?}")]
+    BadVtepIp(String),
+    /// A remote VTEP equal to ours, duplicated, or not IPv4.
+    #[error("tenant {tenant:?}: invalid remote VTEP {vtep}: {why}")]
+    BadRemoteVtep {
+        /// Tenant.
+        tenant: String,
+        /// The address.
+        vtep: IpAddr,
+        /// Why.
+        why: &'static str,
+    },
+    /// Static FDB entry pointing at a VTEP not in the tenant's list.
+    #[error("tenant {tenant:?}: static FDB entry {mac} points at VTEP {vtep}, which is not in the tenant's vteps")]
+    FdbVtepNotListed {
+        /// Tenant.
+        tenant: String,
+        /// MAC.
+        mac: String,
+        /// VTEP.
+        vtep: IpAddr,
+    },
+    /// MTU too small to carry anything after encapsulation, or too large.
+    #[error("uplink MTU {0} out of range 576..=9216")]
+    BadMtu(u32),
+    /// The uplink MAC is not known.
+    #[error("uplink {0:?}: MAC address unknown (set uplink.mac)")]
+    NoUplinkMac(String),
+    /// Too many tenants or ports.
+    #[error("too many {what}: {count} (at most {max})")]
+    TooMany {
+        /// What.
+        what: &'static str,
+        /// How many were given.
+        count: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// Bad daemon settings.
+    #[error("daemon: {0}")]
+    Daemon(String),
+}
+
+impl Config {
+    /// Parses TOML text.
+    pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError::Syntax(e.to_string().trim().replace('\n', " ")))
+    }
+
+    /// Serializes to TOML text (the same format [`Config::from_toml`] reads).
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).expect("config serializes")
+    }
+
+    /// Parses `vtep_ip` into address and optional prefix length.
+    pub fn vtep_cidr(&self) -> Result<(Ipv4Addr, Option<u8>), ConfigError> {
+        let s = self.uplink.vtep_ip.trim();
+        let bad = || ConfigError::BadVtepIp(s.to_string());
+        let (addr, prefix) = match s.split_once('/') {
+            Some((a, p)) => (a, Some(p.parse::<u8>().ok().filter(|p| *p <= 32).ok_or_else(bad)?)),
+            None => (s, None),
+        };
+        let ip: Ipv4Addr = addr.parse().map_err(|_| bad())?;
+        if ip.is_unspecified() || ip.is_multicast() || ip.is_broadcast() {
+            return Err(bad());
+        }
+        Ok((ip, prefix))
+    }
+
+    /// Validates everything and builds the table snapshot. `uplink_mac` and `uplink_mtu` are
+    /// the interface's own values, used where the config leaves them out.
+    pub fn build(&self, uplink_mac: Option<MacAddr>, uplink_mtu: Option<u16>) -> Result<Tables, ConfigError> {
+        let (vtep_ip, prefix) = self.vtep_cidr()?;
+        let mac = match &self.uplink.mac {
+            Some(m) => parse_unicast(m, "uplink")?,
+            None => uplink_mac.ok_or_else(|| ConfigError::NoUplinkMac(self.uplink.interface.clone()))?,
+        };
+        let mtu = self.uplink.mtu.or(uplink_mtu).unwrap_or(1500);
+        if !(576..=9216).contains(&mtu) {
+            return Err(ConfigError::BadMtu(mtu.into()));
+        }
+        check_name(&self.uplink.interface)?;
+        if self.daemon.cores.is_empty() {
+            return Err(ConfigError::Daemon("cores must list at least one CPU".into()));
+        }
+        if self.daemon.fdb_capacity == 0 || self.daemon.fdb_capacity > 1 << 24 {
+            return Err(ConfigError::Daemon(format!("fdb_capacity {} out of range 1..=16777216", self.daemon.fdb_capacity)));
+        }
+        if self.daemon.fdb_aging_secs == 0 {
+            return Err(ConfigError::Daemon("fdb_aging_secs must be at least 1".into()));
+        }
+        if self.tenants.len() > MAX_TENANTS {
+            return Err(ConfigError::TooMany { what: "tenants", count: self.tenants.len(), max: MAX_TENANTS });
+        }
+        if self.ports.len() >= u16::MAX as usize {
+            return Err(ConfigError::TooMany { what: "ports", count: self.ports.len(), max: u16::MAX as usize - 1 });
+        }
+
+        let mut tenants = Vec::with_capacity(self.tenants.len());
+        let mut by_name: HashMap<&str, TenantId> = HashMap::new();
+        let mut by_vni: HashMap<u32, &str> = HashMap::new();
+        for (i, t) in self.tenants.iter().enumerate() {
+            check_name(&t.name)?;
+            let vni = Vni::new(t.vni).map_err(|source| ConfigError::Vni { tenant: t.name.clone(), source })?;
+            if by_name.insert(&t.name, TenantId(i as u16)).is_some() {
+                return Err(ConfigError::DuplicateTenant(t.name.clone()));
+            }
+            if let Some(first) = by_vni.insert(vni.get(), &t.name) {
+                return Err(ConfigError::DuplicateVni { vni: vni.get(), first: first.into(), second: t.name.clone() });
+            }
+            let mut vteps = Vec::with_capacity(t.vteps.len());
+            for v in &t.vteps {
+                let bad = |why| ConfigError::BadRemoteVtep { tenant: t.name.clone(), vtep: *v, why };
+                let IpAddr::V4(v4) = v else {
+                    return Err(bad("IPv6 underlay is not supported yet"));
+                };
+                if *v4 == vtep_ip {
+                    return Err(bad("it is our own VTEP address"));
+                }
+                if v4.is_unspecified() || v4.is_multicast() || v4.is_broadcast() || v4.is_loopback() {
+                    return Err(bad("not a unicast address"));
+                }
+                if vteps.contains(v4) {
+                    return Err(bad("listed twice"));
+                }
+                vteps.push(*v4);
+            }
+            tenants.push(Tenant { name: t.name.clone(), vni, mac_limit: t.mac_limit, ports: Vec::new(), vteps });
+        }
+
+        let mut ports = vec![Port { name: self.uplink.interface.clone(), kind: PortKind::Uplink }];
+        let mut ifnames: HashSet<&str> = HashSet::from([self.uplink.interface.as_str()]);
+        // (tenant, mac) -> owner, (tenant, ip) -> owner; owners named for error messages.
+        let mut macs: HashMap<(TenantId, MacAddr), String> = HashMap::new();
+        let mut ips: HashMap<(TenantId, IpAddr), String> = HashMap::new();
+        let mut arp = Vec::new();
+        let mut static_fdb = Vec::new();
+        for p in &self.ports {
+            check_name(&p.interface)?;
+            if !ifnames.insert(&p.interface) {
+                return Err(ConfigError::DuplicateInterface(p.interface.clone()));
+            }
+            let tenant = *by_name.get(p.tenant.as_str()).ok_or_else(|| ConfigError::UnknownTenant {
+                port: p.interface.clone(),
+                tenant: p.tenant.clone(),
+            })?;
+            let owner = format!("port {}", p.interface);
+            let mac = parse_unicast(&p.mac, &owner)?;
+            claim(&mut macs, tenant, mac, &owner, &self.tenants, |first, second| ConfigError::DuplicateMac {
+                tenant: p.tenant.clone(),
+                mac: mac_str(&mac),
+                first,
+                second,
+            })?;
+            let id = PortId(ports.len() as u16);
+            let (mut ipv4, mut ipv6) = (Vec::new(), Vec::new());
+            for ip in &p.ips {
+                claim(&mut ips, tenant, *ip, &owner, &self.tenants, |first, second| ConfigError::DuplicateIp {
+                    tenant: p.tenant.clone(),
+                    ip: *ip,
+                    first,
+                    second,
+                })?;
+                match ip {
+                    IpAddr::V4(a) => {
+                        ipv4.push(*a);
+                        arp.push((tenant, *a, mac));
+                    }
+                    IpAddr::V6(a) => ipv6.push(*a),
+                }
+            }
+            tenants[tenant.index()].ports.push(id);
+            static_fdb.push((tenant, mac, FdbDest::Local(id)));
+            ports.push(Port { name: p.interface.clone(), kind: PortKind::Vm { tenant, mac, ipv4, ipv6 } });
+        }
+
+        for (i, t) in self.tenants.iter().enumerate() {
+            let tenant = TenantId(i as u16);
+            for f in &t.fdb {
+                let owner = format!("static FDB entry for VTEP {}", f.vtep);
+                let mac = parse_unicast(&f.mac, &format!("tenant {:?} fdb", t.name))?;
+                let IpAddr::V4(v4) = f.vtep else {
+                    return Err(ConfigError::FdbVtepNotListed { tenant: t.name.clone(), mac: mac_str(&mac), vtep: f.vtep });
+                };
+                if !tenants[i].vteps.contains(&v4) {
+                    return Err(ConfigError::FdbVtepNotListed { tenant: t.name.clone(), mac: mac_str(&mac), vtep: f.vtep });
+                }
+                claim(&mut macs, tenant, mac, &owner, &self.tenants, |first, second| ConfigError::DuplicateMac {
+                    tenant: t.name.clone(),
+                    mac: mac_str(&mac),
+                    first,
+                    second,
+                })?;
+                static_fdb.push((tenant, mac, FdbDest::Remote(v4)));
+            }
+            for b in &t.arp {
+                let mac = parse_unicast(&b.mac, &format!("tenant {:?} arp binding {}", t.name, b.ip))?;
+                let ip = IpAddr::V4(b.ip);
+                claim(&mut ips, tenant, ip, &format!("arp binding {}", mac_str(&mac)), &self.tenants, |first, second| {
+                    ConfigError::DuplicateIp { tenant: t.name.clone(), ip, first, second }
+                })?;
+                arp.push((tenant, b.ip, mac));
+            }
+        }
+
+        let underlay = Underlay {
+            interface: self.uplink.interface.clone(),
+            vtep_ip,
+            prefix_len: prefix.unwrap_or(32),
+            gateway: self.uplink.gateway,
+            mac,
+            mtu,
+            ttl: self.uplink.ttl.max(1),
+        };
+        Ok(Tables::new(underlay, tenants, ports, static_fdb, arp, self.daemon.fdb_capacity, self.daemon.fdb_aging_secs))
+    }
+}
+
+fn claim<K: Eq + std::hash::Hash + Copy>(
+    owners: &mut HashMap<(TenantId, K), String>,
+    tenant: TenantId,
+    key: K,
+    owner: &str,
+    _tenants: &[TenantConfig],
+    err: impl FnOnce(String, String) -> ConfigError,
+) -> Result<(), ConfigError> {
+    if let Some(first) = owners.get(&(tenant, key)) {
+        return Err(err(first.clone(), owner.to_string()));
+    }
+    owners.insert((tenant, key), owner.to_string());
+    Ok(())
+}
+
+fn parse_unicast(s: &str, context: &str) -> Result<MacAddr, ConfigError> {
+    let mac = parse_mac(s).map_err(|source| ConfigError::Mac { context: context.to_string(), source })?;
+    if !is_assignable_mac(&mac) {
+        return Err(ConfigError::NotUnicast { context: context.to_string(), mac: mac_str(&mac) });
+    }
+    Ok(mac)
+}
+
+/// Names of tenants and interfaces: 1..=64 of `[A-Za-z0-9_.-]`.
+pub fn check_name(s: &str) -> Result<(), ConfigError> {
+    let ok = !s.is_empty()
+        && s.len() <= 64
+        && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.');
+    if ok { Ok(()) } else { Err(ConfigError::BadName(s.to_string())) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) const SAMPLE: &str = r#"
+[uplink]
+interface = "eth0"
+vtep_ip = "192.168.77.1/24"
+mac = "02:00:00:00:ff:01"
+mtu = 1600
+
+[[tenant]]
+name = "blue"
+vni = 100
+vteps = ["192.168.77.2"]
+fdb = [{ mac = "02:00:00:00:00:02", vtep = "192.168.77.2" }]
+arp = [{ ip = "10.0.0.2", mac = "02:00:00:00:00:02" }]
+
+[[tenant]]
+name = "red"
+vni = 200
+vteps = ["192.168.77.2"]
+
+[[port]]
+interface = "vm1"
+tenant = "blue"
+mac = "02:00:00:00:00:01"
+ips = ["10.0.0.1"]
+
+[[port]]
+interface = "vm3"
+tenant = "red"
+mac = "02:00:00:00:00:01"
+ips = ["10.0.0.1"]
+"#;
+
+    fn sample() -> Config {
+        Config::from_toml(SAMPLE).unwrap()
+    }
+
+    fn err_of(edit: impl FnOnce(&mut Config)) -> String {
+        let mut c = sample();
+        edit(&mut c);
+        c.build(None, None).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn sample_builds_with_overlapping_tenants() {
+        let t = sample().build(None, None).unwrap();
+        assert_eq!(t.tenants.len(), 2);
+        assert_eq!(t.ports.len(), 3);
+        assert_eq!(t.tenant_by_vni(100), Some(TenantId(0)));
+        assert_eq!(t.tenant_by_vni(200), Some(TenantId(1)));
+        assert_eq!(t.underlay.mtu, 1600);
+        assert_eq!(t.underlay.prefix_len, 24);
+    }
+
+    #[test]
+    fn round_trips_through_toml() {
+        let c = sample();
+        assert_eq!(Config::from_toml(&c.to_toml()).unwrap(), c);
+    }
+
+    #[test]
+    fn errors_name_the_bad_value() {
+        assert!(err_of(|c| c.tenants[0].vni = 0).contains("VNI 0 out of range"));
+        assert!(err_of(|c| c.tenants[0].vni = 16_777_216).contains("16777216"));
+        assert!(err_of(|c| c.tenants[1].vni = 100).contains("duplicate VNI 100"));
+        assert!(err_of(|c| c.tenants[1].name = "blue".into()).contains("duplicate tenant name \"blue\""));
+        assert!(err_of(|c| c.ports[0].mac = "02:00:00:00:00".into()).contains("malformed MAC address \"02:00:00:00:00\""));
+        assert!(err_of(|c| c.ports[0].mac = "01:00:5e:00:00:01".into()).contains("not a unicast"));
+        assert!(err_of(|c| c.ports[1].tenant = "green".into()).contains("unknown tenant \"green\""));
+        assert!(err_of(|c| c.ports[1].interface = "vm1".into()).contains("interface \"vm1\" is used twice"));
+        assert!(err_of(|c| c.ports[1].interface = "eth0".into()).contains("\"eth0\" is used twice"));
+        assert!(err_of(|c| c.uplink.vtep_ip = "192.168.77.300".into()).contains("192.168.77.300"));
+        assert!(err_of(|c| c.tenants[0].vteps.push("192.168.77.1".parse().unwrap())).contains("our own VTEP"));
+        assert!(err_of(|c| c.tenants[0].vteps.push("fd00::1".parse().unwrap())).contains("IPv6"));
+        assert!(err_of(|c| c.uplink.mtu = Some(100)).contains("MTU 100"));
+        let dup_mac = err_of(|c| {
+            c.ports[1].tenant = "blue".into();
+            c.ports[1].ips.clear();
+        });
+        assert!(dup_mac.contains("duplicate MAC 02:00:00:00:00:01"), "{dup_mac}");
+        let dup_ip = err_of(|c| {
+            c.ports[1].tenant = "blue".into();
+            c.ports[1].mac = "02:00:00:00:00:09".into();
+        });
+        assert!(dup_ip.contains("duplicate IP 10.0.0.1"), "{dup_ip}");
+        assert!(err_of(|c| c.tenants[0].fdb[0].vtep = "192.168.77.9".parse().unwrap()).contains("not in the tenant's vteps"));
+    }
+
+    #[test]
+    fn syntax_errors_and_unknown_fields() {
+        assert!(Config::from_toml("[uplink]\ninterface = 3").unwrap_err().to_string().starts_with("config:"));
+        let e = Config::from_toml(&SAMPLE.replace("mtu = 1600", "mtu = 1600\ncolour = 1")).unwrap_err();
+        assert!(e.to_string().contains("colour"), "{e}");
+    }
+}

@@ -1,0 +1,20 @@
+//! xvs: a userspace datacenter virtual switch. Every tenant gets its own VXLAN overlay
+//! (RFC 7348); VM ports are tap or veth devices, the uplink carries VXLAN.
+//!
+//! Layout, after smoltcp's: [`wire`] is bytes only, [`pipeline`] is the forwarding logic
+//! (pure, batched, time passed in), [`port`] is the device interface with [`memport`] as the
+//! in-memory implementation; [`tables`], [`fdb`] and [`neigh`] hold state, [`config`] builds it.
+
+pub mod config;
+pub mod datapath;
+pub mod fdb;
+pub mod frames;
+pub mod memport;
+pub mod neigh;
+pub mod pipeline;
+pub mod port;
+pub mod sim;
+pub mod stats;
+pub mod tables;
+pub mod types;
+pub mod wire;

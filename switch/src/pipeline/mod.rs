@@ -1,0 +1,536 @@
+//! The forwarding pipeline: a batch of frames from one port in, one decision per frame, then
+//! the decisions carried out on the frame memory and staged per egress port.
+//!
+//! Pure logic: no I/O, no clock (time is passed in), no allocation per batch (scratch space is
+//! sized at construction), no panics on any input. Every drop is a counted [`DropReason`].
+
+mod drop;
+pub mod encap;
+
+pub use drop::DropReason;
+pub use encap::{EncapTemplate, Outer, Underlayer};
+
+use crate::fdb::{Fdb, Learn, Origin};
+use crate::neigh::Neighbors;
+use crate::port::{Desc, FrameMem, FreeList, TxStage, BATCH};
+use crate::stats::{Events, Stats};
+use crate::tables::{FdbDest, PortKind, Tables, UPLINK};
+use crate::types::{PortId, TenantId};
+use crate::wire::{
+    ArpOperation, ArpPacket, ArpRepr, EtherType, EthernetFrame, Ipv4Packet, Ipv6Packet, MacAddr, ETHERNET_HEADER_LEN,
+    VXLAN_V4_OVERHEAD,
+};
+use std::net::{Ipv4Addr, Ipv6Addr};
+use std::sync::Arc;
+
+/// The decision for one frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// Drop it.
+    Drop(DropReason),
+    /// Send it unchanged out of a local port (also an ARP reply back to the sender).
+    Forward(PortId),
+    /// Encapsulate it towards a remote VTEP and send it out of the uplink.
+    Encap {
+        /// Next hop's MAC.
+        dst_mac: MacAddr,
+        /// Remote VTEP.
+        dst_ip: Ipv4Addr,
+        /// Tenant's VNI.
+        vni: u32,
+        /// Outer UDP source port (flow hash).
+        src_port: u16,
+    },
+    /// Decapsulate it and send the inner frame out of a local port.
+    Decap {
+        /// Egress port.
+        port: PortId,
+        /// Where the inner frame starts.
+        inner_off: u16,
+        /// Its length.
+        inner_len: u16,
+    },
+    /// Copy it to every other local port of the tenant and, if `remote`, to each of the
+    /// tenant's remote VTEPs (head-end replication).
+    Flood {
+        /// The tenant.
+        tenant: TenantId,
+        /// The ingress port, which gets no copy.
+        exclude: PortId,
+        /// Where the (inner) frame starts.
+        inner_off: u16,
+        /// Its length.
+        inner_len: u16,
+        /// Whether to replicate to remote VTEPs (never for frames from the underlay).
+        remote: bool,
+    },
+    /// Hand it to the VTEP's host stack.
+    Host,
+}
+
+/// The pipeline of one core.
+#[derive(Debug)]
+pub struct Pipeline {
+    tables: Arc<Tables>,
+    tmpl: EncapTemplate,
+    /// The core's FDB.
+    pub fdb: Fdb,
+    /// The core's underlay neighbours.
+    pub neigh: Neighbors,
+    /// The core's counters.
+    pub stats: Stats,
+    actions: Vec<(Action, Option<TenantId>)>,
+}
+
+impl Pipeline {
+    /// A pipeline over `tables`, with its FDB sized from them.
+    pub fn new(tables: Arc<Tables>) -> Pipeline {
+        let mut fdb = Fdb::new(tables.fdb_capacity as usize, tables.fdb_aging_secs);
+        fdb.sync_static(&tables.static_fdb);
+        let mut stats = Stats::default();
+        stats.resize(tables.ports.len(), tables.tenants.len());
+        Pipeline {
+            tmpl: EncapTemplate::new(&tables.underlay),
+            tables,
+            fdb,
+            neigh: Neighbors::new(4096),
+            stats,
+            actions: Vec::with_capacity(BATCH),
+        }
+    }
+
+    /// The current table snapshot.
+    pub fn tables(&self) -> &Arc<Tables> {
+        &self.tables
+    }
+
+    /// Switches to a new snapshot (called between batches).
+    pub fn set_tables(&mut self, tables: Arc<Tables>) {
+        self.tmpl = EncapTemplate::new(&tables.underlay);
+        self.fdb.sync_static(&tables.static_fdb);
+        self.stats.resize(tables.ports.len(), tables.tenants.len());
+        self.tables = tables;
+    }
+
+    /// Decides what to do with one frame without changing any state: what `xvsctl trace`
+    /// shows. ARP suppression is reported as `Forward` back to the ingress port.
+    pub fn decide(&self, ingress: PortId, frame: &[u8], now: u64) -> (Action, Option<TenantId>) {
+        let mut scratch = [0u8; 2048];
+        let n = frame.len().min(scratch.len());
+        scratch[..n].copy_from_slice(&frame[..n]);
+        let mut ev = Events::default();
+        let mut fdb_view = FdbView::ReadOnly(&self.fdb);
+        let mut neigh = NeighView::ReadOnly(&self.neigh);
+        classify(&self.tables, &self.tmpl, &mut fdb_view, &mut neigh, &mut ev, ingress, &mut scratch[..n], now)
+    }
+
+    /// Runs one batch received on `ingress`: decides, then carries the decisions out, staging
+    /// frames per egress port in `stage` and returning dropped frames to `free`.
+    pub fn process<M: FrameMem + ?Sized>(
+        &mut self,
+        ingress: PortId,
+        rx: &[Desc],
+        mem: &mut M,
+        free: &mut FreeList,
+        stage: &mut TxStage,
+        now: u64,
+    ) {
+        let tables = Arc::clone(&self.tables);
+        let t = &*tables;
+        self.stats.batches += 1;
+        let Some(port) = t.port(ingress) else {
+            let c = &mut self.stats.ports;
+            for d in rx {
+                if let Some(c) = c.get_mut(ingress.index()) {
+                    c.drops[DropReason::UnknownPort as usize] += 1;
+                }
+                free.free(d.id);
+            }
+            return;
+        };
+        let pc = &mut self.stats.ports[ingress.index()];
+        pc.rx_packets += rx.len() as u64;
+        pc.rx_bytes += rx.iter().map(|d| u64::from(d.len)).sum::<u64>();
+
+        // Pass 1: one decision per frame.
+        self.actions.clear();
+        {
+            let mut fdb = FdbView::Learning(&mut self.fdb);
+            let mut neigh = NeighView::Resolving(&mut self.neigh);
+            for d in rx.iter().take(BATCH) {
+                let buf = mem.buf_mut(d.id);
+                let len = (d.len as usize).min(buf.len());
+                let a = classify(t, &self.tmpl, &mut fdb, &mut neigh, &mut self.stats.events, ingress, &mut buf[..len], now);
+                self.actions.push(a);
+            }
+        }
+        // A VM port's source MAC is pinned by anti-spoofing, so every frame of the batch was
+        // sent by the same MAC: learn it once per batch, not once per frame.
+        if let PortKind::Vm { tenant, mac, .. } = &port.kind {
+            if self.actions.iter().any(|(a, _)| !matches!(a, Action::Drop(_))) {
+                let limit = t.tenant(*tenant).map_or(0, |x| x.mac_limit);
+                let r = self.fdb.learn(*tenant, mac, FdbDest::Local(ingress), Origin::LearnedLocal, now, limit);
+                count_learn(&mut self.stats.events, r);
+            }
+        }
+
+        // Pass 2: carry the decisions out.
+        for (d, (action, tenant)) in rx.iter().zip(self.actions.iter().copied()) {
+            let mut out = Out { stats: &mut self.stats, free: &mut *free, stage: &mut *stage, ingress, tenant };
+            if let Some(tn) = tenant {
+                let tc = &mut out.stats.tenants[tn.index()];
+                tc.rx_packets += 1;
+                tc.rx_bytes += u64::from(d.len);
+            }
+            match action {
+                Action::Drop(r) => out.drop(d.id, r),
+                Action::Forward(p) => out.send(p, *d),
+                Action::Encap { dst_mac, dst_ip, vni, src_port } => {
+                    let buf = mem.buf_mut(d.id);
+                    match self.tmpl.encapsulate(buf, d.len as usize, dst_mac, dst_ip, vni, src_port) {
+                        Some(len) => out.send(UPLINK, Desc { id: d.id, len: len as u32 }),
+                        None => out.drop(d.id, DropReason::MtuExceeded),
+                    }
+                }
+                Action::Decap { port, inner_off, inner_len } => {
+                    let (off, len) = (usize::from(inner_off), usize::from(inner_len));
+                    mem.buf_mut(d.id).copy_within(off..off + len, 0);
+                    out.send(port, Desc { id: d.id, len: len as u32 });
+                }
+                Action::Flood { tenant, exclude, inner_off, inner_len, remote } => {
+                    out.stats.events.flooded += 1;
+                    flood(t, &self.tmpl, &mut self.neigh, mem, &mut out, *d, tenant, exclude, inner_off, inner_len, remote, now);
+                }
+                Action::Host => {
+                    out.stats.events.to_host += 1;
+                    if !out.stage.push_host(*d) {
+                        out.drop(d.id, DropReason::HostQueueFull);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Where pass 2 puts frames, and what it counts.
+struct Out<'a> {
+    stats: &'a mut Stats,
+    free: &'a mut FreeList,
+    stage: &'a mut TxStage,
+    ingress: PortId,
+    tenant: Option<TenantId>,
+}
+
+impl Out<'_> {
+    #[inline]
+    fn drop(&mut self, id: u32, r: DropReason) {
+        count_drop(self.stats, self.ingress, self.tenant, r);
+        self.free.free(id);
+    }
+
+    #[inline]
+    fn send(&mut self, port: PortId, d: Desc) {
+        if self.stage.push(port, d) {
+            if let Some(t) = self.tenant {
+                let c = &mut self.stats.tenants[t.index()];
+                c.tx_packets += 1;
+                c.tx_bytes += u64::from(d.len);
+            }
+        } else {
+            count_drop(self.stats, port, self.tenant, DropReason::TxFull);
+            self.free.free(d.id);
+        }
+    }
+}
+
+#[inline]
+fn count_drop(stats: &mut Stats, port: PortId, tenant: Option<TenantId>, r: DropReason) {
+    if let Some(c) = stats.ports.get_mut(port.index()) {
+        c.drops[r as usize] += 1;
+    }
+    if let Some(c) = tenant.and_then(|t| stats.tenants.get_mut(t.index())) {
+        c.drops[r as usize] += 1;
+    }
+}
+
+fn count_learn(ev: &mut Events, r: Learn) {
+    match r {
+        Learn::Added => ev.fdb_learned += 1,
+        Learn::Moved => ev.fdb_moved += 1,
+        Learn::Full => ev.fdb_full += 1,
+        Learn::Refreshed | Learn::Static(_) => {}
+    }
+}
+
+/// The FDB as classification sees it: learning on the data path, read-only for traces.
+enum FdbView<'a> {
+    Learning(&'a mut Fdb),
+    ReadOnly(&'a Fdb),
+}
+
+impl FdbView<'_> {
+    fn lookup(&self, t: TenantId, m: &MacAddr, now: u64) -> Option<FdbDest> {
+        match self {
+            FdbView::Learning(f) => f.lookup(t, m, now),
+            FdbView::ReadOnly(f) => f.lookup(t, m, now),
+        }
+    }
+
+    fn learn(&mut self, t: TenantId, m: &MacAddr, d: FdbDest, now: u64, limit: u32) -> Learn {
+        match self {
+            FdbView::Learning(f) => f.learn(t, m, d, Origin::LearnedRemote, now, limit),
+            FdbView::ReadOnly(f) => match (f.entry(t, m), f.lookup(t, m, now)) {
+                (Some(e), _) if e.origin == Origin::Static => Learn::Static(e.dest),
+                (_, Some(x)) if x == d => Learn::Refreshed,
+                (_, Some(_)) => Learn::Moved,
+                (_, None) => Learn::Added,
+            },
+        }
+    }
+}
+
+enum NeighView<'a> {
+    Resolving(&'a mut Neighbors),
+    ReadOnly(&'a Neighbors),
+}
+
+impl NeighView<'_> {
+    fn resolve(&mut self, ip: Ipv4Addr, now: u64) -> Option<MacAddr> {
+        match self {
+            NeighView::Resolving(n) => n.resolve(ip, now),
+            NeighView::ReadOnly(n) => n.get(ip).and_then(|e| e.mac),
+        }
+    }
+}
+
+/// Decides one frame. Returns the action and the tenant it belongs to, once known.
+#[allow(clippy::too_many_arguments)]
+#[inline]
+fn classify(
+    t: &Tables,
+    tmpl: &EncapTemplate,
+    fdb: &mut FdbView<'_>,
+    neigh: &mut NeighView<'_>,
+    ev: &mut Events,
+    ingress: PortId,
+    frame: &mut [u8],
+    now: u64,
+) -> (Action, Option<TenantId>) {
+    let Some(port) = t.port(ingress) else {
+        return (Action::Drop(DropReason::UnknownPort), None);
+    };
+    match &port.kind {
+        PortKind::Uplink => classify_uplink(t, fdb, frame, now),
+        PortKind::Vm { tenant, mac, ipv4, ipv6 } => {
+            let tenant = *tenant;
+            let a = classify_vm(t, tmpl, fdb, neigh, ev, ingress, tenant, mac, ipv4, ipv6, frame, now);
+            (a, Some(tenant))
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+#[inline]
+fn classify_vm(
+    t: &Tables,
+    tmpl: &EncapTemplate,
+    fdb: &mut FdbView<'_>,
+    neigh: &mut NeighView<'_>,
+    ev: &mut Events,
+    ingress: PortId,
+    tenant: TenantId,
+    port_mac: &MacAddr,
+    ipv4: &[Ipv4Addr],
+    ipv6: &[Ipv6Addr],
+    frame: &mut [u8],
+    now: u64,
+) -> Action {
+    let len = frame.len();
+    let Ok(eth) = EthernetFrame::new_checked(&*frame) else {
+        return Action::Drop(DropReason::MalformedEthernet);
+    };
+    if eth.src_addr() != *port_mac {
+        return Action::Drop(DropReason::SpoofedSrcMac);
+    }
+    let dst = eth.dst_addr();
+    match eth.ethertype() {
+        EtherType::Ipv4 => {
+            let Ok(ip) = Ipv4Packet::new_checked(eth.payload()) else {
+                return Action::Drop(DropReason::MalformedIpv4);
+            };
+            let src = ip.src_addr();
+            if !(ipv4.contains(&src) || src.is_unspecified()) {
+                return Action::Drop(DropReason::SpoofedSrcIp);
+            }
+        }
+        EtherType::Ipv6 => {
+            let Ok(ip) = Ipv6Packet::new_checked(eth.payload()) else {
+                return Action::Drop(DropReason::MalformedIpv6);
+            };
+            let src = ip.src_addr();
+            if !(ipv6.contains(&src) || src.is_unicast_link_local() || src.is_unspecified()) {
+                return Action::Drop(DropReason::SpoofedSrcIp);
+            }
+        }
+        EtherType::Arp => {
+            let Ok(repr) = ArpPacket::new_checked(eth.payload()).and_then(|p| ArpRepr::parse(&p)) else {
+                return Action::Drop(DropReason::MalformedArp);
+            };
+            let ArpRepr::EthernetIpv4 { operation, source_hardware_addr: sha, source_protocol_addr: spa, target_protocol_addr: tpa, .. } = repr
+            else {
+                return Action::Drop(DropReason::MalformedArp);
+            };
+            if sha != *port_mac || !(ipv4.contains(&spa) || spa.is_unspecified()) {
+                return Action::Drop(DropReason::SpoofedArp);
+            }
+            if operation == ArpOperation::Request && !spa.is_unspecified() {
+                if let Some(owner) = t.arp_binding(tenant, tpa).filter(|m| m != port_mac) {
+                    answer_arp(frame, owner, tpa, sha, spa);
+                    ev.arp_suppressed += 1;
+                    return Action::Forward(ingress);
+                }
+            }
+        }
+        EtherType::Unknown(0x8100 | 0x88a8) => return Action::Drop(DropReason::VlanTagged),
+        EtherType::Unknown(_) => {}
+    }
+
+    if dst.is_multicast() {
+        return flood_from_vm(tenant, ingress, len);
+    }
+    match fdb.lookup(tenant, &dst, now) {
+        Some(FdbDest::Local(p)) if p == ingress => Action::Drop(DropReason::Hairpin),
+        Some(FdbDest::Local(p)) => Action::Forward(p),
+        Some(FdbDest::Remote(vtep)) => {
+            if len > tmpl.max_inner {
+                return Action::Drop(DropReason::MtuExceeded);
+            }
+            let Some(dst_mac) = neigh.resolve(t.underlay.next_hop(vtep), now) else {
+                return Action::Drop(DropReason::VtepUnresolved);
+            };
+            let vni = t.tenant(tenant).map_or(0, |x| x.vni.get());
+            Action::Encap { dst_mac, dst_ip: vtep, vni, src_port: encap::flow_src_port(frame) }
+        }
+        None => flood_from_vm(tenant, ingress, len),
+    }
+}
+
+fn flood_from_vm(tenant: TenantId, ingress: PortId, len: usize) -> Action {
+    Action::Flood { tenant, exclude: ingress, inner_off: 0, inner_len: len as u16, remote: true }
+}
+
+/// Rewrites an ARP request in place into the reply from `owner`.
+fn answer_arp(frame: &mut [u8], owner: MacAddr, owner_ip: Ipv4Addr, asker: MacAddr, asker_ip: Ipv4Addr) {
+    let mut eth = EthernetFrame::new_unchecked(frame);
+    eth.set_dst_addr(asker);
+    eth.set_src_addr(owner);
+    let mut arp = ArpPacket::new_unchecked(eth.payload_mut());
+    ArpRepr::EthernetIpv4 {
+        operation: ArpOperation::Reply,
+        source_hardware_addr: owner,
+        source_protocol_addr: owner_ip,
+        target_hardware_addr: asker,
+        target_protocol_addr: asker_ip,
+    }
+    .emit(&mut arp);
+}
+
+#[inline]
+fn classify_uplink(t: &Tables, fdb: &mut FdbView<'_>, frame: &[u8], now: u64) -> (Action, Option<TenantId>) {
+    let outer = match encap::parse_outer(frame, t.underlay.vtep_ip) {
+        Ok(Underlayer::Vxlan(o)) => o,
+        Ok(Underlayer::Host) => return (Action::Host, None),
+        Err(r) => return (Action::Drop(r), None),
+    };
+    let Some(tenant) = t.tenant_by_vni(outer.vni) else {
+        return (Action::Drop(DropReason::UnknownVni), None);
+    };
+    let drop = |r| (Action::Drop(r), Some(tenant));
+    if !t.vtep_allowed(tenant, outer.src_ip) {
+        return drop(DropReason::VtepNotAllowed);
+    }
+    let inner = &frame[outer.inner_off..outer.inner_off + outer.inner_len];
+    let eth = EthernetFrame::new_unchecked(inner);
+    let (src, dst) = (eth.src_addr(), eth.dst_addr());
+    if !src.is_unicast() || src.0 == [0; 6] {
+        return drop(DropReason::InnerSrcInvalid);
+    }
+    let limit = t.tenant(tenant).map_or(0, |x| x.mac_limit);
+    match fdb.learn(tenant, &src, FdbDest::Remote(outer.src_ip), now, limit) {
+        Learn::Static(FdbDest::Local(_)) => return drop(DropReason::RemoteClaimsLocalMac),
+        Learn::Static(FdbDest::Remote(_)) | Learn::Refreshed | Learn::Added | Learn::Moved | Learn::Full => {}
+    }
+    let (inner_off, inner_len) = (outer.inner_off as u16, outer.inner_len as u16);
+    let flood = (Action::Flood { tenant, exclude: UPLINK, inner_off, inner_len, remote: false }, Some(tenant));
+    if dst.is_multicast() {
+        return flood;
+    }
+    match fdb.lookup(tenant, &dst, now) {
+        Some(FdbDest::Local(port)) => (Action::Decap { port, inner_off, inner_len }, Some(tenant)),
+        // Split horizon: what came from the underlay never goes back to it.
+        Some(FdbDest::Remote(_)) => drop(DropReason::SplitHorizon),
+        None => flood,
+    }
+}
+
+/// Replicates a frame to the tenant's other local ports and, for frames from a VM, to each
+/// of its remote VTEPs. Every copy goes into a fresh frame; the original is freed.
+#[allow(clippy::too_many_arguments)]
+fn flood<M: FrameMem + ?Sized>(
+    t: &Tables,
+    tmpl: &EncapTemplate,
+    neigh: &mut Neighbors,
+    mem: &mut M,
+    out: &mut Out<'_>,
+    d: Desc,
+    tenant: TenantId,
+    exclude: PortId,
+    inner_off: u16,
+    inner_len: u16,
+    remote: bool,
+    now: u64,
+) {
+    let Some(tn) = t.tenant(tenant) else {
+        return out.drop(d.id, DropReason::NoTenantPorts);
+    };
+    let (off, len) = (usize::from(inner_off), usize::from(inner_len));
+    let src = off..off + len;
+    let mut sent = 0usize;
+    for &p in tn.ports.iter().filter(|&&p| p != exclude) {
+        let Some(id) = out.free.alloc() else {
+            count_drop(out.stats, out.ingress, out.tenant, DropReason::NoBuffer);
+            continue;
+        };
+        mem.copy(d.id, src.clone(), id, 0);
+        out.send(p, Desc { id, len: len as u32 });
+        sent += 1;
+    }
+    if remote && !tn.vteps.is_empty() {
+        if len > tmpl.max_inner || len + VXLAN_V4_OVERHEAD > mem.capacity() {
+            count_drop(out.stats, out.ingress, out.tenant, DropReason::MtuExceeded);
+        } else {
+            let src_port = encap::flow_src_port(&mem.buf(d.id)[src.clone()]);
+            for &vtep in &tn.vteps {
+                let Some(dst_mac) = neigh.resolve(t.underlay.next_hop(vtep), now) else {
+                    count_drop(out.stats, out.ingress, out.tenant, DropReason::VtepUnresolved);
+                    continue;
+                };
+                let Some(id) = out.free.alloc() else {
+                    count_drop(out.stats, out.ingress, out.tenant, DropReason::NoBuffer);
+                    continue;
+                };
+                mem.copy(d.id, src.clone(), id, VXLAN_V4_OVERHEAD);
+                tmpl.write(mem.buf_mut(id), dst_mac, vtep, tn.vni.get(), src_port, len);
+                out.send(UPLINK, Desc { id, len: (len + VXLAN_V4_OVERHEAD) as u32 });
+                sent += 1;
+            }
+        }
+    }
+    if sent == 0 && tn.ports.iter().all(|&p| p == exclude) && (!remote || tn.vteps.is_empty()) {
+        count_drop(out.stats, out.ingress, out.tenant, DropReason::NoTenantPorts);
+    }
+    out.free.free(d.id);
+}
+
+/// Length of an Ethernet header, re-exported for callers that build frames.
+pub const ETH_HLEN: usize = ETHERNET_HEADER_LEN;

@@ -1,0 +1,150 @@
+//! The port interface the pipeline runs on, the same for AF_XDP sockets and in-memory ports.
+//!
+//! Frames live in one frame memory per core (an AF_XDP UMEM shared by all of that core's
+//! sockets, or a plain buffer for in-memory ports) and move between ports as [`Desc`]s, so
+//! forwarding from one port to another copies nothing. A frame's data always starts at the
+//! beginning of its data area; encapsulation and decapsulation move the data within it.
+
+use crate::types::PortId;
+use std::ops::Range;
+
+/// Frames a port hands over per receive call; the pipeline's batch size.
+pub const BATCH: usize = 64;
+
+/// A frame in the core's frame memory: its index and the length of its data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Desc {
+    /// Frame index in the frame memory.
+    pub id: u32,
+    /// Bytes of data at the start of the frame's data area.
+    pub len: u32,
+}
+
+/// The memory frames live in.
+pub trait FrameMem {
+    /// The whole data area of frame `id` (its capacity, not just the data).
+    fn buf(&self, id: u32) -> &[u8];
+    /// The whole data area of frame `id`, writable.
+    fn buf_mut(&mut self, id: u32) -> &mut [u8];
+    /// Copies `src_range` of frame `src` to offset `dst_off` of frame `dst` (`src != dst`).
+    fn copy(&mut self, src: u32, src_range: Range<usize>, dst: u32, dst_off: usize);
+    /// Capacity of every frame's data area.
+    fn capacity(&self) -> usize;
+    /// Number of frames.
+    fn frames(&self) -> u32;
+}
+
+/// Free frames of a core, a fixed-capacity stack.
+#[derive(Debug)]
+pub struct FreeList {
+    ids: Vec<u32>,
+}
+
+impl FreeList {
+    /// All of `0..frames` free.
+    pub fn new(frames: u32) -> FreeList {
+        FreeList { ids: (0..frames).rev().collect() }
+    }
+
+    /// Empty, with room for `frames`.
+    pub fn empty(frames: u32) -> FreeList {
+        FreeList { ids: Vec::with_capacity(frames as usize) }
+    }
+
+    /// Takes a free frame.
+    #[inline]
+    pub fn alloc(&mut self) -> Option<u32> {
+        self.ids.pop()
+    }
+
+    /// Returns a frame. Never grows past the capacity given at creation.
+    #[inline]
+    pub fn free(&mut self, id: u32) {
+        debug_assert!(self.ids.len() < self.ids.capacity(), "double free of frame {id}");
+        if self.ids.len() < self.ids.capacity() {
+            self.ids.push(id);
+        }
+    }
+
+    /// Free frames.
+    pub fn len(&self) -> usize {
+        self.ids.len()
+    }
+
+    /// Whether no frame is free.
+    pub fn is_empty(&self) -> bool {
+        self.ids.is_empty()
+    }
+}
+
+/// A network port as the forwarding core sees it.
+pub trait Port {
+    /// Receives up to `out.len()` frames; returns how many were written to `out`.
+    fn rx(&mut self, mem: &mut dyn FrameMem, out: &mut [Desc]) -> usize;
+    /// Queues frames for transmission; returns how many were taken. The caller frees the rest.
+    fn tx(&mut self, descs: &[Desc]) -> usize;
+    /// Makes queued frames go out (a kick where the ring needs one).
+    fn flush(&mut self) {}
+    /// Returns frames whose transmission completed to `free`.
+    fn reclaim(&mut self, free: &mut FreeList);
+    /// Gives the port empty frames from `free` to receive into.
+    fn refill(&mut self, free: &mut FreeList);
+}
+
+/// Frames staged for transmission during one poll, per egress port, with fixed capacities.
+#[derive(Debug)]
+pub struct TxStage {
+    per_port: Vec<Vec<Desc>>,
+    /// Frames for the VTEP's own host stack (ARP, ICMP to our VTEP IP).
+    pub host: Vec<Desc>,
+}
+
+impl TxStage {
+    /// Room for `per_port_cap` frames on each of `ports` ports, and `host_cap` host frames.
+    pub fn new(ports: usize, per_port_cap: usize, host_cap: usize) -> TxStage {
+        TxStage {
+            per_port: (0..ports).map(|_| Vec::with_capacity(per_port_cap)).collect(),
+            host: Vec::with_capacity(host_cap),
+        }
+    }
+
+    /// Makes room for `ports` ports (only allocates when the port count grows).
+    pub fn resize(&mut self, ports: usize, per_port_cap: usize) {
+        while self.per_port.len() < ports {
+            self.per_port.push(Vec::with_capacity(per_port_cap));
+        }
+    }
+
+    /// Stages `d` for `port`; false when that port's stage is full (the caller drops it).
+    #[inline]
+    pub fn push(&mut self, port: PortId, d: Desc) -> bool {
+        match self.per_port.get_mut(port.index()) {
+            Some(q) if q.len() < q.capacity() => {
+                q.push(d);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Stages `d` for the host stack; false when full.
+    #[inline]
+    pub fn push_host(&mut self, d: Desc) -> bool {
+        if self.host.len() < self.host.capacity() {
+            self.host.push(d);
+            true
+        } else {
+            false
+        }
+    }
+
+    /// The staged frames of `port`.
+    pub fn staged(&mut self, port: PortId) -> &mut Vec<Desc> {
+        &mut self.per_port[port.index()]
+    }
+
+    /// Number of port slots.
+    pub fn ports(&self) -> usize {
+        self.per_port.len()
+    }
+}
