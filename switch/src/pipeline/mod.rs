@@ -320,7 +320,7 @@ fn classify(
         return (Action::Drop(DropReason::UnknownPort), None);
     };
     match &port.kind {
-        PortKind::Uplink => classify_uplink(t, fdb, frame, now),
+        PortKind::Uplink => classify_uplink(t, fdb, ev, frame, now),
         PortKind::Vm { tenant, mac, ipv4, ipv6 } => {
             let tenant = *tenant;
             let a = classify_vm(t, tmpl, fdb, neigh, ev, ingress, tenant, mac, ipv4, ipv6, frame, now);
@@ -436,7 +436,7 @@ fn answer_arp(frame: &mut [u8], owner: MacAddr, owner_ip: Ipv4Addr, asker: MacAd
 }
 
 #[inline]
-fn classify_uplink(t: &Tables, fdb: &mut FdbView<'_>, frame: &[u8], now: u64) -> (Action, Option<TenantId>) {
+fn classify_uplink(t: &Tables, fdb: &mut FdbView<'_>, ev: &mut Events, frame: &[u8], now: u64) -> (Action, Option<TenantId>) {
     let outer = match encap::parse_outer(frame, t.underlay.vtep_ip) {
         Ok(Underlayer::Vxlan(o)) => o,
         Ok(Underlayer::Host) => return (Action::Host, None),
@@ -458,7 +458,7 @@ fn classify_uplink(t: &Tables, fdb: &mut FdbView<'_>, frame: &[u8], now: u64) ->
     let limit = t.tenant(tenant).map_or(0, |x| x.mac_limit);
     match fdb.learn(tenant, &src, FdbDest::Remote(outer.src_ip), now, limit) {
         Learn::Static(FdbDest::Local(_)) => return drop(DropReason::RemoteClaimsLocalMac),
-        Learn::Static(FdbDest::Remote(_)) | Learn::Refreshed | Learn::Added | Learn::Moved | Learn::Full => {}
+        r => count_learn(ev, r),
     }
     let (inner_off, inner_len) = (outer.inner_off as u16, outer.inner_len as u16);
     let flood = (Action::Flood { tenant, exclude: UPLINK, inner_off, inner_len, remote: false }, Some(tenant));

@@ -1,0 +1,349 @@
+//! Scenario tests of the pipeline on in-memory ports.
+
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+use xvs_switch::config::Config;
+use xvs_switch::frames;
+use xvs_switch::pipeline::encap::{parse_outer, Underlayer};
+use xvs_switch::pipeline::DropReason;
+use xvs_switch::sim::Sim;
+use xvs_switch::tables::UPLINK;
+use xvs_switch::types::{PortId, TenantId};
+use xvs_switch::wire::{ArpOperation, ArpPacket, ArpRepr, EthernetFrame, Ipv4Packet, MacAddr, UdpPacket};
+
+const CONFIG: &str = r#"
+[uplink]
+interface = "up0"
+vtep_ip = "192.168.77.1/24"
+mac = "02:00:00:00:ff:01"
+mtu = 1550
+
+[[tenant]]
+name = "blue"
+vni = 100
+mac_limit = 16
+vteps = ["192.168.77.2", "192.168.77.3"]
+fdb = [{ mac = "02:00:00:00:00:02", vtep = "192.168.77.2" }]
+arp = [{ ip = "10.0.0.2", mac = "02:00:00:00:00:02" }]
+
+[[tenant]]
+name = "red"
+vni = 200
+vteps = ["192.168.77.2"]
+
+[[port]]
+interface = "b1"
+tenant = "blue"
+mac = "02:00:00:00:00:01"
+ips = ["10.0.0.1"]
+
+[[port]]
+interface = "b3"
+tenant = "blue"
+mac = "02:00:00:00:00:03"
+ips = ["10.0.0.3"]
+
+[[port]]
+interface = "r1"
+tenant = "red"
+mac = "02:00:00:00:00:01"
+ips = ["10.0.0.1"]
+"#;
+
+const B1: PortId = PortId(1);
+const B3: PortId = PortId(2);
+const R1: PortId = PortId(3);
+const BLUE: TenantId = TenantId(0);
+const RED: TenantId = TenantId(1);
+const VM1: MacAddr = MacAddr([2, 0, 0, 0, 0, 1]);
+const VM2: MacAddr = MacAddr([2, 0, 0, 0, 0, 2]);
+const VM3: MacAddr = MacAddr([2, 0, 0, 0, 0, 3]);
+const PEER_MAC: MacAddr = MacAddr([2, 0, 0, 0, 0xff, 2]);
+const PEER3_MAC: MacAddr = MacAddr([2, 0, 0, 0, 0xff, 3]);
+
+fn ip(a: u8, b: u8, c: u8, d: u8) -> Ipv4Addr {
+    Ipv4Addr::new(a, b, c, d)
+}
+
+fn sim() -> Sim {
+    let t = Config::from_toml(CONFIG).unwrap().build(None, None).unwrap();
+    let mut s = Sim::new(Arc::new(t), 1024);
+    let now = s.now;
+    s.core.pipeline.neigh.update(ip(192, 168, 77, 2), PEER_MAC, now);
+    s.core.pipeline.neigh.update(ip(192, 168, 77, 3), PEER3_MAC, now);
+    s
+}
+
+fn drops(s: &Sim, p: PortId, r: DropReason) -> u64 {
+    s.core.pipeline.stats.ports[p.index()].drop_count(r)
+}
+
+fn tenant_drops(s: &Sim, t: TenantId, r: DropReason) -> u64 {
+    s.core.pipeline.stats.tenants[t.index()].drop_count(r)
+}
+
+/// Checks an encapsulated frame as a receiver would; returns (dst VTEP, VNI, inner frame).
+fn check_outer(f: &[u8]) -> (Ipv4Addr, u32, Vec<u8>) {
+    let eth = EthernetFrame::new_checked(f).unwrap();
+    assert_eq!(eth.src_addr(), MacAddr([2, 0, 0, 0, 0xff, 1]));
+    let ipp = Ipv4Packet::new_checked(eth.payload()).unwrap();
+    assert!(ipp.verify_checksum(), "outer IPv4 checksum");
+    assert!(ipp.dont_frag(), "DF set");
+    assert_eq!(ipp.hop_limit(), 64);
+    assert_eq!(ipp.src_addr(), ip(192, 168, 77, 1));
+    let udp = UdpPacket::new_checked(ipp.payload()).unwrap();
+    assert_eq!(udp.dst_port(), 4789);
+    assert!(udp.src_port() >= 49152, "source port from the dynamic range");
+    assert_eq!(usize::from(udp.len()), ipp.payload().len());
+    let vx = &udp.payload()[..];
+    assert_eq!(vx[0], 0x08);
+    assert_eq!(&vx[1..4], &[0, 0, 0]);
+    assert_eq!(vx[7], 0);
+    let vni = u32::from_be_bytes([0, vx[4], vx[5], vx[6]]);
+    (ipp.dst_addr(), vni, vx[8..].to_vec())
+}
+
+#[test]
+fn local_switching_within_a_tenant() {
+    let mut s = sim();
+    let f = frames::udp4_min(VM1, VM3, ip(10, 0, 0, 1), ip(10, 0, 0, 3));
+    s.inject(B1, &f);
+    s.run();
+    assert_eq!(s.take(B3), vec![f]);
+    assert!(s.take(R1).is_empty());
+    assert!(s.take(UPLINK).is_empty());
+    assert_eq!(s.core.pipeline.stats.ports[B3.index()].tx_packets, 1);
+    assert_eq!(s.core.pipeline.stats.tenants[BLUE.index()].rx_packets, 1);
+}
+
+#[test]
+fn known_remote_unicast_is_encapsulated() {
+    let mut s = sim();
+    let f = frames::udp4_min(VM1, VM2, ip(10, 0, 0, 1), ip(10, 0, 0, 2));
+    s.inject(B1, &f);
+    s.run();
+    let out = s.take(UPLINK);
+    assert_eq!(out.len(), 1);
+    let eth = EthernetFrame::new_checked(&out[0][..]).unwrap();
+    assert_eq!(eth.dst_addr(), PEER_MAC);
+    let (dst, vni, inner) = check_outer(&out[0]);
+    assert_eq!((dst, vni), (ip(192, 168, 77, 2), 100));
+    assert_eq!(inner, f);
+}
+
+#[test]
+fn decapsulation_learns_and_replies_go_back_unicast() {
+    let mut s = sim();
+    let remote_vm = MacAddr([2, 0, 0, 0, 0, 0x33]);
+    let inner = frames::udp4_min(remote_vm, VM1, ip(10, 0, 0, 33), ip(10, 0, 0, 1));
+    let t = s.core.pipeline.tables().underlay.clone();
+    s.inject(UPLINK, &frames::vxlan4(&t, PEER3_MAC, ip(192, 168, 77, 3), 100, &inner));
+    s.run();
+    assert_eq!(s.take(B1), vec![inner]);
+    assert!(s.take(R1).is_empty(), "same MAC in the red tenant never sees blue traffic");
+    assert_eq!(s.core.pipeline.stats.events.fdb_learned, 1);
+    // the reply is unicast to the VTEP it was learned from
+    let reply = frames::udp4_min(VM1, remote_vm, ip(10, 0, 0, 1), ip(10, 0, 0, 33));
+    s.inject(B1, &reply);
+    s.run();
+    let out = s.take(UPLINK);
+    assert_eq!(out.len(), 1);
+    let (dst, vni, got) = check_outer(&out[0]);
+    assert_eq!((dst, vni, got), (ip(192, 168, 77, 3), 100, reply));
+}
+
+#[test]
+fn broadcast_floods_within_tenant_and_head_end_replicates() {
+    let mut s = sim();
+    let f = frames::udp4_min(VM1, MacAddr::BROADCAST, ip(10, 0, 0, 1), ip(10, 0, 0, 255));
+    s.inject(B1, &f);
+    s.run();
+    assert_eq!(s.take(B3), vec![f.clone()]);
+    assert!(s.take(B1).is_empty());
+    assert!(s.take(R1).is_empty());
+    let mut vteps: Vec<_> = s.take(UPLINK).iter().map(|o| check_outer(o)).collect();
+    vteps.sort();
+    assert_eq!(vteps, vec![(ip(192, 168, 77, 2), 100, f.clone()), (ip(192, 168, 77, 3), 100, f)]);
+    assert_eq!(s.core.pipeline.stats.events.flooded, 1);
+}
+
+#[test]
+fn decapsulated_broadcast_reaches_local_ports_only() {
+    let mut s = sim();
+    let inner = frames::udp4_min(MacAddr([2, 0, 0, 0, 0, 0x44]), MacAddr::BROADCAST, ip(10, 0, 0, 44), ip(10, 0, 0, 255));
+    let t = s.core.pipeline.tables().underlay.clone();
+    s.inject(UPLINK, &frames::vxlan4(&t, PEER_MAC, ip(192, 168, 77, 2), 200, &inner));
+    s.run();
+    assert_eq!(s.take(R1), vec![inner]);
+    assert!(s.take(B1).is_empty() && s.take(B3).is_empty());
+    assert!(s.take(UPLINK).is_empty(), "split horizon");
+}
+
+#[test]
+fn anti_spoofing() {
+    let mut s = sim();
+    s.inject(B1, &frames::udp4_min(VM3, VM2, ip(10, 0, 0, 1), ip(10, 0, 0, 2)));
+    s.inject(B1, &frames::udp4_min(VM1, VM2, ip(10, 0, 0, 9), ip(10, 0, 0, 2)));
+    s.inject(B1, &frames::arp_request(VM1, ip(10, 0, 0, 9), ip(10, 0, 0, 3)));
+    let mut tagged = frames::udp4_min(VM1, VM2, ip(10, 0, 0, 1), ip(10, 0, 0, 2));
+    tagged[12] = 0x81;
+    tagged[13] = 0x00;
+    s.inject(B1, &tagged);
+    s.inject(B1, &[1, 2, 3]);
+    s.run();
+    for r in [DropReason::SpoofedSrcMac, DropReason::SpoofedSrcIp, DropReason::SpoofedArp, DropReason::VlanTagged, DropReason::MalformedEthernet] {
+        assert_eq!(drops(&s, B1, r), 1, "{}", r.name());
+        assert_eq!(tenant_drops(&s, BLUE, r), 1, "{}", r.name());
+    }
+    assert!(s.take(UPLINK).is_empty() && s.take(B3).is_empty());
+    assert_eq!(s.core.free.len(), 1024, "every dropped frame returned");
+}
+
+#[test]
+fn arp_for_a_known_binding_is_answered_locally() {
+    let mut s = sim();
+    s.inject(B1, &frames::arp_request(VM1, ip(10, 0, 0, 1), ip(10, 0, 0, 2)));
+    s.run();
+    let out = s.take(B1);
+    assert_eq!(out.len(), 1);
+    let eth = EthernetFrame::new_checked(&out[0][..]).unwrap();
+    assert_eq!((eth.src_addr(), eth.dst_addr()), (VM2, VM1));
+    let repr = ArpRepr::parse(&ArpPacket::new_checked(eth.payload()).unwrap()).unwrap();
+    assert_eq!(
+        repr,
+        ArpRepr::EthernetIpv4 {
+            operation: ArpOperation::Reply,
+            source_hardware_addr: VM2,
+            source_protocol_addr: ip(10, 0, 0, 2),
+            target_hardware_addr: VM1,
+            target_protocol_addr: ip(10, 0, 0, 1),
+        }
+    );
+    assert!(s.take(UPLINK).is_empty(), "suppressed, not flooded");
+    // the local VM's binding works too, and red's 10.0.0.3 is unknown: flooded within red only
+    s.inject(R1, &frames::arp_request(VM1, ip(10, 0, 0, 1), ip(10, 0, 0, 3)));
+    s.run();
+    assert!(s.take(R1).is_empty());
+    assert!(s.take(B3).is_empty());
+    let out = s.take(UPLINK);
+    assert_eq!(out.len(), 1);
+    assert_eq!(check_outer(&out[0]).1, 200);
+}
+
+#[test]
+fn too_big_after_encapsulation_is_dropped() {
+    let mut s = sim();
+    // MTU 1550: inner frames up to 1550 - 36 = 1514 bytes fit.
+    let fits = frames::udp4(VM1, VM2, ip(10, 0, 0, 1), ip(10, 0, 0, 2), 1, 2, &[0; 1472]);
+    assert_eq!(fits.len(), 1514);
+    let too_big = frames::udp4(VM1, VM2, ip(10, 0, 0, 1), ip(10, 0, 0, 2), 1, 2, &[0; 1473]);
+    s.inject(B1, &fits);
+    s.inject(B1, &too_big);
+    s.run();
+    let out = s.take(UPLINK);
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].len(), 1564);
+    assert_eq!(drops(&s, B1, DropReason::MtuExceeded), 1);
+}
+
+#[test]
+fn underlay_checks_are_counted() {
+    let mut s = sim();
+    let t = s.core.pipeline.tables().underlay.clone();
+    let inner = frames::udp4_min(MacAddr([2, 0, 0, 0, 0, 0x44]), VM1, ip(10, 0, 0, 44), ip(10, 0, 0, 1));
+    s.inject(UPLINK, &frames::vxlan4(&t, PEER_MAC, ip(192, 168, 77, 2), 300, &inner));
+    s.inject(UPLINK, &frames::vxlan4(&t, PEER_MAC, ip(192, 168, 77, 9), 100, &inner));
+    s.inject(UPLINK, &frames::vxlan4(&t, PEER_MAC, ip(192, 168, 77, 3), 200, &inner));
+    let mut bad = frames::vxlan4(&t, PEER_MAC, ip(192, 168, 77, 2), 100, &inner);
+    bad[42] = 0x88;
+    s.inject(UPLINK, &bad);
+    // inner source MAC is blue's local b1: a remote cannot claim it
+    let claim = frames::udp4_min(VM1, VM3, ip(10, 0, 0, 1), ip(10, 0, 0, 3));
+    s.inject(UPLINK, &frames::vxlan4(&t, PEER_MAC, ip(192, 168, 77, 2), 100, &claim));
+    s.run();
+    assert_eq!(drops(&s, UPLINK, DropReason::UnknownVni), 1);
+    assert_eq!(drops(&s, UPLINK, DropReason::VtepNotAllowed), 2);
+    assert_eq!(tenant_drops(&s, RED, DropReason::VtepNotAllowed), 1);
+    assert_eq!(drops(&s, UPLINK, DropReason::BadVxlanFlags), 1);
+    assert_eq!(drops(&s, UPLINK, DropReason::RemoteClaimsLocalMac), 1);
+    for p in [B1, B3, R1] {
+        assert!(s.take(p).is_empty());
+    }
+}
+
+#[test]
+fn unresolved_vtep_is_counted_and_requested() {
+    let t = Config::from_toml(CONFIG).unwrap().build(None, None).unwrap();
+    let mut s = Sim::new(Arc::new(t), 256);
+    s.inject(B1, &frames::udp4_min(VM1, VM2, ip(10, 0, 0, 1), ip(10, 0, 0, 2)));
+    s.run();
+    assert_eq!(drops(&s, B1, DropReason::VtepUnresolved), 1);
+    let pending = s.core.pipeline.neigh.get(ip(192, 168, 77, 2)).unwrap();
+    assert_eq!(pending.mac, None, "marked for ARP resolution");
+}
+
+#[test]
+fn hairpin_and_mac_limit() {
+    let mut s = sim();
+    // 20 distinct remote MACs in blue (limit 16): all delivered, 16 learned
+    let t = s.core.pipeline.tables().underlay.clone();
+    for i in 0..20u8 {
+        let inner = frames::udp4_min(MacAddr([2, 0, 0, 1, 0, i]), VM1, ip(10, 0, 1, i), ip(10, 0, 0, 1));
+        s.inject(UPLINK, &frames::vxlan4(&t, PEER_MAC, ip(192, 168, 77, 2), 100, &inner));
+    }
+    s.run();
+    assert_eq!(s.take(B1).len(), 20);
+    assert_eq!(s.core.pipeline.fdb.learned_count(BLUE), 16);
+    assert_eq!(s.core.pipeline.stats.events.fdb_full, 4);
+    // red can still learn
+    let inner = frames::udp4_min(MacAddr([2, 0, 0, 1, 0, 1]), VM1, ip(10, 0, 1, 1), ip(10, 0, 0, 1));
+    s.inject(UPLINK, &frames::vxlan4(&t, PEER_MAC, ip(192, 168, 77, 2), 200, &inner));
+    s.run();
+    assert_eq!(s.core.pipeline.fdb.learned_count(RED), 1);
+    // a frame to its own sender's MAC
+    s.inject(B1, &frames::udp4_min(VM1, VM1, ip(10, 0, 0, 1), ip(10, 0, 0, 1)));
+    s.run();
+    assert_eq!(drops(&s, B1, DropReason::Hairpin), 1);
+}
+
+#[test]
+fn learned_entries_age_out_with_the_injected_clock() {
+    let mut s = sim();
+    let t = s.core.pipeline.tables().underlay.clone();
+    let remote = MacAddr([2, 0, 0, 0, 0, 0x55]);
+    let inner = frames::udp4_min(remote, VM1, ip(10, 0, 0, 55), ip(10, 0, 0, 1));
+    s.inject(UPLINK, &frames::vxlan4(&t, PEER3_MAC, ip(192, 168, 77, 3), 100, &inner));
+    s.run();
+    s.take(B1);
+    s.advance(301 * 1_000_000_000);
+    // aged: unknown unicast, so flooded to both VTEPs and b3
+    s.inject(B1, &frames::udp4_min(VM1, remote, ip(10, 0, 0, 1), ip(10, 0, 0, 55)));
+    s.run();
+    assert_eq!(s.take(UPLINK).len(), 2);
+    assert_eq!(s.take(B3).len(), 1);
+    let now = s.now;
+    assert_eq!(s.core.pipeline.fdb.age(now), 1);
+}
+
+#[test]
+fn trace_decides_without_side_effects() {
+    let s = sim();
+    let f = frames::udp4_min(VM1, VM2, ip(10, 0, 0, 1), ip(10, 0, 0, 2));
+    let (a, t) = s.core.pipeline.decide(B1, &f, s.now);
+    assert_eq!(t, Some(BLUE));
+    assert!(matches!(a, xvs_switch::pipeline::Action::Encap { vni: 100, .. }), "{a:?}");
+    assert_eq!(s.core.pipeline.stats.ports[B1.index()].rx_packets, 0);
+}
+
+#[test]
+fn host_frames_are_handed_over() {
+    let mut s = sim();
+    let t = s.core.pipeline.tables().underlay.clone();
+    let req = frames::arp_request(PEER_MAC, ip(192, 168, 77, 2), t.vtep_ip);
+    s.inject(UPLINK, &req);
+    s.core.poll(s.now);
+    assert_eq!(s.core.stage.host.len(), 1);
+    let d = s.core.stage.host[0];
+    assert_eq!(s.core.mem.data(d), &req[..]);
+    assert!(matches!(parse_outer(&req, t.vtep_ip), Ok(Underlayer::Host)));
+}
