@@ -3,7 +3,7 @@
 //! config yields one error naming the bad value and builds nothing.
 
 use crate::tables::{FdbDest, Port, PortKind, Tables, Tenant, Underlay};
-use crate::types::{is_assignable_mac, mac_str, parse_mac, InvalidMac, InvalidVni, PortId, TenantId, Vni};
+use crate::types::{InvalidMac, InvalidVni, PortId, TenantId, Vni, is_assignable_mac, mac_str, parse_mac};
 use crate::wire::MacAddr;
 use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, HashSet};
@@ -325,7 +325,10 @@ impl Config {
             return Err(ConfigError::Daemon("cores must list at least one CPU".into()));
         }
         if self.daemon.fdb_capacity == 0 || self.daemon.fdb_capacity > 1 << 24 {
-            return Err(ConfigError::Daemon(format!("fdb_capacity {} out of range 1..=16777216", self.daemon.fdb_capacity)));
+            return Err(ConfigError::Daemon(format!(
+                "fdb_capacity {} out of range 1..=16777216",
+                self.daemon.fdb_capacity
+            )));
         }
         if self.daemon.fdb_aging_secs == 0 {
             return Err(ConfigError::Daemon("fdb_aging_secs must be at least 1".into()));
@@ -381,10 +384,9 @@ impl Config {
             if !ifnames.insert(&p.interface) {
                 return Err(ConfigError::DuplicateInterface(p.interface.clone()));
             }
-            let tenant = *by_name.get(p.tenant.as_str()).ok_or_else(|| ConfigError::UnknownTenant {
-                port: p.interface.clone(),
-                tenant: p.tenant.clone(),
-            })?;
+            let tenant = *by_name
+                .get(p.tenant.as_str())
+                .ok_or_else(|| ConfigError::UnknownTenant { port: p.interface.clone(), tenant: p.tenant.clone() })?;
             let owner = format!("port {}", p.interface);
             let mac = parse_unicast(&p.mac, &owner)?;
             claim(&mut macs, tenant, mac, &owner, &self.tenants, |first, second| ConfigError::DuplicateMac {
@@ -421,10 +423,18 @@ impl Config {
                 let owner = format!("static FDB entry for VTEP {}", f.vtep);
                 let mac = parse_unicast(&f.mac, &format!("tenant {:?} fdb", t.name))?;
                 let IpAddr::V4(v4) = f.vtep else {
-                    return Err(ConfigError::FdbVtepNotListed { tenant: t.name.clone(), mac: mac_str(&mac), vtep: f.vtep });
+                    return Err(ConfigError::FdbVtepNotListed {
+                        tenant: t.name.clone(),
+                        mac: mac_str(&mac),
+                        vtep: f.vtep,
+                    });
                 };
                 if !tenants[i].vteps.contains(&v4) {
-                    return Err(ConfigError::FdbVtepNotListed { tenant: t.name.clone(), mac: mac_str(&mac), vtep: f.vtep });
+                    return Err(ConfigError::FdbVtepNotListed {
+                        tenant: t.name.clone(),
+                        mac: mac_str(&mac),
+                        vtep: f.vtep,
+                    });
                 }
                 claim(&mut macs, tenant, mac, &owner, &self.tenants, |first, second| ConfigError::DuplicateMac {
                     tenant: t.name.clone(),
@@ -437,9 +447,14 @@ impl Config {
             for b in &t.arp {
                 let mac = parse_unicast(&b.mac, &format!("tenant {:?} arp binding {}", t.name, b.ip))?;
                 let ip = IpAddr::V4(b.ip);
-                claim(&mut ips, tenant, ip, &format!("arp binding {}", mac_str(&mac)), &self.tenants, |first, second| {
-                    ConfigError::DuplicateIp { tenant: t.name.clone(), ip, first, second }
-                })?;
+                claim(
+                    &mut ips,
+                    tenant,
+                    ip,
+                    &format!("arp binding {}", mac_str(&mac)),
+                    &self.tenants,
+                    |first, second| ConfigError::DuplicateIp { tenant: t.name.clone(), ip, first, second },
+                )?;
                 arp.push((tenant, b.ip, mac));
             }
         }
@@ -557,7 +572,9 @@ ips = ["10.0.0.1"]
         assert!(err_of(|c| c.tenants[0].vni = 16_777_216).contains("16777216"));
         assert!(err_of(|c| c.tenants[1].vni = 100).contains("duplicate VNI 100"));
         assert!(err_of(|c| c.tenants[1].name = "blue".into()).contains("duplicate tenant name \"blue\""));
-        assert!(err_of(|c| c.ports[0].mac = "02:00:00:00:00".into()).contains("malformed MAC address \"02:00:00:00:00\""));
+        assert!(
+            err_of(|c| c.ports[0].mac = "02:00:00:00:00".into()).contains("malformed MAC address \"02:00:00:00:00\"")
+        );
         assert!(err_of(|c| c.ports[0].mac = "01:00:5e:00:00:01".into()).contains("not a unicast"));
         assert!(err_of(|c| c.ports[1].tenant = "green".into()).contains("unknown tenant \"green\""));
         assert!(err_of(|c| c.ports[1].interface = "vm1".into()).contains("interface \"vm1\" is used twice"));
@@ -576,7 +593,10 @@ ips = ["10.0.0.1"]
             c.ports[1].mac = "02:00:00:00:00:09".into();
         });
         assert!(dup_ip.contains("duplicate IP 10.0.0.1"), "{dup_ip}");
-        assert!(err_of(|c| c.tenants[0].fdb[0].vtep = "192.168.77.9".parse().unwrap()).contains("not in the tenant's vteps"));
+        assert!(
+            err_of(|c| c.tenants[0].fdb[0].vtep = "192.168.77.9".parse().unwrap())
+                .contains("not in the tenant's vteps")
+        );
     }
 
     #[test]

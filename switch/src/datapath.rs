@@ -3,7 +3,7 @@
 //! in-memory ports in tests and benchmarks and AF_XDP sockets in xvsd.
 
 use crate::pipeline::{DropReason, Pipeline};
-use crate::port::{Desc, FrameMem, FreeList, Port, TxStage, BATCH};
+use crate::port::{BATCH, Desc, FrameMem, FreeList, Port, TxStage};
 use crate::tables::Tables;
 use crate::types::PortId;
 use std::sync::Arc;

@@ -125,7 +125,15 @@ impl Fdb {
 
     /// Records that `mac` of `tenant` was seen at `dest`. `limit` is the tenant's MAC limit.
     #[inline]
-    pub fn learn(&mut self, tenant: TenantId, mac: &MacAddr, dest: FdbDest, origin: Origin, now: u64, limit: u32) -> Learn {
+    pub fn learn(
+        &mut self,
+        tenant: TenantId,
+        mac: &MacAddr,
+        dest: FdbDest,
+        origin: Origin,
+        now: u64,
+        limit: u32,
+    ) -> Learn {
         let k = key(tenant, mac);
         if let Some(e) = self.map.get_mut(&k) {
             if e.origin == Origin::Static {
@@ -255,7 +263,14 @@ mod tests {
     fn per_tenant_limit_protects_others() {
         let mut f = Fdb::new(100, 300);
         for i in 0..50u8 {
-            let r = f.learn(TenantId(1), &MacAddr([2, 0, 0, 0, 1, i]), FdbDest::Local(PortId(1)), Origin::LearnedLocal, 0, 8);
+            let r = f.learn(
+                TenantId(1),
+                &MacAddr([2, 0, 0, 0, 1, i]),
+                FdbDest::Local(PortId(1)),
+                Origin::LearnedLocal,
+                0,
+                8,
+            );
             assert_eq!(r, if i < 8 { Learn::Added } else { Learn::Full });
         }
         assert_eq!(f.learned_count(TenantId(1)), 8);

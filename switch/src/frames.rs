@@ -3,19 +3,36 @@
 
 use crate::pipeline::EncapTemplate;
 use crate::tables::Underlay;
-use crate::wire::{ArpOperation, ArpPacket, ArpRepr, EtherType, EthernetFrame, EthernetRepr, IpProtocol, Ipv4Packet, Ipv4Repr, MacAddr, UdpPacket};
+use crate::wire::{
+    ArpOperation, ArpPacket, ArpRepr, EtherType, EthernetFrame, EthernetRepr, IpProtocol, Ipv4Packet, Ipv4Repr,
+    MacAddr, UdpPacket,
+};
 use smoltcp::phy::ChecksumCapabilities;
 use std::net::Ipv4Addr;
 
 /// An Ethernet/IPv4/UDP frame with `payload`.
-pub fn udp4(src_mac: MacAddr, dst_mac: MacAddr, src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
+pub fn udp4(
+    src_mac: MacAddr,
+    dst_mac: MacAddr,
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    sport: u16,
+    dport: u16,
+    payload: &[u8],
+) -> Vec<u8> {
     let ip_len = 20 + 8 + payload.len();
     let mut f = vec![0u8; 14 + ip_len];
     let mut eth = EthernetFrame::new_unchecked(&mut f[..]);
     EthernetRepr { src_addr: src_mac, dst_addr: dst_mac, ethertype: EtherType::Ipv4 }.emit(&mut eth);
     let mut ip = Ipv4Packet::new_unchecked(eth.payload_mut());
-    Ipv4Repr { src_addr: src, dst_addr: dst, next_header: IpProtocol::Udp, payload_len: 8 + payload.len(), hop_limit: 64 }
-        .emit(&mut ip, &ChecksumCapabilities::default());
+    Ipv4Repr {
+        src_addr: src,
+        dst_addr: dst,
+        next_header: IpProtocol::Udp,
+        payload_len: 8 + payload.len(),
+        hop_limit: 64,
+    }
+    .emit(&mut ip, &ChecksumCapabilities::default());
     let mut udp = UdpPacket::new_unchecked(ip.payload_mut());
     udp.set_src_port(sport);
     udp.set_dst_port(dport);

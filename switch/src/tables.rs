@@ -146,7 +146,18 @@ impl Tables {
         for (t, ip, mac) in &arp_list {
             arp.insert(tenant_ip_key(*t, *ip), *mac);
         }
-        Tables { underlay, tenants, ports, static_fdb, fdb_capacity, fdb_aging_secs, vni_index, vtep_allow, arp, arp_list }
+        Tables {
+            underlay,
+            tenants,
+            ports,
+            static_fdb,
+            fdb_capacity,
+            fdb_aging_secs,
+            vni_index,
+            vtep_allow,
+            arp,
+            arp_list,
+        }
     }
 
     /// The tenant that owns `vni`.

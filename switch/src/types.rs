@@ -16,11 +16,7 @@ pub struct InvalidVni(pub i64);
 impl Vni {
     /// Checks the range.
     pub fn new(v: i64) -> Result<Vni, InvalidVni> {
-        if (1..=i64::from(crate::wire::vxlan::VNI_MAX)).contains(&v) {
-            Ok(Vni(v as u32))
-        } else {
-            Err(InvalidVni(v))
-        }
+        if (1..=i64::from(crate::wire::vxlan::VNI_MAX)).contains(&v) { Ok(Vni(v as u32)) } else { Err(InvalidVni(v)) }
     }
 
     /// The 24-bit value.
@@ -135,7 +131,9 @@ mod tests {
     fn macs() {
         assert_eq!(parse_mac("02:00:00:00:00:0a").unwrap(), MacAddr([2, 0, 0, 0, 0, 10]));
         assert_eq!(parse_mac("02-00-00-00-00-0A").unwrap(), MacAddr([2, 0, 0, 0, 0, 10]));
-        for bad in ["", "02:00:00:00:00", "02:00:00:00:00:00:00", "zz:00:00:00:00:00", "002:00:00:00:00:00", "02::00:00:00:00"] {
+        for bad in
+            ["", "02:00:00:00:00", "02:00:00:00:00:00:00", "zz:00:00:00:00:00", "002:00:00:00:00:00", "02::00:00:00:00"]
+        {
             assert!(parse_mac(bad).is_err(), "{bad}");
         }
         assert!(!is_assignable_mac(&MacAddr([1, 0, 0, 0, 0, 1])));

@@ -3,8 +3,8 @@
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::net::Ipv4Addr;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use xvs_switch::config::Config;
 use xvs_switch::frames;
 use xvs_switch::port::Port;
@@ -79,10 +79,26 @@ fn steady_state_batches_do_not_allocate() {
         (PortId(1), frames::udp4_min(vm1, MacAddr::BROADCAST, ip(1), ip(255))),
         (PortId(1), frames::arp_request(vm1, ip(1), ip(3))),
         (PortId(1), frames::udp4_min(MacAddr([2, 0, 0, 0, 0, 9]), MacAddr::BROADCAST, ip(1), ip(3))),
-        (UPLINK, frames::vxlan4(&underlay, MacAddr([2, 0, 0, 0, 0xff, 2]), Ipv4Addr::new(192, 168, 77, 2), 100,
-            &frames::udp4_min(MacAddr([2, 0, 0, 0, 0, 0x20]), vm1, ip(20), ip(1)))),
-        (UPLINK, frames::vxlan4(&underlay, MacAddr([2, 0, 0, 0, 0xff, 2]), Ipv4Addr::new(192, 168, 77, 2), 999,
-            &frames::udp4_min(MacAddr([2, 0, 0, 0, 0, 0x20]), vm1, ip(20), ip(1)))),
+        (
+            UPLINK,
+            frames::vxlan4(
+                &underlay,
+                MacAddr([2, 0, 0, 0, 0xff, 2]),
+                Ipv4Addr::new(192, 168, 77, 2),
+                100,
+                &frames::udp4_min(MacAddr([2, 0, 0, 0, 0, 0x20]), vm1, ip(20), ip(1)),
+            ),
+        ),
+        (
+            UPLINK,
+            frames::vxlan4(
+                &underlay,
+                MacAddr([2, 0, 0, 0, 0xff, 2]),
+                Ipv4Addr::new(192, 168, 77, 2),
+                999,
+                &frames::udp4_min(MacAddr([2, 0, 0, 0, 0, 0x20]), vm1, ip(20), ip(1)),
+            ),
+        ),
     ];
     let round = |s: &mut Sim| {
         for _ in 0..8 {

@@ -4,8 +4,8 @@ use std::net::Ipv4Addr;
 use std::sync::Arc;
 use xvs_switch::config::Config;
 use xvs_switch::frames;
-use xvs_switch::pipeline::encap::{parse_outer, Underlayer};
 use xvs_switch::pipeline::DropReason;
+use xvs_switch::pipeline::encap::{Underlayer, parse_outer};
 use xvs_switch::sim::Sim;
 use xvs_switch::tables::UPLINK;
 use xvs_switch::types::{PortId, TenantId};
@@ -170,7 +170,8 @@ fn broadcast_floods_within_tenant_and_head_end_replicates() {
 #[test]
 fn decapsulated_broadcast_reaches_local_ports_only() {
     let mut s = sim();
-    let inner = frames::udp4_min(MacAddr([2, 0, 0, 0, 0, 0x44]), MacAddr::BROADCAST, ip(10, 0, 0, 44), ip(10, 0, 0, 255));
+    let inner =
+        frames::udp4_min(MacAddr([2, 0, 0, 0, 0, 0x44]), MacAddr::BROADCAST, ip(10, 0, 0, 44), ip(10, 0, 0, 255));
     let t = s.core.pipeline.tables().underlay.clone();
     s.inject(UPLINK, &frames::vxlan4(&t, PEER_MAC, ip(192, 168, 77, 2), 200, &inner));
     s.run();
@@ -191,7 +192,13 @@ fn anti_spoofing() {
     s.inject(B1, &tagged);
     s.inject(B1, &[1, 2, 3]);
     s.run();
-    for r in [DropReason::SpoofedSrcMac, DropReason::SpoofedSrcIp, DropReason::SpoofedArp, DropReason::VlanTagged, DropReason::MalformedEthernet] {
+    for r in [
+        DropReason::SpoofedSrcMac,
+        DropReason::SpoofedSrcIp,
+        DropReason::SpoofedArp,
+        DropReason::VlanTagged,
+        DropReason::MalformedEthernet,
+    ] {
         assert_eq!(drops(&s, B1, r), 1, "{}", r.name());
         assert_eq!(tenant_drops(&s, BLUE, r), 1, "{}", r.name());
     }

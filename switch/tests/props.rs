@@ -5,11 +5,11 @@ use std::net::Ipv4Addr;
 use std::sync::Arc;
 use xvs_switch::config::{Config, DaemonConfig, PortConfig, TenantConfig, UplinkConfig};
 use xvs_switch::frames;
-use xvs_switch::pipeline::encap::{decapsulate, parse_outer, EncapTemplate, Underlayer};
+use xvs_switch::pipeline::encap::{EncapTemplate, Underlayer, decapsulate, parse_outer};
 use xvs_switch::sim::Sim;
-use xvs_switch::tables::{PortKind, Tables, Underlay, UPLINK};
+use xvs_switch::tables::{PortKind, Tables, UPLINK, Underlay};
 use xvs_switch::types::{PortId, TenantId};
-use xvs_switch::wire::{vlan, vxlan, EtherType, MacAddr};
+use xvs_switch::wire::{EtherType, MacAddr, vlan, vxlan};
 
 fn underlay() -> Underlay {
     Underlay {
@@ -86,7 +86,8 @@ const MACS: [MacAddr; 4] = [
     MacAddr([2, 0, 0, 0, 0, 3]),
     MacAddr([2, 0, 0, 0, 0, 4]),
 ];
-const VTEPS: [Ipv4Addr; 3] = [Ipv4Addr::new(192, 168, 77, 2), Ipv4Addr::new(192, 168, 77, 3), Ipv4Addr::new(192, 168, 77, 4)];
+const VTEPS: [Ipv4Addr; 3] =
+    [Ipv4Addr::new(192, 168, 77, 2), Ipv4Addr::new(192, 168, 77, 3), Ipv4Addr::new(192, 168, 77, 4)];
 const VNIS: [u32; 5] = [100, 200, 300, 400, 500];
 
 fn vm_ip(i: usize) -> Ipv4Addr {
@@ -112,7 +113,14 @@ fn arb_tables() -> impl Strategy<Value = Tables> {
         };
         for (i, (macs, vteps)) in ts.iter().enumerate() {
             let name = format!("t{i}");
-            c.tenants.push(TenantConfig { name: name.clone(), vni: VNIS[i].into(), mac_limit: 8, vteps: vteps.iter().map(|v| (*v).into()).collect(), fdb: vec![], arp: vec![] });
+            c.tenants.push(TenantConfig {
+                name: name.clone(),
+                vni: VNIS[i].into(),
+                mac_limit: 8,
+                vteps: vteps.iter().map(|v| (*v).into()).collect(),
+                fdb: vec![],
+                arp: vec![],
+            });
             let mut used = vec![];
             for m in macs {
                 if used.contains(m) {
@@ -123,7 +131,10 @@ fn arb_tables() -> impl Strategy<Value = Tables> {
                 c.ports.push(PortConfig {
                     interface: format!("t{i}p{m}"),
                     tenant: name.clone(),
-                    mac: format!("{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}", mac[0], mac[1], mac[2], mac[3], mac[4], mac[5]),
+                    mac: format!(
+                        "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+                        mac[0], mac[1], mac[2], mac[3], mac[4], mac[5]
+                    ),
                     ips: vec![vm_ip(*m).into()],
                 });
             }
@@ -144,10 +155,12 @@ enum Inject {
 
 fn arb_inject() -> impl Strategy<Value = Inject> {
     prop_oneof![
-        (0usize..16, 0usize..8, 0u8..5, proptest::collection::vec(any::<u8>(), 0..80)).prop_map(|(port, dst, kind, junk)| Inject::Vm { port, dst, kind, junk }),
+        (0usize..16, 0usize..8, 0u8..5, proptest::collection::vec(any::<u8>(), 0..80))
+            .prop_map(|(port, dst, kind, junk)| Inject::Vm { port, dst, kind, junk }),
         (0usize..6, 0usize..4, 0usize..7, 0usize..8, any::<bool>(), prop_oneof![Just(0x08u8), any::<u8>()])
             .prop_map(|(vni, vtep, src, dst, bcast, flags)| Inject::Vxlan { vni, vtep, src, dst, bcast, flags }),
-        (0usize..16, proptest::collection::vec(any::<u8>(), 0..120)).prop_map(|(port, bytes)| Inject::Junk { port, bytes }),
+        (0usize..16, proptest::collection::vec(any::<u8>(), 0..120))
+            .prop_map(|(port, bytes)| Inject::Junk { port, bytes }),
     ]
 }
 

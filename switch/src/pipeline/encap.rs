@@ -4,8 +4,8 @@
 use super::DropReason;
 use crate::tables::Underlay;
 use crate::wire::{
-    self, vxlan, EtherType, EthernetFrame, IpProtocol, Ipv4Packet, MacAddr, UdpPacket, ETHERNET_HEADER_LEN,
-    IPV4_HEADER_LEN, UDP_HEADER_LEN, VXLAN_PORT, VXLAN_V4_OVERHEAD,
+    self, ETHERNET_HEADER_LEN, EtherType, EthernetFrame, IPV4_HEADER_LEN, IpProtocol, Ipv4Packet, MacAddr,
+    UDP_HEADER_LEN, UdpPacket, VXLAN_PORT, VXLAN_V4_OVERHEAD, vxlan,
 };
 use std::net::Ipv4Addr;
 
@@ -68,7 +68,15 @@ impl EncapTemplate {
     /// outer headers are written in front. Returns the new length, or `None` when `buf` has
     /// no room.
     #[inline]
-    pub fn encapsulate(&self, buf: &mut [u8], len: usize, dst_mac: MacAddr, dst_ip: Ipv4Addr, vni: u32, src_port: u16) -> Option<usize> {
+    pub fn encapsulate(
+        &self,
+        buf: &mut [u8],
+        len: usize,
+        dst_mac: MacAddr,
+        dst_ip: Ipv4Addr,
+        vni: u32,
+        src_port: u16,
+    ) -> Option<usize> {
         let total = len + VXLAN_V4_OVERHEAD;
         if total > buf.len() {
             return None;
@@ -207,7 +215,9 @@ mod tests {
         let t = EncapTemplate::new(&underlay());
         let mut buf = [0u8; 128];
         buf[..16].copy_from_slice(&INNER);
-        let n = t.encapsulate(&mut buf, 16, MacAddr([2, 0, 0, 0, 0xff, 2]), Ipv4Addr::new(192, 168, 77, 2), 100, 0xc123).unwrap();
+        let n = t
+            .encapsulate(&mut buf, 16, MacAddr([2, 0, 0, 0, 0xff, 2]), Ipv4Addr::new(192, 168, 77, 2), 100, 0xc123)
+            .unwrap();
         assert_eq!(n, 66);
         #[rustfmt::skip]
         let expect: [u8; 50] = [

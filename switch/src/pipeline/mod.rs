@@ -12,12 +12,12 @@ pub use encap::{EncapTemplate, Outer, Underlayer};
 
 use crate::fdb::{Fdb, Learn, Origin};
 use crate::neigh::Neighbors;
-use crate::port::{Desc, FrameMem, FreeList, TxStage, BATCH};
+use crate::port::{BATCH, Desc, FrameMem, FreeList, TxStage};
 use crate::stats::{Events, Stats};
 use crate::tables::{FdbDest, PortKind, Tables, UPLINK};
 use crate::types::{PortId, TenantId};
 use crate::wire::{
-    ArpOperation, ArpPacket, ArpRepr, EtherType, EthernetFrame, Ipv4Packet, Ipv6Packet, MacAddr, ETHERNET_HEADER_LEN,
+    ArpOperation, ArpPacket, ArpRepr, ETHERNET_HEADER_LEN, EtherType, EthernetFrame, Ipv4Packet, Ipv6Packet, MacAddr,
     VXLAN_V4_OVERHEAD,
 };
 use std::net::{Ipv4Addr, Ipv6Addr};
@@ -160,18 +160,27 @@ impl Pipeline {
             for d in rx.iter().take(BATCH) {
                 let buf = mem.buf_mut(d.id);
                 let len = (d.len as usize).min(buf.len());
-                let a = classify(t, &self.tmpl, &mut fdb, &mut neigh, &mut self.stats.events, ingress, &mut buf[..len], now);
+                let a = classify(
+                    t,
+                    &self.tmpl,
+                    &mut fdb,
+                    &mut neigh,
+                    &mut self.stats.events,
+                    ingress,
+                    &mut buf[..len],
+                    now,
+                );
                 self.actions.push(a);
             }
         }
         // A VM port's source MAC is pinned by anti-spoofing, so every frame of the batch was
         // sent by the same MAC: learn it once per batch, not once per frame.
-        if let PortKind::Vm { tenant, mac, .. } = &port.kind {
-            if self.actions.iter().any(|(a, _)| !matches!(a, Action::Drop(_))) {
-                let limit = t.tenant(*tenant).map_or(0, |x| x.mac_limit);
-                let r = self.fdb.learn(*tenant, mac, FdbDest::Local(ingress), Origin::LearnedLocal, now, limit);
-                count_learn(&mut self.stats.events, r);
-            }
+        if let PortKind::Vm { tenant, mac, .. } = &port.kind
+            && self.actions.iter().any(|(a, _)| !matches!(a, Action::Drop(_)))
+        {
+            let limit = t.tenant(*tenant).map_or(0, |x| x.mac_limit);
+            let r = self.fdb.learn(*tenant, mac, FdbDest::Local(ingress), Origin::LearnedLocal, now, limit);
+            count_learn(&mut self.stats.events, r);
         }
 
         // Pass 2: carry the decisions out.
@@ -199,7 +208,20 @@ impl Pipeline {
                 }
                 Action::Flood { tenant, exclude, inner_off, inner_len, remote } => {
                     out.stats.events.flooded += 1;
-                    flood(t, &self.tmpl, &mut self.neigh, mem, &mut out, *d, tenant, exclude, inner_off, inner_len, remote, now);
+                    flood(
+                        t,
+                        &self.tmpl,
+                        &mut self.neigh,
+                        mem,
+                        &mut out,
+                        *d,
+                        tenant,
+                        exclude,
+                        inner_off,
+                        inner_len,
+                        remote,
+                        now,
+                    );
                 }
                 Action::Host => {
                     out.stats.events.to_host += 1;
@@ -376,19 +398,26 @@ fn classify_vm(
             let Ok(repr) = ArpPacket::new_checked(eth.payload()).and_then(|p| ArpRepr::parse(&p)) else {
                 return Action::Drop(DropReason::MalformedArp);
             };
-            let ArpRepr::EthernetIpv4 { operation, source_hardware_addr: sha, source_protocol_addr: spa, target_protocol_addr: tpa, .. } = repr
+            let ArpRepr::EthernetIpv4 {
+                operation,
+                source_hardware_addr: sha,
+                source_protocol_addr: spa,
+                target_protocol_addr: tpa,
+                ..
+            } = repr
             else {
                 return Action::Drop(DropReason::MalformedArp);
             };
             if sha != *port_mac || !(ipv4.contains(&spa) || spa.is_unspecified()) {
                 return Action::Drop(DropReason::SpoofedArp);
             }
-            if operation == ArpOperation::Request && !spa.is_unspecified() {
-                if let Some(owner) = t.arp_binding(tenant, tpa).filter(|m| m != port_mac) {
-                    answer_arp(frame, owner, tpa, sha, spa);
-                    ev.arp_suppressed += 1;
-                    return Action::Forward(ingress);
-                }
+            if operation == ArpOperation::Request
+                && !spa.is_unspecified()
+                && let Some(owner) = t.arp_binding(tenant, tpa).filter(|m| m != port_mac)
+            {
+                answer_arp(frame, owner, tpa, sha, spa);
+                ev.arp_suppressed += 1;
+                return Action::Forward(ingress);
             }
         }
         EtherType::Unknown(0x8100 | 0x88a8) => return Action::Drop(DropReason::VlanTagged),
@@ -436,7 +465,13 @@ fn answer_arp(frame: &mut [u8], owner: MacAddr, owner_ip: Ipv4Addr, asker: MacAd
 }
 
 #[inline]
-fn classify_uplink(t: &Tables, fdb: &mut FdbView<'_>, ev: &mut Events, frame: &[u8], now: u64) -> (Action, Option<TenantId>) {
+fn classify_uplink(
+    t: &Tables,
+    fdb: &mut FdbView<'_>,
+    ev: &mut Events,
+    frame: &[u8],
+    now: u64,
+) -> (Action, Option<TenantId>) {
     let outer = match encap::parse_outer(frame, t.underlay.vtep_ip) {
         Ok(Underlayer::Vxlan(o)) => o,
         Ok(Underlayer::Host) => return (Action::Host, None),

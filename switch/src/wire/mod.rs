@@ -8,9 +8,9 @@ pub mod vlan;
 pub mod vxlan;
 
 pub use smoltcp::wire::{
-    ArpOperation, ArpPacket, ArpRepr, EthernetAddress as MacAddr, EthernetFrame,
-    EthernetProtocol as EtherType, EthernetRepr, IpProtocol, Ipv4Packet, Ipv4Repr, Ipv6Packet,
-    Ipv6Repr, UdpPacket, UdpRepr, ETHERNET_HEADER_LEN, IPV4_HEADER_LEN, UDP_HEADER_LEN,
+    ArpOperation, ArpPacket, ArpRepr, ETHERNET_HEADER_LEN, EthernetAddress as MacAddr, EthernetFrame,
+    EthernetProtocol as EtherType, EthernetRepr, IPV4_HEADER_LEN, IpProtocol, Ipv4Packet, Ipv4Repr, Ipv6Packet,
+    Ipv6Repr, UDP_HEADER_LEN, UdpPacket, UdpRepr,
 };
 
 /// EtherType of an 802.1Q VLAN tag.
@@ -65,8 +65,7 @@ mod tests {
 
     // IPv4/UDP 10.0.0.1:1000 -> 10.0.0.2:2000, 4 bytes of payload, DF, TTL 64.
     const IPV4_UDP: [u8; 32] = [
-        0x45, 0x00, 0x00, 0x20, 0x00, 0x00, 0x40, 0x00, 0x40, 0x11, 0x26, 0xcb, 10, 0, 0, 1, 10,
-        0, 0, 2, // ipv4
+        0x45, 0x00, 0x00, 0x20, 0x00, 0x00, 0x40, 0x00, 0x40, 0x11, 0x26, 0xcb, 10, 0, 0, 1, 10, 0, 0, 2, // ipv4
         0x03, 0xe8, 0x07, 0xd0, 0x00, 0x0c, 0x00, 0x00, // udp, no checksum
         0xde, 0xad, 0xbe, 0xef,
     ];
@@ -92,12 +91,8 @@ mod tests {
     fn ethernet_and_arp_construct() {
         let mut buf = [0u8; 42];
         let mut eth = EthernetFrame::new_unchecked(&mut buf[..]);
-        EthernetRepr {
-            src_addr: MacAddr([2, 0, 0, 0, 0, 1]),
-            dst_addr: MacAddr::BROADCAST,
-            ethertype: EtherType::Arp,
-        }
-        .emit(&mut eth);
+        EthernetRepr { src_addr: MacAddr([2, 0, 0, 0, 0, 1]), dst_addr: MacAddr::BROADCAST, ethertype: EtherType::Arp }
+            .emit(&mut eth);
         let mut arp = ArpPacket::new_unchecked(eth.payload_mut());
         ArpRepr::EthernetIpv4 {
             operation: ArpOperation::Request,

@@ -121,8 +121,7 @@ mod tests {
     fn construct() {
         let mut b = [0u8; 5];
         b[4] = 0x45;
-        Repr { pcp: 5, dei: false, vid: 100, ethertype: EtherType::Ipv4 }
-            .emit(&mut Packet::new_unchecked(&mut b[..]));
+        Repr { pcp: 5, dei: false, vid: 100, ethertype: EtherType::Ipv4 }.emit(&mut Packet::new_unchecked(&mut b[..]));
         assert_eq!(b, TAG);
     }
 

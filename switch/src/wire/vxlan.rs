@@ -54,11 +54,7 @@ impl<T: AsRef<[u8]>> Packet<T> {
 
     /// Ensures no accessor will panic.
     pub fn check_len(&self) -> Result<(), Error> {
-        if self.buffer.as_ref().len() < HEADER_LEN {
-            Err(Error::Truncated)
-        } else {
-            Ok(())
-        }
+        if self.buffer.as_ref().len() < HEADER_LEN { Err(Error::Truncated) } else { Ok(()) }
     }
 
     /// The flags byte.

@@ -1,0 +1,26 @@
+//! Every parser on arbitrary bytes: must never panic.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use std::net::Ipv4Addr;
+use xvs_switch::pipeline::encap::{Underlayer, decapsulate, parse_outer};
+use xvs_switch::wire::{ArpPacket, ArpRepr, EthernetFrame, Ipv4Packet, Ipv6Packet, UdpPacket, vlan, vxlan};
+
+fuzz_target!(|data: &[u8]| {
+    if let Ok(Underlayer::Vxlan(o)) = parse_outer(data, Ipv4Addr::new(192, 168, 77, 1)) {
+        let mut buf = data.to_vec();
+        let n = decapsulate(&mut buf, &o);
+        assert!(n <= data.len());
+    }
+    if let Ok(eth) = EthernetFrame::new_checked(data) {
+        let p = eth.payload();
+        let _ = ArpPacket::new_checked(p).and_then(|a| ArpRepr::parse(&a));
+        if let Ok(ip) = Ipv4Packet::new_checked(p) {
+            let _ = ip.verify_checksum();
+            let _ = UdpPacket::new_checked(ip.payload()).map(|u| u.payload().len());
+        }
+        let _ = Ipv6Packet::new_checked(p).map(|ip| ip.payload().len());
+        let _ = vlan::Packet::new_checked(p).map(|v| vlan::Repr::parse(&v));
+    }
+    let _ = vxlan::Packet::new_checked(data).map(|v| vxlan::Repr::parse(&v));
+});

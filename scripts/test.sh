@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Runs every test of xvs: set-up, formatting and lints, unit/property/integration tests,
+# fuzz target builds, and the system tests in network namespaces (root required).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+./scripts/setup.sh
+export PATH="$HOME/.cargo/bin:$PATH"
+
+step() { echo; echo "=== $* ==="; }
+
+step "format"
+cargo fmt --all -- --check
+
+step "lints"
+cargo clippy --all-targets -- -D warnings
+
+step "unit, property and in-memory pipeline tests"
+cargo test --lib --bins --tests -p xvs-switch -p xvs-common -p xvs-benches
+
+step "fuzz targets build"
+cargo build --manifest-path fuzz/Cargo.toml --bins
+
+if [ -d tests/tests ]; then
+  step "system tests (network namespaces, XDP, AF_XDP)"
+  if [ "$(id -u)" != 0 ]; then
+    echo "system tests need root (network namespaces, XDP); run as root" >&2
+    exit 1
+  fi
+  cargo test --release -p xvs-systests -- --test-threads=1
+fi
+echo; echo "all tests passed"
