@@ -6,9 +6,12 @@
 //! in-memory implementation; [`tables`], [`fdb`] and [`neigh`] hold state, [`config`] builds it.
 
 pub mod config;
+pub mod daemon;
 pub mod datapath;
 pub mod fdb;
 pub mod frames;
+pub mod host;
+pub mod io;
 pub mod memport;
 pub mod neigh;
 pub mod pipeline;

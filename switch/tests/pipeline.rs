@@ -95,7 +95,7 @@ fn check_outer(f: &[u8]) -> (Ipv4Addr, u32, Vec<u8>) {
     assert_eq!(udp.dst_port(), 4789);
     assert!(udp.src_port() >= 49152, "source port from the dynamic range");
     assert_eq!(usize::from(udp.len()), ipp.payload().len());
-    let vx = &udp.payload()[..];
+    let vx = udp.payload();
     assert_eq!(vx[0], 0x08);
     assert_eq!(&vx[1..4], &[0, 0, 0]);
     assert_eq!(vx[7], 0);

@@ -1,5 +1,63 @@
-//! xvsd: the xvs daemon (see the README).
-fn main() {
-    eprintln!("xvsd: not yet");
-    std::process::exit(1);
+//! xvsd, the xvs daemon: forwards between VM ports and the VXLAN underlay.
+
+use clap::Parser;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use xvs_switch::config::Config;
+use xvs_switch::daemon::{self, Options};
+
+/// xvs daemon: a userspace VXLAN virtual switch over XDP and AF_XDP.
+#[derive(Parser, Debug)]
+#[command(name = "xvsd", version, about, long_about = None)]
+struct Args {
+    /// Configuration file (TOML): uplink, VTEP IP, cores, tenants, VM ports.
+    #[arg(short, long, default_value = "/etc/xvs/xvsd.toml")]
+    config: PathBuf,
+    /// Validate the configuration (file and interfaces) and exit without touching anything.
+    #[arg(long)]
+    check: bool,
+    /// Write status and counters as JSON to this file, refreshed while running.
+    #[arg(long)]
+    stats_file: Option<PathBuf>,
+    /// Bind AF_XDP sockets in copy mode even where zero-copy would work.
+    #[arg(long)]
+    force_copy: bool,
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let args = Args::parse();
+    match run(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xvsd: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run(args: Args) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(&args.config)
+        .map_err(|e| anyhow::anyhow!("cannot read config {}: {e}", args.config.display()))?;
+    let cfg = Config::from_toml(&text)?;
+    if args.check {
+        daemon::preflight(&cfg)?;
+        println!("config {} is valid", args.config.display());
+        return Ok(());
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    signal_hook::flag::register(signal_hook::consts::SIGINT, Arc::clone(&stop))?;
+    signal_hook::flag::register(signal_hook::consts::SIGTERM, Arc::clone(&stop))?;
+    let snap = daemon::run(
+        cfg,
+        Options { stats_file: args.stats_file, force_copy: args.force_copy, config_path: Some(args.config) },
+        stop,
+    )?;
+    tracing::info!(uptime = snap.uptime_secs, packets = snap.core.packets, "xvsd stopped; XDP programs detached");
+    Ok(())
 }

@@ -1,0 +1,122 @@
+#!/usr/bin/env bash
+# The standard two-host, two-tenant testbed in network namespaces.
+#
+#   usage: testbed.sh up PREFIX [kernel] | down PREFIX | config PREFIX HOST
+#
+#   PREFIX-vm1 [10.0.0.1 02:..:01] -- PREFIX-p1 \                      / PREFIX-p2 -- [10.0.0.2 02:..:02] PREFIX-vm2   tenant blue, VNI 100
+#   PREFIX-vm3 [10.0.0.1 02:..:01] -- PREFIX-p3  PREFIX-h1 ==== PREFIX-h2  PREFIX-p4 -- [10.0.0.2 02:..:02] PREFIX-vm4   tenant red,  VNI 200
+#                          PREFIX-u1 192.168.77.1/24 (+.11) <-> PREFIX-u2 192.168.77.2/24 (+.12)   underlay veth, MTU 1600
+#
+# Both tenants use the same IPs and MACs. The .1/.2 addresses are the VTEP IPs; .11/.12 are
+# the hosts' own addresses for non-overlay traffic. With "kernel", host 2 is the Linux kernel's
+# own VTEP (a vxlan device per VNI and a bridge) instead of a port set for xvsd.
+# Every name starts with PREFIX (keep it short: interface names are at most 15 characters).
+set -euo pipefail
+cmd=${1:?usage: testbed.sh up|down|config PREFIX}
+P=${2:?PREFIX missing}
+
+ns() { ip netns exec "$@"; }
+
+vm() { # vm NS HOSTNS PORT IP MAC
+  local n=$1 h=$2 port=$3 ipaddr=$4 mac=$5
+  ip netns add "$n"
+  ip link add "${port}v" type veth peer name "$port"
+  ip link set "${port}v" netns "$n"
+  ip link set "$port" netns "$h"
+  ns "$n" ip link set "${port}v" name eth0
+  ns "$n" ip link set eth0 address "$mac" mtu 1500 up
+  ns "$n" ip addr add "$ipaddr/24" dev eth0
+  ns "$n" ip link set lo up
+  # A userspace switch sees the frames as they are: no partial checksums, no super-frames.
+  ns "$n" ethtool -K eth0 tx off tso off gso off >/dev/null 2>&1 || true
+  ns "$h" ip link set "$port" mtu 1500 up
+  ns "$h" ethtool -K "$port" tx off tso off gso off >/dev/null 2>&1 || true
+}
+
+up() {
+  local peer=${1:-xvs}
+  for h in h1 h2; do
+    ip netns add "$P-$h"
+    ns "$P-$h" ip link set lo up
+    ns "$P-$h" sysctl -qw net.ipv6.conf.all.disable_ipv6=1
+  done
+  ip link add "$P-u1" type veth peer name "$P-u2"
+  ip link set "$P-u1" netns "$P-h1"
+  ip link set "$P-u2" netns "$P-h2"
+  ns "$P-h1" ip link set "$P-u1" address 02:00:00:00:ff:01 mtu 1600 up
+  ns "$P-h2" ip link set "$P-u2" address 02:00:00:00:ff:02 mtu 1600 up
+  ns "$P-h1" ip addr add 192.168.77.1/24 dev "$P-u1"
+  ns "$P-h1" ip addr add 192.168.77.11/24 dev "$P-u1"
+  ns "$P-h2" ip addr add 192.168.77.2/24 dev "$P-u2"
+  ns "$P-h2" ip addr add 192.168.77.12/24 dev "$P-u2"
+  for h in h1 h2; do
+    ns "$P-$h" ethtool -K "$P-u${h#h}" tx off tso off gso off >/dev/null 2>&1 || true
+  done
+  vm "$P-vm1" "$P-h1" "$P-p1" 10.0.0.1 02:00:00:00:00:01
+  vm "$P-vm3" "$P-h1" "$P-p3" 10.0.0.1 02:00:00:00:00:01
+  vm "$P-vm2" "$P-h2" "$P-p2" 10.0.0.2 02:00:00:00:00:02
+  vm "$P-vm4" "$P-h2" "$P-p4" 10.0.0.2 02:00:00:00:00:02
+  for n in vm1 vm2 vm3 vm4; do ns "$P-$n" sysctl -qw net.ipv6.conf.all.disable_ipv6=1; done
+  if [ "$peer" = kernel ]; then
+    for t in "100 p2" "200 p4"; do
+      set -- $t
+      ns "$P-h2" ip link add "$P-br$1" type bridge stp_state 0
+      ns "$P-h2" ip link add "$P-vx$1" type vxlan id "$1" local 192.168.77.2 remote 192.168.77.1 dstport 4789 dev "$P-u2"
+      ns "$P-h2" ip link set "$P-vx$1" mtu 1500 master "$P-br$1" up
+      ns "$P-h2" ip link set "$P-$2" master "$P-br$1" up
+      ns "$P-h2" ip link set "$P-br$1" up
+    done
+  fi
+}
+
+down() {
+  for n in h1 h2 vm1 vm2 vm3 vm4; do
+    ip netns pids "$P-$n" 2>/dev/null | xargs -r kill -9 2>/dev/null || true
+    ip netns del "$P-$n" 2>/dev/null || true
+  done
+  ip link del "$P-u1" 2>/dev/null || true
+}
+
+config() { # config HOST(1|2) [cores]
+  local h=$1 core=${2:-1} other=$(( 3 - $1 ))
+  local a b
+  if [ "$h" = 1 ]; then a=p1; b=p3; else a=p2; b=p4; fi
+  cat <<CFG
+# xvsd on host $h of testbed $P
+[uplink]
+interface = "$P-u$h"
+vtep_ip = "192.168.77.$h/24"
+
+[daemon]
+cores = [$core]
+
+[[tenant]]
+name = "blue"
+vni = 100
+vteps = ["192.168.77.$other"]
+
+[[tenant]]
+name = "red"
+vni = 200
+vteps = ["192.168.77.$other"]
+
+[[port]]
+interface = "$P-$a"
+tenant = "blue"
+mac = "02:00:00:00:00:0$h"
+ips = ["10.0.0.$h"]
+
+[[port]]
+interface = "$P-$b"
+tenant = "red"
+mac = "02:00:00:00:00:0$h"
+ips = ["10.0.0.$h"]
+CFG
+}
+
+case "$cmd" in
+  up) down; up "${3:-xvs}" ;;
+  down) down ;;
+  config) config "${3:?HOST}" "${4:-1}" ;;
+  *) echo "usage: testbed.sh up|down|config PREFIX" >&2; exit 2 ;;
+esac

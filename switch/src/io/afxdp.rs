@@ -1,0 +1,364 @@
+//! AF_XDP ports: one UMEM per forwarding core, shared by all of that core's sockets, so a frame
+//! moves from one port to another without a copy. Zero-copy binding where the driver supports
+//! it, copy mode otherwise (veth, tap), chosen automatically; need_wakeup always.
+#![allow(unsafe_code)]
+
+use crate::port::{Desc, FrameMem, FreeList, Port, BATCH};
+use serde::Serialize;
+use std::num::NonZeroU32;
+use std::ops::Range;
+use std::os::fd::{AsRawFd, RawFd};
+use std::ptr::NonNull;
+use std::sync::Arc;
+use xsk_rs::config::{BindFlags, FrameSize, Interface, LibxdpFlags, QueueSize, SocketConfig, UmemConfig};
+use xsk_rs::{CompQueue, FillQueue, FrameDesc, RxQueue, Socket, TxQueue, Umem};
+
+/// UMEM chunk size: one page, room for jumbo-ish frames plus encapsulation.
+pub const FRAME_SIZE: u32 = 4096;
+/// Descriptors per ring.
+pub const RING_SIZE: u32 = 2048;
+
+/// How a socket is bound.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum XskMode {
+    /// The driver DMAs straight into the UMEM.
+    ZeroCopy,
+    /// The kernel copies frames between its buffers and the UMEM (veth, tap, generic XDP).
+    Copy,
+}
+
+/// The UMEM of one core as [`FrameMem`].
+pub struct UmemFrames {
+    umem: Umem,
+    base: NonNull<u8>,
+    data_off: usize,
+    frames: u32,
+    canon: Arc<Vec<FrameDesc>>,
+}
+
+// SAFETY: the UMEM mapping lives as long as `umem` (which it keeps alive) and is only touched
+// by the thread that owns this value.
+unsafe impl Send for UmemFrames {}
+
+impl UmemFrames {
+    /// Maps a UMEM of `frames` frames.
+    pub fn new(frames: u32) -> anyhow::Result<UmemFrames> {
+        let config = UmemConfig::builder()
+            .frame_size(FrameSize::new(FRAME_SIZE).map_err(|e| anyhow::anyhow!("{e}"))?)
+            .fill_queue_size(QueueSize::new(RING_SIZE).map_err(|e| anyhow::anyhow!("{e}"))?)
+            .comp_queue_size(QueueSize::new(RING_SIZE).map_err(|e| anyhow::anyhow!("{e}"))?)
+            .frame_headroom(0)
+            .build()
+            .map_err(|e| anyhow::anyhow!("UMEM config: {e:?}"))?;
+        let data_off = config.xdp_headroom() as usize + config.frame_headroom() as usize;
+        let n = NonZeroU32::new(frames).ok_or_else(|| anyhow::anyhow!("UMEM needs frames"))?;
+        let (umem, descs) = Umem::new(config, n, false).map_err(|e| anyhow::anyhow!("creating UMEM: {e}"))?;
+        let mut d0 = descs[0];
+        // SAFETY: d0 is frame 0 of this UMEM and nothing else (kernel included: no socket is
+        // bound yet) accesses it. We only take the address of its data segment.
+        let p = unsafe {
+            let mut data = umem.data_mut(&mut d0);
+            let mut c = data.cursor();
+            let cap = c.buf_len();
+            c.set_pos(cap);
+            data.contents_mut().as_mut_ptr()
+        };
+        // SAFETY: frame 0's data segment starts `data_off` bytes into the mapping.
+        let base = NonNull::new(unsafe { p.sub(data_off) }).ok_or_else(|| anyhow::anyhow!("null UMEM"))?;
+        Ok(UmemFrames { umem, base, data_off, frames, canon: Arc::new(descs) })
+    }
+
+    fn data_ptr(&self, id: u32) -> *mut u8 {
+        assert!(id < self.frames, "frame {id} outside the UMEM");
+        // SAFETY: id < frames, so the offset is inside the mapping of frames * FRAME_SIZE bytes.
+        unsafe { self.base.as_ptr().add(id as usize * FRAME_SIZE as usize + self.data_off) }
+    }
+
+    /// Data capacity of a frame.
+    fn cap(&self) -> usize {
+        FRAME_SIZE as usize - self.data_off
+    }
+
+    /// Binds an AF_XDP socket on `ifname` queue `queue` to this UMEM.
+    pub fn bind(&self, ifname: &str, queue: u32, force_copy: bool) -> anyhow::Result<XskPort> {
+        let iface: Interface = ifname.parse().map_err(|_| anyhow::anyhow!("bad interface name {ifname:?}"))?;
+        let mut last_err = None;
+        let modes: &[XskMode] = if force_copy { &[XskMode::Copy] } else { &[XskMode::ZeroCopy, XskMode::Copy] };
+        for &mode in modes {
+            let flags = match mode {
+                XskMode::ZeroCopy => BindFlags::XDP_ZEROCOPY | BindFlags::XDP_USE_NEED_WAKEUP,
+                XskMode::Copy => BindFlags::XDP_COPY | BindFlags::XDP_USE_NEED_WAKEUP,
+            };
+            let config = SocketConfig::builder()
+                .rx_queue_size(QueueSize::new(RING_SIZE).expect("power of two"))
+                .tx_queue_size(QueueSize::new(RING_SIZE).expect("power of two"))
+                .libxdp_flags(LibxdpFlags::XSK_LIBXDP_FLAGS_INHIBIT_PROG_LOAD)
+                .bind_flags(flags)
+                .build();
+            // SAFETY: we always inhibit libxdp's program load, as xsk-rs requires for sockets
+            // sharing a UMEM; the UMEM outlives the socket (the port holds a clone).
+            match unsafe { Socket::new(config, &self.umem, &iface, queue) } {
+                Ok((tx, rx, Some((fq, cq)))) => {
+                    // A socket sharing a UMEM takes the UMEM's mode, whatever it asked for:
+                    // report what the kernel did.
+                    let mode = if zero_copy(rx.fd().as_raw_fd()) { XskMode::ZeroCopy } else { XskMode::Copy };
+                    let scratch = vec![self.canon[0]; RING_SIZE as usize];
+                    return Ok(XskPort {
+                        name: ifname.to_string(),
+                        queue,
+                        mode,
+                        tx,
+                        rx,
+                        fq,
+                        cq,
+                        umem: self.umem.clone(),
+                        canon: Arc::clone(&self.canon),
+                        scratch,
+                        base: self.base,
+                        data_off: self.data_off,
+                        in_fill: 0,
+                        fill_target: RING_SIZE / 2,
+                    });
+                }
+                Ok((_, _, None)) => anyhow::bail!("{ifname} queue {queue}: already bound to this UMEM"),
+                Err(e) => last_err = Some(e),
+            }
+        }
+        Err(anyhow::anyhow!("binding AF_XDP socket to {ifname} queue {queue}: {}", last_err.map(|e| e.to_string()).unwrap_or_default()))
+    }
+}
+
+impl FrameMem for UmemFrames {
+    fn buf(&self, id: u32) -> &[u8] {
+        // SAFETY: frame `id` is owned by userspace (the core received it or took it from the
+        // free list), so neither the kernel nor another reference writes it meanwhile.
+        unsafe { std::slice::from_raw_parts(self.data_ptr(id), self.cap()) }
+    }
+
+    fn buf_mut(&mut self, id: u32) -> &mut [u8] {
+        // SAFETY: as in `buf`, and `&mut self` excludes other userspace references.
+        unsafe { std::slice::from_raw_parts_mut(self.data_ptr(id), self.cap()) }
+    }
+
+    fn copy(&mut self, src: u32, r: Range<usize>, dst: u32, dst_off: usize) {
+        assert!(src != dst && r.end <= self.cap() && r.start <= r.end && dst_off + r.len() <= self.cap());
+        // SAFETY: both frames are owned by userspace, distinct, and the ranges are in bounds.
+        unsafe { std::ptr::copy_nonoverlapping(self.data_ptr(src).add(r.start), self.data_ptr(dst).add(dst_off), r.len()) }
+    }
+
+    fn capacity(&self) -> usize {
+        self.cap()
+    }
+
+    fn frames(&self) -> u32 {
+        self.frames
+    }
+}
+
+/// Whether the kernel bound socket `fd` in zero-copy mode (getsockopt XDP_OPTIONS).
+fn zero_copy(fd: RawFd) -> bool {
+    const SOL_XDP: libc::c_int = 283;
+    const XDP_OPTIONS: libc::c_int = 8;
+    const XDP_OPTIONS_ZEROCOPY: u32 = 1;
+    let mut flags: u32 = 0;
+    let mut len = std::mem::size_of::<u32>() as libc::socklen_t;
+    // SAFETY: `flags` is a valid u32 out-buffer of `len` bytes for the call.
+    let rc = unsafe { libc::getsockopt(fd, SOL_XDP, XDP_OPTIONS, (&raw mut flags).cast(), &mut len) };
+    rc == 0 && flags & XDP_OPTIONS_ZEROCOPY != 0
+}
+
+/// One AF_XDP socket (one queue of one interface) as a [`Port`].
+pub struct XskPort {
+    /// Interface name.
+    pub name: String,
+    /// Queue id.
+    pub queue: u32,
+    /// How it is bound.
+    pub mode: XskMode,
+    tx: TxQueue,
+    rx: RxQueue,
+    fq: FillQueue,
+    cq: CompQueue,
+    umem: Umem,
+    canon: Arc<Vec<FrameDesc>>,
+    scratch: Vec<FrameDesc>,
+    base: NonNull<u8>,
+    data_off: usize,
+    in_fill: u32,
+    fill_target: u32,
+}
+
+// SAFETY: the rings and the UMEM pointer are used only by the thread that owns the port.
+unsafe impl Send for XskPort {}
+
+impl XskPort {
+    /// The socket's file descriptor (for the XSKMAP and for poll).
+    pub fn fd(&self) -> RawFd {
+        self.rx.fd().as_raw_fd()
+    }
+
+    /// Kernel-side statistics: (rx dropped, rx ring full, fill ring empty, tx invalid).
+    pub fn kernel_stats(&self) -> Option<(u64, u64, u64, u64)> {
+        let s = self.rx.fd().xdp_statistics().ok()?;
+        Some((s.rx_dropped(), s.rx_ring_full(), s.rx_fill_ring_empty_descs(), s.tx_invalid_descs()))
+    }
+
+    fn id_of(addr: usize) -> (u32, usize) {
+        ((addr / FRAME_SIZE as usize) as u32, addr % FRAME_SIZE as usize)
+    }
+}
+
+impl Port for XskPort {
+    fn rx(&mut self, _mem: &mut dyn FrameMem, out: &mut [Desc]) -> usize {
+        let want = out.len().min(self.scratch.len()).min(BATCH);
+        // SAFETY: the descriptors come from the RX ring of this UMEM; we hand the frames to
+        // the core, which owns them from now on.
+        let n = unsafe { self.rx.consume(&mut self.scratch[..want]) };
+        for (slot, d) in out.iter_mut().zip(&self.scratch[..n]) {
+            let (id, off) = Self::id_of(d.addr());
+            let len = d.lengths().data().min(FRAME_SIZE as usize - self.data_off);
+            if off != self.data_off {
+                // Copy mode may place data at another offset in the chunk: move it to the
+                // frame's data start so every frame looks the same to the pipeline.
+                // SAFETY: both ranges lie within chunk `id`, which we own now.
+                unsafe {
+                    let chunk = self.base.as_ptr().add(id as usize * FRAME_SIZE as usize);
+                    let len = len.min(FRAME_SIZE as usize - off);
+                    std::ptr::copy(chunk.add(off), chunk.add(self.data_off), len);
+                }
+            }
+            *slot = Desc { id, len: len as u32 };
+        }
+        self.in_fill = self.in_fill.saturating_sub(n as u32);
+        n
+    }
+
+    fn tx(&mut self, descs: &[Desc]) -> usize {
+        let room = self.tx.nb_free(descs.len() as u32) as usize;
+        let n = descs.len().min(room).min(self.scratch.len());
+        for (s, d) in self.scratch.iter_mut().zip(&descs[..n]) {
+            *s = self.canon[d.id as usize];
+            // SAFETY: frame d.id is ours until the completion ring returns it; setting the
+            // descriptor's length touches no frame memory.
+            unsafe { self.umem.data_mut(s).cursor().set_pos(d.len as usize) };
+        }
+        // SAFETY: the frames belong to this UMEM and are handed to the kernel until completed.
+        let sent = unsafe { self.tx.produce(&self.scratch[..n]) };
+        sent
+    }
+
+    fn flush(&mut self) {
+        if self.tx.needs_wakeup() {
+            let _ = self.tx.wakeup();
+        }
+    }
+
+    fn reclaim(&mut self, free: &mut FreeList) {
+        loop {
+            // SAFETY: completed frames come back to us from the kernel.
+            let n = unsafe { self.cq.consume(&mut self.scratch[..BATCH * 4]) };
+            for d in &self.scratch[..n] {
+                free.free(Self::id_of(d.addr()).0);
+            }
+            if n < BATCH * 4 {
+                break;
+            }
+        }
+    }
+
+    fn refill(&mut self, free: &mut FreeList) {
+        if self.in_fill >= self.fill_target {
+            return;
+        }
+        let want = (self.fill_target - self.in_fill).min(self.fq.nb_free(self.fill_target)) as usize;
+        let mut k = 0;
+        while k < want.min(self.scratch.len()) {
+            let Some(id) = free.alloc() else { break };
+            self.scratch[k] = self.canon[id as usize];
+            k += 1;
+        }
+        if k == 0 {
+            return;
+        }
+        // SAFETY: the frames are free (ours) and handed to the kernel to receive into.
+        let produced = unsafe { self.fq.produce(&self.scratch[..k]) };
+        for d in &self.scratch[produced..k] {
+            free.free(Self::id_of(d.addr()).0);
+        }
+        self.in_fill += produced as u32;
+        if self.fq.needs_wakeup() {
+            let _ = self.fq.wakeup(self.rx.fd_mut(), 0);
+        }
+    }
+}
+
+/// UMEM frames for a core with `ports` sockets: fill and RX ring space for each, plus a pool
+/// for transmit, completion and flood copies.
+pub fn frames_for_ports(ports: usize) -> u32 {
+    (ports as u32 * (RING_SIZE / 2 + RING_SIZE)).max(4096) + 4096
+}
+
+/// All queues of one interface as one [`Port`]: receives from each queue in turn, transmits
+/// on the first (this core owns them all).
+pub struct QueueSet {
+    /// The sockets, one per queue.
+    pub queues: Vec<XskPort>,
+    next: usize,
+}
+
+impl QueueSet {
+    /// Wraps the sockets of one interface.
+    pub fn new(queues: Vec<XskPort>) -> QueueSet {
+        QueueSet { queues, next: 0 }
+    }
+
+    /// File descriptors, for poll.
+    pub fn fds(&self) -> impl Iterator<Item = RawFd> + '_ {
+        self.queues.iter().map(XskPort::fd)
+    }
+}
+
+impl Port for QueueSet {
+    fn rx(&mut self, mem: &mut dyn FrameMem, out: &mut [Desc]) -> usize {
+        let n = self.queues.len();
+        for i in 0..n {
+            let q = (self.next + i) % n;
+            let got = self.queues[q].rx(mem, out);
+            if got > 0 {
+                self.next = (q + 1) % n;
+                return got;
+            }
+        }
+        0
+    }
+
+    fn tx(&mut self, descs: &[Desc]) -> usize {
+        self.queues.first_mut().map_or(0, |q| q.tx(descs))
+    }
+
+    fn flush(&mut self) {
+        if let Some(q) = self.queues.first_mut() {
+            q.flush();
+        }
+    }
+
+    fn reclaim(&mut self, free: &mut FreeList) {
+        for q in &mut self.queues {
+            q.reclaim(free);
+        }
+    }
+
+    fn refill(&mut self, free: &mut FreeList) {
+        for q in &mut self.queues {
+            q.refill(free);
+        }
+    }
+}
+
+/// Sleeps until one of the sockets has something to receive, or `timeout_ms` passes.
+pub fn wait_readable(fds: &[RawFd], timeout_ms: u16) {
+    let mut pfds: Vec<libc::pollfd> = fds.iter().map(|fd| libc::pollfd { fd: *fd, events: libc::POLLIN, revents: 0 }).collect();
+    // SAFETY: `pfds` is a valid array of pollfd for the duration of the call.
+    let _ = unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, i32::from(timeout_ms)) };
+}
