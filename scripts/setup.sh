@@ -10,7 +10,7 @@ log() { echo "setup: $*" >&2; }
 # clang/llvm/libelf/zlib/m4/pkg-config: xsk-rs builds libxdp/libbpf from source (use_cc_build).
 # iproute2/iputils-ping/iperf3/tcpdump/ethtool/socat: the namespace testbed and system tests.
 APT_PKGS=(clang llvm libelf-dev zlib1g-dev m4 pkg-config make gcc iproute2 iputils-ping
-          iperf3 tcpdump ethtool socat procps)
+          iperf3 tcpdump ethtool socat procps python3 util-linux)
 missing=()
 for p in "${APT_PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -4,13 +4,13 @@
 use crate::config::Config;
 use crate::datapath::Core;
 use crate::host::{HostCounters, HostStack};
-use crate::io::afxdp::{frames_for_ports, wait_readable, QueueSet, UmemFrames, XskMode};
+use crate::io::afxdp::{QueueSet, UmemFrames, XskMode, frames_for_ports, wait_readable};
 use crate::io::netdev;
 use crate::io::xdp::{AttachMode, Attached, Role};
 use crate::stats::Stats;
 use crate::tables::{PortKind, Tables};
-use crate::types::{mac_str, PortId};
-use anyhow::{bail, Context};
+use crate::types::{PortId, mac_str};
+use anyhow::{Context, bail};
 use serde::Serialize;
 use std::net::IpAddr;
 use std::os::fd::RawFd;
@@ -291,23 +291,27 @@ pub fn run(cfg: Config, opts: Options, stop: Arc<AtomicBool>) -> anyhow::Result<
 
 fn pin_to(cpu: usize) {
     let mut set = nix::sched::CpuSet::new();
-    if set.set(cpu).is_ok() {
-        if let Err(e) = nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set) {
-            tracing::warn!("cannot pin the forwarding core to CPU {cpu}: {e}");
-        }
+    if set.set(cpu).is_ok()
+        && let Err(e) = nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set)
+    {
+        tracing::warn!("cannot pin the forwarding core to CPU {cpu}: {e}");
     }
 }
 
 fn write_json(path: &std::path::Path, snap: &Snapshot) {
     let tmp = path.with_extension("tmp");
-    if let Ok(text) = serde_json::to_string_pretty(snap) {
-        if std::fs::write(&tmp, text).is_ok() {
-            let _ = std::fs::rename(&tmp, path);
-        }
+    if let Ok(text) = serde_json::to_string_pretty(snap)
+        && std::fs::write(&tmp, text).is_ok()
+    {
+        let _ = std::fs::rename(&tmp, path);
     }
 }
 
-fn spawn_stats_writer(path: PathBuf, shared: Arc<Mutex<Option<Snapshot>>>, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<()> {
+fn spawn_stats_writer(
+    path: PathBuf,
+    shared: Arc<Mutex<Option<Snapshot>>>,
+    stop: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
         while !stop.load(Ordering::Relaxed) {
             std::thread::sleep(Duration::from_millis(200));

@@ -89,8 +89,13 @@ impl HostStack {
         let eth = EthernetFrame::new_checked(&*frame).ok()?;
         match eth.ethertype() {
             EtherType::Arp => {
-                let Ok(ArpRepr::EthernetIpv4 { operation, source_hardware_addr: sha, source_protocol_addr: spa, target_protocol_addr: tpa, .. }) =
-                    ArpPacket::new_checked(eth.payload()).and_then(|p| ArpRepr::parse(&p))
+                let Ok(ArpRepr::EthernetIpv4 {
+                    operation,
+                    source_hardware_addr: sha,
+                    source_protocol_addr: spa,
+                    target_protocol_addr: tpa,
+                    ..
+                }) = ArpPacket::new_checked(eth.payload()).and_then(|p| ArpRepr::parse(&p))
                 else {
                     self.counters.ignored += 1;
                     return None;
@@ -129,16 +134,13 @@ impl HostStack {
                     return None;
                 }
                 let icmp = Icmpv4Packet::new_checked(ip.payload()).ok()?;
-                let Ok(Icmpv4Repr::EchoRequest { ident, seq_no, data }) =
+                let Ok(Icmpv4Repr::EchoRequest { data, .. }) =
                     Icmpv4Repr::parse(&icmp, &ChecksumCapabilities::default())
                 else {
                     self.counters.ignored += 1;
                     return None;
                 };
-                let (src_ip, hlen, ttl) = (ip.src_addr(), usize::from(ip.header_len()), 64);
-                let total = usize::from(ip.total_len());
-                let data_len = data.len();
-                let _ = (ident, seq_no);
+                let (src_ip, total, data_len) = (ip.src_addr(), usize::from(ip.total_len()), data.len());
                 // Reply in place: swap addresses, turn the request into a reply.
                 let mut eth = EthernetFrame::new_unchecked(&mut *frame);
                 eth.set_dst_addr(src_mac);
@@ -146,13 +148,12 @@ impl HostStack {
                 let mut ip = Ipv4Packet::new_unchecked(eth.payload_mut());
                 ip.set_src_addr(me);
                 ip.set_dst_addr(src_ip);
-                ip.set_hop_limit(ttl);
+                ip.set_hop_limit(64);
                 ip.fill_checksum();
                 let mut icmp = Icmpv4Packet::new_unchecked(&mut ip.payload_mut()[..8 + data_len]);
                 icmp.set_msg_type(smoltcp::wire::Icmpv4Message::EchoReply);
                 icmp.set_msg_code(0);
                 icmp.fill_checksum();
-                let _ = hlen;
                 self.counters.icmp_echo_replies += 1;
                 Some(14 + total)
             }
@@ -209,7 +210,8 @@ fn write_arp_request(buf: &mut [u8], mac: MacAddr, ip: Ipv4Addr, target: Ipv4Add
     let frame = &mut buf[..60];
     frame.fill(0);
     let mut eth = EthernetFrame::new_unchecked(&mut *frame);
-    EthernetRepr { src_addr: mac, dst_addr: known.unwrap_or(MacAddr::BROADCAST), ethertype: EtherType::Arp }.emit(&mut eth);
+    EthernetRepr { src_addr: mac, dst_addr: known.unwrap_or(MacAddr::BROADCAST), ethertype: EtherType::Arp }
+        .emit(&mut eth);
     ArpRepr::EthernetIpv4 {
         operation: ArpOperation::Request,
         source_hardware_addr: mac,
@@ -235,7 +237,13 @@ mod tests {
             "[uplink]\ninterface = \"u\"\nvtep_ip = \"192.168.77.1/24\"\nmac = \"02:00:00:00:ff:01\"\n",
         )
         .unwrap();
-        (c.build(None, None).unwrap(), Neighbors::new(16), MemFrames::new(16, 2048), FreeList::new(16), TxStage::new(1, 16, 16))
+        (
+            c.build(None, None).unwrap(),
+            Neighbors::new(16),
+            MemFrames::new(16, 2048),
+            FreeList::new(16),
+            TxStage::new(1, 16, 16),
+        )
     }
 
     #[test]
@@ -245,7 +253,8 @@ mod tests {
         let peer = MacAddr([2, 0, 0, 0, 0xff, 2]);
         n.resolve(Ipv4Addr::new(192, 168, 77, 2), 0);
         let id = free.alloc().unwrap();
-        let d = mem.write(id, &frames::arp_request(peer, Ipv4Addr::new(192, 168, 77, 2), Ipv4Addr::new(192, 168, 77, 1)));
+        let d =
+            mem.write(id, &frames::arp_request(peer, Ipv4Addr::new(192, 168, 77, 2), Ipv4Addr::new(192, 168, 77, 1)));
         stage.host.push(d);
         h.receive(&t, &mut n, &mut mem, &mut free, &mut stage, S);
         let out = stage.staged(UPLINK).clone();
@@ -253,7 +262,9 @@ mod tests {
         let eth = EthernetFrame::new_checked(mem.data(out[0])).unwrap();
         assert_eq!((eth.dst_addr(), eth.src_addr()), (peer, t.underlay.mac));
         let r = ArpRepr::parse(&ArpPacket::new_checked(eth.payload()).unwrap()).unwrap();
-        assert!(matches!(r, ArpRepr::EthernetIpv4 { operation: ArpOperation::Reply, source_protocol_addr, .. } if source_protocol_addr == t.underlay.vtep_ip));
+        assert!(
+            matches!(r, ArpRepr::EthernetIpv4 { operation: ArpOperation::Reply, source_protocol_addr, .. } if source_protocol_addr == t.underlay.vtep_ip)
+        );
         assert_eq!(n.get(Ipv4Addr::new(192, 168, 77, 2)).unwrap().mac, Some(peer));
     }
 
@@ -295,7 +306,8 @@ mod tests {
         let (t, mut n, mut mem, mut free, mut stage) = setup();
         let mut h = HostStack::default();
         let peer = MacAddr([2, 0, 0, 0, 0xff, 2]);
-        let mut f = frames::udp4(peer, t.underlay.mac, Ipv4Addr::new(192, 168, 77, 2), t.underlay.vtep_ip, 0, 0, &[0; 8]);
+        let mut f =
+            frames::udp4(peer, t.underlay.mac, Ipv4Addr::new(192, 168, 77, 2), t.underlay.vtep_ip, 0, 0, &[0; 8]);
         // turn it into ICMP echo request id 7 seq 1 with 8 bytes of data
         f[23] = 1;
         let icmp = &mut f[34..];
@@ -314,7 +326,10 @@ mod tests {
         assert_eq!(ip.dst_addr(), Ipv4Addr::new(192, 168, 77, 2));
         let icmp = Icmpv4Packet::new_checked(ip.payload()).unwrap();
         assert!(icmp.verify_checksum());
-        assert!(matches!(Icmpv4Repr::parse(&icmp, &ChecksumCapabilities::default()), Ok(Icmpv4Repr::EchoReply { ident: 7, seq_no: 1, .. })));
+        assert!(matches!(
+            Icmpv4Repr::parse(&icmp, &ChecksumCapabilities::default()),
+            Ok(Icmpv4Repr::EchoReply { ident: 7, seq_no: 1, .. })
+        ));
         assert_eq!(h.counters.icmp_echo_replies, 1);
     }
 }

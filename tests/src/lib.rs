@@ -1,1 +1,201 @@
-//! System-test helpers: see `tests/`.
+//! Helpers for the system tests: the namespace testbed (scripts/testbed.sh) with a per-test
+//! prefix and guaranteed teardown, commands inside namespaces with time limits, and xvsd
+//! processes that are always stopped.
+
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// The repository root.
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("repo root").to_path_buf()
+}
+
+/// The xvsd binary (built by scripts/test.sh before the system tests).
+pub fn xvsd_bin() -> PathBuf {
+    std::env::var_os("XVSD").map(PathBuf::from).unwrap_or_else(|| root().join("target/release/xvsd"))
+}
+
+/// Fails the test, saying why, when it cannot run here (never skips silently).
+pub fn require_system() {
+    // SAFETY-free: geteuid has no preconditions; read via `id -u` to avoid unsafe code.
+    let uid = Command::new("id").arg("-u").output().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
+    assert_eq!(uid.as_deref().unwrap_or(""), "0", "system tests need root (network namespaces, XDP, AF_XDP)");
+    for tool in ["ip", "ethtool", "iperf3", "tcpdump", "python3", "timeout"] {
+        let found = Command::new("sh").arg("-c").arg(format!("command -v {tool}")).output().map(|o| o.status.success());
+        assert!(found.unwrap_or(false), "system tests need `{tool}`; run ./scripts/setup.sh");
+    }
+    assert!(xvsd_bin().exists(), "{} missing: run `cargo build --release -p xvs-switch` first", xvsd_bin().display());
+}
+
+/// A testbed with a unique prefix; torn down on drop, also when the test fails.
+pub struct Bed {
+    /// Name prefix of every namespace and interface.
+    pub p: String,
+    tmp: PathBuf,
+}
+
+impl Bed {
+    /// Brings the standard topology up; `peer` is "xvs" or "kernel" (host 2's VTEP).
+    pub fn up(tag: &str, peer: &str) -> Bed {
+        require_system();
+        let p = format!("x{tag}{}", std::process::id() % 1000);
+        assert!(p.len() <= 9, "prefix {p} too long for interface names");
+        let tmp = std::env::temp_dir().join(format!("xvs-{p}"));
+        let _ = std::fs::create_dir_all(&tmp);
+        let bed = Bed { p, tmp };
+        let out =
+            Command::new(root().join("scripts/testbed.sh")).args(["up", &bed.p, peer]).output().expect("testbed.sh");
+        assert!(out.status.success(), "testbed up failed: {}", String::from_utf8_lossy(&out.stderr));
+        bed
+    }
+
+    /// A file path in this test's temporary directory.
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.tmp.join(name)
+    }
+
+    /// Runs `cmd` in namespace `{p}-{n}` with a time limit.
+    pub fn run(&self, n: &str, secs: u32, cmd: &str) -> Output {
+        Command::new("ip")
+            .args(["netns", "exec", &format!("{}-{n}", self.p), "timeout", &secs.to_string(), "sh", "-c", cmd])
+            .output()
+            .expect("ip netns exec")
+    }
+
+    /// Like [`Bed::run`], failing the test with the output when `cmd` fails.
+    pub fn ok(&self, n: &str, secs: u32, cmd: &str) -> String {
+        let o = self.run(n, secs, cmd);
+        assert!(
+            o.status.success(),
+            "in {n}: `{cmd}` failed ({}):\n{}{}",
+            o.status,
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+
+    /// The xvsd config for host `h` (1 or 2) from testbed.sh.
+    pub fn config(&self, h: u8) -> String {
+        let out =
+            Command::new(root().join("scripts/testbed.sh")).args(["config", &self.p, &h.to_string()]).output().unwrap();
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// Starts xvsd on host `h` with `config`, waiting until it forwards.
+    pub fn xvsd(&self, h: u8, config: &str) -> Xvsd {
+        let cfg = self.path(&format!("h{h}.toml"));
+        std::fs::write(&cfg, config).unwrap();
+        let stats = self.path(&format!("h{h}.json"));
+        let _ = std::fs::remove_file(&stats);
+        let log = std::fs::File::create(self.path(&format!("h{h}.log"))).unwrap();
+        let child = Command::new("ip")
+            .args(["netns", "exec", &format!("{}-h{h}", self.p)])
+            .arg(xvsd_bin())
+            .arg("--config")
+            .arg(&cfg)
+            .arg("--stats-file")
+            .arg(&stats)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn xvsd");
+        let mut x = Xvsd { child: Some(child), stats, log: self.path(&format!("h{h}.log")) };
+        let t = Instant::now();
+        while !x.stats.exists() {
+            if let Ok(Some(st)) = x.child.as_mut().unwrap().try_wait() {
+                panic!("xvsd on h{h} exited ({st}): {}", x.log_text());
+            }
+            assert!(t.elapsed() < Duration::from_secs(15), "xvsd on h{h} did not start: {}", x.log_text());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        x
+    }
+
+    /// Number of XDP programs attached to interfaces in namespace `n`.
+    pub fn xdp_attached(&self, n: &str) -> usize {
+        let o = self.run(n, 10, "ip -d link show");
+        String::from_utf8_lossy(&o.stdout).matches("prog/xdp").count()
+    }
+}
+
+impl Drop for Bed {
+    fn drop(&mut self) {
+        let _ = Command::new(root().join("scripts/testbed.sh")).args(["down", &self.p]).output();
+        let _ = std::fs::remove_dir_all(&self.tmp);
+    }
+}
+
+/// A running xvsd; killed on drop if still running.
+pub struct Xvsd {
+    child: Option<Child>,
+    stats: PathBuf,
+    log: PathBuf,
+}
+
+impl Xvsd {
+    /// Its latest published counters and status.
+    pub fn stats(&self) -> Value {
+        for _ in 0..20 {
+            if let Ok(Ok(v)) = std::fs::read_to_string(&self.stats).map(|t| serde_json::from_str::<Value>(&t)) {
+                return v;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("cannot read {}", self.stats.display());
+    }
+
+    /// Waits for the counters to be refreshed (they are written every 200 ms).
+    pub fn fresh_stats(&self) -> Value {
+        std::thread::sleep(Duration::from_millis(500));
+        self.stats()
+    }
+
+    /// The daemon's log.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Sends SIGTERM and waits (bounded) for a clean exit; returns whether it exited 0.
+    pub fn stop(mut self) -> bool {
+        let mut child = self.child.take().unwrap();
+        let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+        let t = Instant::now();
+        loop {
+            if let Ok(Some(st)) = child.try_wait() {
+                return st.success();
+            }
+            if t.elapsed() > Duration::from_secs(10) {
+                let _ = child.kill();
+                let _ = child.wait();
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Xvsd {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Sum of one drop reason over all ports of a stats snapshot.
+pub fn drops(stats: &Value, reason: &str) -> u64 {
+    stats["stats"]["ports"]
+        .as_array()
+        .map_or(0, |ports| ports.iter().map(|p| p["drops"][reason].as_u64().unwrap_or(0)).sum())
+}
+
+/// Counter of a port by interface name.
+pub fn port_counter(stats: &Value, ifname: &str, field: &str) -> u64 {
+    let names = stats["ports"].as_array().expect("ports");
+    let i = names.iter().position(|p| p["name"] == ifname).unwrap_or_else(|| panic!("no port {ifname}"));
+    stats["stats"]["ports"][i][field].as_u64().unwrap_or(0)
+}

@@ -15,7 +15,7 @@ use aya_ebpf::bindings::xdp_action;
 use aya_ebpf::macros::{map, xdp};
 use aya_ebpf::maps::{Array, PerCpuArray, XskMap};
 use aya_ebpf::programs::XdpContext;
-use xvs_common::{Counter, UplinkConf, MAX_QUEUES};
+use xvs_common::{Counter, MAX_QUEUES, UplinkConf};
 
 #[map(name = "XSKS")]
 static XSKS: XskMap = XskMap::with_max_entries(MAX_QUEUES, 0);

@@ -3,8 +3,8 @@
 use clap::Parser;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 use xvs_switch::config::Config;
 use xvs_switch::daemon::{self, Options};
 

@@ -3,7 +3,7 @@
 //! it, copy mode otherwise (veth, tap), chosen automatically; need_wakeup always.
 #![allow(unsafe_code)]
 
-use crate::port::{Desc, FrameMem, FreeList, Port, BATCH};
+use crate::port::{BATCH, Desc, FrameMem, FreeList, Port};
 use serde::Serialize;
 use std::num::NonZeroU32;
 use std::ops::Range;
@@ -125,7 +125,10 @@ impl UmemFrames {
                 Err(e) => last_err = Some(e),
             }
         }
-        Err(anyhow::anyhow!("binding AF_XDP socket to {ifname} queue {queue}: {}", last_err.map(|e| e.to_string()).unwrap_or_default()))
+        Err(anyhow::anyhow!(
+            "binding AF_XDP socket to {ifname} queue {queue}: {}",
+            last_err.map(|e| e.to_string()).unwrap_or_default()
+        ))
     }
 }
 
@@ -144,7 +147,9 @@ impl FrameMem for UmemFrames {
     fn copy(&mut self, src: u32, r: Range<usize>, dst: u32, dst_off: usize) {
         assert!(src != dst && r.end <= self.cap() && r.start <= r.end && dst_off + r.len() <= self.cap());
         // SAFETY: both frames are owned by userspace, distinct, and the ranges are in bounds.
-        unsafe { std::ptr::copy_nonoverlapping(self.data_ptr(src).add(r.start), self.data_ptr(dst).add(dst_off), r.len()) }
+        unsafe {
+            std::ptr::copy_nonoverlapping(self.data_ptr(src).add(r.start), self.data_ptr(dst).add(dst_off), r.len())
+        }
     }
 
     fn capacity(&self) -> usize {
@@ -244,8 +249,7 @@ impl Port for XskPort {
             unsafe { self.umem.data_mut(s).cursor().set_pos(d.len as usize) };
         }
         // SAFETY: the frames belong to this UMEM and are handed to the kernel until completed.
-        let sent = unsafe { self.tx.produce(&self.scratch[..n]) };
-        sent
+        unsafe { self.tx.produce(&self.scratch[..n]) }
     }
 
     fn flush(&mut self) {
@@ -358,7 +362,8 @@ impl Port for QueueSet {
 
 /// Sleeps until one of the sockets has something to receive, or `timeout_ms` passes.
 pub fn wait_readable(fds: &[RawFd], timeout_ms: u16) {
-    let mut pfds: Vec<libc::pollfd> = fds.iter().map(|fd| libc::pollfd { fd: *fd, events: libc::POLLIN, revents: 0 }).collect();
+    let mut pfds: Vec<libc::pollfd> =
+        fds.iter().map(|fd| libc::pollfd { fd: *fd, events: libc::POLLIN, revents: 0 }).collect();
     // SAFETY: `pfds` is a valid array of pollfd for the duration of the call.
     let _ = unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, i32::from(timeout_ms)) };
 }

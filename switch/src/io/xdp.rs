@@ -2,12 +2,12 @@
 //! the per-CPU counters. One program instance, with its own maps, per interface.
 #![allow(unsafe_code)]
 
+use aya::Ebpf;
 use aya::maps::{Array, PerCpuArray, XskMap};
 use aya::programs::{Xdp, XdpMode};
-use aya::Ebpf;
 use serde::Serialize;
 use std::os::fd::RawFd;
-use xvs_common::{Counter, UplinkConf, MAP_COUNTERS, MAP_UPLINK_CONF, MAP_XSKS, PROG_UPLINK, PROG_VM};
+use xvs_common::{Counter, MAP_COUNTERS, MAP_UPLINK_CONF, MAP_XSKS, PROG_UPLINK, PROG_VM, UplinkConf};
 
 /// The XDP object built by build.rs.
 static XDP_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/xvs-xdp"));
@@ -60,10 +60,8 @@ impl Attached {
             Role::Uplink { .. } => PROG_UPLINK,
             Role::Vm => PROG_VM,
         };
-        let prog: &mut Xdp = ebpf
-            .program_mut(name)
-            .ok_or_else(|| anyhow::anyhow!("XDP object lacks program {name}"))?
-            .try_into()?;
+        let prog: &mut Xdp =
+            ebpf.program_mut(name).ok_or_else(|| anyhow::anyhow!("XDP object lacks program {name}"))?.try_into()?;
         prog.load().map_err(|e| anyhow::anyhow!("loading XDP program {name}: {e}"))?;
         let mode = match prog.attach(ifname, XdpMode::Driver) {
             Ok(_) => AttachMode::Driver,
@@ -81,7 +79,8 @@ impl Attached {
         // SAFETY: `fd` is an open AF_XDP socket owned by the caller for as long as this
         // program is attached; the map holds its own reference to the socket.
         let bfd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
-        xsks.set(queue, bfd, 0).map_err(|e| anyhow::anyhow!("registering socket for {} queue {queue}: {e}", self.ifname))?;
+        xsks.set(queue, bfd, 0)
+            .map_err(|e| anyhow::anyhow!("registering socket for {} queue {queue}: {e}", self.ifname))?;
         Ok(())
     }
 

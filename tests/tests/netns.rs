@@ -1,0 +1,221 @@
+//! System tests: xvsd on real interfaces (veth, tap) in network namespaces, against itself and
+//! against the Linux kernel's own VXLAN. They need root and fail, saying why, without it.
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+use xvs_systests::{Bed, drops, port_counter, root};
+
+fn helper(name: &str) -> String {
+    root().join("tests/helpers").join(name).display().to_string()
+}
+
+/// Bytes the iperf3 receiver got, from its JSON report.
+fn iperf_bytes(json: &str) -> u64 {
+    let v: serde_json::Value = serde_json::from_str(json).expect("iperf3 JSON");
+    v["end"]["sum_received"]["bytes"].as_u64().unwrap_or(0)
+}
+
+fn tcp_transfer(bed: &Bed, server: &str, client: &str, dst: &str, reverse: bool) -> u64 {
+    bed.ok(server, 5, "iperf3 -s -1 -D");
+    std::thread::sleep(Duration::from_millis(300));
+    let r = if reverse { "-R" } else { "" };
+    iperf_bytes(&bed.ok(client, 30, &format!("iperf3 -c {dst} -t 2 -J {r}")))
+}
+
+#[test]
+fn two_xvs_hosts_carry_ping_and_tcp_in_both_directions() {
+    let bed = Bed::up("a", "xvs");
+    let h1 = bed.xvsd(1, &bed.config(1));
+    let h2 = bed.xvsd(2, &bed.config(2));
+    bed.ok("vm1", 20, "ping -c 3 -i 0.2 -W 2 10.0.0.2");
+    bed.ok("vm2", 20, "ping -c 3 -i 0.2 -W 2 10.0.0.1");
+    bed.ok("vm3", 20, "ping -c 3 -i 0.2 -W 2 10.0.0.2");
+    bed.ok("vm4", 20, "ping -c 3 -i 0.2 -W 2 10.0.0.1");
+    let fwd = tcp_transfer(&bed, "vm2", "vm1", "10.0.0.2", false);
+    let rev = tcp_transfer(&bed, "vm2", "vm1", "10.0.0.2", true);
+    assert!(fwd > 20_000_000, "vm1 -> vm2 moved only {fwd} bytes");
+    assert!(rev > 20_000_000, "vm2 -> vm1 moved only {rev} bytes");
+    let s = h1.fresh_stats();
+    assert!(port_counter(&s, &format!("{}-p1", bed.p), "rx_packets") > 1000);
+    assert!(port_counter(&s, &format!("{}-u1", bed.p), "tx_packets") > 1000);
+    let modes = s["ports"][0]["afxdp_mode"].as_array().unwrap();
+    assert!(!modes.is_empty(), "AF_XDP mode is reported");
+    assert!(h1.stop(), "xvsd h1 exits cleanly on SIGTERM");
+    assert!(h2.stop(), "xvsd h2 exits cleanly on SIGTERM");
+    assert_eq!(bed.xdp_attached("h1"), 0, "no XDP program left on host 1");
+    assert_eq!(bed.xdp_attached("h2"), 0, "no XDP program left on host 2");
+}
+
+#[test]
+fn interoperates_with_the_kernel_vxlan() {
+    let bed = Bed::up("k", "kernel");
+    let h1 = bed.xvsd(1, &bed.config(1));
+    let cap = bed.path("cap.txt");
+    let mut tcpdump = Command::new("ip")
+        .args(["netns", "exec", &format!("{}-h2", bed.p), "timeout", "30", "tcpdump", "-l", "-nn", "-v", "-c", "6"])
+        .args(["-i", &format!("{}-u2", bed.p), "udp port 4789 and src 192.168.77.1"])
+        .stdout(std::fs::File::create(&cap).unwrap())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(800));
+    bed.ok("vm1", 20, "ping -c 3 -i 0.2 -W 2 10.0.0.2");
+    bed.ok("vm4", 20, "ping -c 3 -i 0.2 -W 2 10.0.0.1");
+    let bytes = tcp_transfer(&bed, "vm2", "vm1", "10.0.0.2", false);
+    assert!(bytes > 10_000_000, "TCP to the kernel's VTEP moved only {bytes} bytes");
+    let rev = tcp_transfer(&bed, "vm2", "vm1", "10.0.0.2", true);
+    assert!(rev > 10_000_000, "TCP from the kernel's VTEP moved only {rev} bytes");
+    let _ = tcpdump.wait();
+    let text = std::fs::read_to_string(&cap).unwrap();
+    assert!(text.contains("VXLAN, flags [I] (0x08), vni 100"), "tcpdump did not decode our VXLAN:\n{text}");
+    // the kernel's vxlan devices took every frame without error
+    for vni in ["100", "200"] {
+        let j = bed.ok("h2", 5, &format!("ip -s -j link show {}-vx{vni}", bed.p));
+        let v: serde_json::Value = serde_json::from_str(&j).unwrap();
+        let rx = &v[0]["stats64"]["rx"];
+        assert!(rx["packets"].as_u64().unwrap() > 0, "kernel vx{vni} received nothing");
+        assert_eq!(rx["errors"].as_u64(), Some(0), "kernel vx{vni} rx errors");
+    }
+    let s = h1.fresh_stats();
+    assert!(s["stats"]["events"]["fdb_learned"].as_u64().unwrap() >= 2, "learned the kernel side's MACs");
+    assert!(h1.stop());
+}
+
+#[test]
+fn tenants_with_identical_addresses_stay_isolated() {
+    let bed = Bed::up("i", "xvs");
+    let h1 = bed.xvsd(1, &bed.config(1));
+    let _h2 = bed.xvsd(2, &bed.config(2));
+    let serve = |vm: &str, banner: &str| {
+        Command::new("ip")
+            .args(["netns", "exec", &format!("{}-{vm}", bed.p), "timeout", "30", "python3", &helper("banner.py")])
+            .args(["10.0.0.2", "7000", banner, "1"])
+            .spawn()
+            .unwrap()
+    };
+    let mut s2 = serve("vm2", "blue-vm2");
+    let mut s4 = serve("vm4", "red-vm4");
+    std::thread::sleep(Duration::from_millis(500));
+    let ask = "python3 -c \"import socket;s=socket.create_connection(('10.0.0.2',7000),5);print(s.recv(64).decode().strip())\"";
+    assert_eq!(bed.ok("vm1", 15, ask).trim(), "blue-vm2", "blue's VM reached blue's peer");
+    assert_eq!(bed.ok("vm3", 15, ask).trim(), "red-vm4", "red's VM reached red's peer");
+    let _ = (s2.wait(), s4.wait());
+
+    // Hand-made VXLAN from host 2's kernel: wrong VNI, an unlisted VTEP, bad flags.
+    // (xvsd on host 2 owns 192.168.77.2's ARP, so its kernel is told host 1's MAC.)
+    bed.ok("h2", 5, &format!("ip neigh replace 192.168.77.1 lladdr 02:00:00:00:ff:01 dev {}-u2 nud permanent", bed.p));
+    let inject = |src: &str, vni: u32, flags: &str| {
+        bed.ok("h2", 10, &format!("python3 {} {src} 192.168.77.1 {vni} {flags} 5", helper("inject_vxlan.py")));
+    };
+    inject("192.168.77.2", 999, "0x08");
+    inject("192.168.77.12", 100, "0x08");
+    inject("192.168.77.2", 100, "0x0c");
+    std::thread::sleep(Duration::from_millis(300));
+    let s = h1.fresh_stats();
+    assert!(drops(&s, "unknown_vni") >= 5, "unknown VNI counted: {}", s["stats"]["ports"][0]);
+    assert!(drops(&s, "vtep_not_allowed") >= 5, "unlisted VTEP counted: {}", s["stats"]["ports"][0]);
+    assert!(drops(&s, "bad_vxlan_flags") >= 5, "bad flags counted: {}", s["stats"]["ports"][0]);
+}
+
+#[test]
+fn a_tap_device_is_a_vm_port() {
+    let bed = Bed::up("t", "xvs");
+    let tap = format!("{}-t1", bed.p);
+    let mut vm = Command::new("ip")
+        .args(["netns", "exec", &format!("{}-h1", bed.p), "timeout", "60", "python3", &helper("tap_vm.py")])
+        .args([&tap, "02:00:00:00:00:01", "10.0.0.1", "10.0.0.2", "5"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(vm.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "READY", "tap VM started");
+    bed.ok("h1", 5, &format!("ip link set {tap} up"));
+    let cfg = bed.config(1).replace(&format!("\"{}-p1\"", bed.p), &format!("\"{tap}\""));
+    let h1 = bed.xvsd(1, &cfg);
+    let _h2 = bed.xvsd(2, &bed.config(2));
+    writeln!(vm.stdin.as_mut().unwrap(), "GO").unwrap();
+    let mut report = String::new();
+    for l in out.lines().map_while(Result::ok) {
+        report.push_str(&l);
+        report.push('\n');
+    }
+    let _ = vm.wait();
+    let replies: u32 =
+        report.lines().find_map(|l| l.strip_prefix("REPLIES ")).and_then(|n| n.parse().ok()).unwrap_or(0);
+    assert!(replies >= 4, "tap VM got {replies}/5 echo replies:\n{report}\n{}", h1.log_text());
+    let s = h1.fresh_stats();
+    assert!(port_counter(&s, &tap, "rx_packets") >= 5, "frames from the tap were switched");
+}
+
+#[test]
+fn host_traffic_on_the_uplink_still_reaches_the_kernel() {
+    let bed = Bed::up("h", "xvs");
+    let h1 = bed.xvsd(1, &bed.config(1));
+    let _h2 = bed.xvsd(2, &bed.config(2));
+    let mut srv = Command::new("ip")
+        .args(["netns", "exec", &format!("{}-h1", bed.p), "timeout", "30", "python3", &helper("banner.py")])
+        .args(["192.168.77.11", "7100", "host-h1", "1"])
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let ask = "python3 -c \"import socket;s=socket.create_connection(('192.168.77.11',7100),5,('192.168.77.12',0));print(s.recv(64).decode().strip())\"";
+    assert_eq!(bed.ok("h2", 15, ask).trim(), "host-h1", "TCP to the host's own address works beside xvsd");
+    let _ = srv.wait();
+    bed.ok("h2", 15, "ping -c 3 -i 0.2 -W 2 -I 192.168.77.12 192.168.77.11");
+    // the VTEP address itself is answered by xvs's host stack (ARP and ICMP echo)
+    bed.ok("h2", 15, "ping -c 3 -i 0.2 -W 2 -I 192.168.77.12 192.168.77.1");
+    let s = h1.fresh_stats();
+    assert!(s["host"]["icmp_echo_replies"].as_u64().unwrap() >= 3, "host stack answered pings: {}", s["host"]);
+    assert!(s["host"]["arp_replies_sent"].as_u64().unwrap() >= 1, "host stack answered ARP: {}", s["host"]);
+    let xdp = &s["xdp"][0][1];
+    let passed = xdp.as_array().unwrap().iter().find(|c| c[0] == "xdp_uplink_passed").unwrap()[1].as_u64().unwrap();
+    assert!(passed > 0, "XDP passed the host's traffic to the kernel");
+}
+
+#[test]
+fn bad_configs_are_refused_without_touching_interfaces() {
+    let bed = Bed::up("c", "xvs");
+    let good = bed.config(1);
+    let p = &bed.p;
+    let cases = [
+        (good.replace("vni = 100", "vni = 0"), "VNI 0 out of range"),
+        (good.replace("vni = 200", "vni = 16777216"), "VNI 16777216 out of range"),
+        (good.replace(&format!("\"{p}-p3\""), "\"nope0\""), "port interface \"nope0\" not found"),
+        (good.replace(&format!("\"{p}-u1\""), "\"nope1\""), "uplink interface \"nope1\" not found"),
+        (good.replace("tenant = \"red\"", "tenant = \"blue\""), "duplicate MAC 02:00:00:00:00:01"),
+        (good.replace("192.168.77.1/24", "192.168.77.9/24"), "VTEP IP 192.168.77.9 is not configured on uplink"),
+        (good.replace("mac = \"02:00:00:00:00:01\"", "mac = \"02:00:00:00:01\""), "malformed MAC address"),
+    ];
+    for (i, (cfg, expect)) in cases.iter().enumerate() {
+        let path = bed.path(&format!("bad{i}.toml"));
+        std::fs::write(&path, cfg).unwrap();
+        let o = Command::new("ip")
+            .args(["netns", "exec", &format!("{p}-h1"), "timeout", "10"])
+            .arg(xvs_systests::xvsd_bin())
+            .arg("--config")
+            .arg(&path)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "case {i} exit status; stderr: {err}");
+        assert!(err.contains(expect), "case {i}: expected {expect:?} in: {err}");
+        assert_eq!(bed.xdp_attached("h1"), 0, "case {i} attached nothing");
+    }
+    // not root
+    let path = bed.path("good.toml");
+    std::fs::write(&path, &good).unwrap();
+    let o = Command::new("ip")
+        .args(["netns", "exec", &format!("{p}-h1"), "setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(xvs_systests::xvsd_bin())
+        .arg("--config")
+        .arg(&path)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("must run as root"), "non-root refused: {err}");
+    assert_eq!(bed.xdp_attached("h1"), 0);
+}
