@@ -239,7 +239,7 @@ pub fn run(cfg: Config, opts: Options, stop: Arc<AtomicBool>) -> anyhow::Result<
                 host.receive(&tables_c, &mut core.pipeline.neigh, &mut core.mem, &mut core.free, &mut core.stage, now);
                 core.transmit();
             }
-            if now - last_tick >= 100_000_000 {
+            if now - last_tick >= 100_000_000 || core.pipeline.neigh.take_wanted() {
                 last_tick = now;
                 host.tick(&tables_c, &mut core.pipeline.neigh, &mut core.mem, &mut core.free, &mut core.stage, now);
                 core.transmit();

@@ -178,7 +178,7 @@ impl HostStack {
         let tm = self.timers;
         let mut expired = 0;
         neigh.retain(|_, n| {
-            let due = now.saturating_sub(n.last_request) >= tm.retry_ns;
+            let due = n.tries > 0 && now.saturating_sub(n.last_request) >= tm.retry_ns;
             let stale = n.mac.is_none() || now.saturating_sub(n.updated) >= tm.reachable_ns;
             let give_up = stale && due && n.tries >= tm.max_tries;
             if give_up {
@@ -189,7 +189,8 @@ impl HostStack {
         self.counters.neighbors_expired += expired;
         for (ip, n) in neigh.iter_mut() {
             let stale = n.mac.is_none() || now.saturating_sub(n.updated) >= tm.reachable_ns;
-            if !stale || now.saturating_sub(n.last_request) < tm.retry_ns {
+            let due = n.tries == 0 || now.saturating_sub(n.last_request) >= tm.retry_ns;
+            if !stale || !due {
                 continue;
             }
             let Some(id) = free.alloc() else { return };
@@ -274,12 +275,12 @@ mod tests {
         let mut h = HostStack::default();
         let vtep = Ipv4Addr::new(192, 168, 77, 2);
         assert_eq!(n.resolve(vtep, 0), None);
-        h.tick(&t, &mut n, &mut mem, &mut free, &mut stage, S);
-        assert_eq!(stage.staged(UPLINK).len(), 1, "first request");
-        h.tick(&t, &mut n, &mut mem, &mut free, &mut stage, S + S / 2);
+        h.tick(&t, &mut n, &mut mem, &mut free, &mut stage, 1);
+        assert_eq!(stage.staged(UPLINK).len(), 1, "first request at once");
+        h.tick(&t, &mut n, &mut mem, &mut free, &mut stage, S / 2);
         assert_eq!(stage.staged(UPLINK).len(), 1, "no retry before the interval");
-        for i in 2..=5 {
-            h.tick(&t, &mut n, &mut mem, &mut free, &mut stage, i * S);
+        for i in 1..=4 {
+            h.tick(&t, &mut n, &mut mem, &mut free, &mut stage, i * S + 1);
         }
         assert_eq!(h.counters.arp_requests_sent, 5);
         h.tick(&t, &mut n, &mut mem, &mut free, &mut stage, 6 * S);

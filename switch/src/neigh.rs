@@ -24,12 +24,13 @@ pub struct Neighbor {
 pub struct Neighbors {
     map: HashMap<Ipv4Addr, Neighbor, RandomState>,
     capacity: usize,
+    wanted: bool,
 }
 
 impl Neighbors {
     /// Room for `capacity` neighbours.
     pub fn new(capacity: usize) -> Neighbors {
-        Neighbors { map: HashMap::with_capacity_and_hasher(capacity, RandomState::default()), capacity }
+        Neighbors { map: HashMap::with_capacity_and_hasher(capacity, RandomState::default()), capacity, wanted: false }
     }
 
     /// The MAC of `ip`; when unknown, marks it wanted so the host stack sends ARP.
@@ -40,8 +41,15 @@ impl Neighbors {
         }
         if self.map.len() < self.capacity {
             self.map.insert(ip, Neighbor { mac: None, updated: now, tries: 0, last_request: 0 });
+            self.wanted = true;
         }
         None
+    }
+
+    /// Whether a neighbour became wanted since the last call: the host stack should send ARP
+    /// now rather than at its next timer tick.
+    pub fn take_wanted(&mut self) -> bool {
+        std::mem::take(&mut self.wanted)
     }
 
     /// Records an answer (or a static entry).
