@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The standard two-host, two-tenant testbed in network namespaces.
 #
-#   usage: testbed.sh up PREFIX [kernel] | down PREFIX | config PREFIX HOST
+#   usage: testbed.sh up PREFIX [xvs|kernel|kernel2] | down PREFIX | config PREFIX HOST
 #
 #   PREFIX-vm1 [10.0.0.1 02:..:01] -- PREFIX-p1 \                      / PREFIX-p2 -- [10.0.0.2 02:..:02] PREFIX-vm2   tenant blue, VNI 100
 #   PREFIX-vm3 [10.0.0.1 02:..:01] -- PREFIX-p3  PREFIX-h1 ==== PREFIX-h2  PREFIX-p4 -- [10.0.0.2 02:..:02] PREFIX-vm4   tenant red,  VNI 200
@@ -9,7 +9,8 @@
 #
 # Both tenants use the same IPs and MACs. The .1/.2 addresses are the VTEP IPs; .11/.12 are
 # the hosts' own addresses for non-overlay traffic. With "kernel", host 2 is the Linux kernel's
-# own VTEP (a vxlan device per VNI and a bridge) instead of a port set for xvsd.
+# own VTEP (a vxlan device per VNI and a bridge) instead of a port set for xvsd; with
+# "kernel2" both hosts are (the kernel switch of shared/PEERS.md, for comparisons).
 # Every name starts with PREFIX (keep it short: interface names are at most 15 characters).
 set -euo pipefail
 cmd=${1:?usage: testbed.sh up|down|config PREFIX}
@@ -57,16 +58,24 @@ up() {
   vm "$P-vm2" "$P-h2" "$P-p2" 10.0.0.2 02:00:00:00:00:02
   vm "$P-vm4" "$P-h2" "$P-p4" 10.0.0.2 02:00:00:00:00:02
   for n in vm1 vm2 vm3 vm4; do ns "$P-$n" sysctl -qw net.ipv6.conf.all.disable_ipv6=1; done
-  if [ "$peer" = kernel ]; then
-    for t in "100 p2" "200 p4"; do
-      set -- $t
-      ns "$P-h2" ip link add "$P-br$1" type bridge stp_state 0
-      ns "$P-h2" ip link add "$P-vx$1" type vxlan id "$1" local 192.168.77.2 remote 192.168.77.1 dstport 4789 dev "$P-u2"
-      ns "$P-h2" ip link set "$P-vx$1" mtu 1500 master "$P-br$1" up
-      ns "$P-h2" ip link set "$P-$2" master "$P-br$1" up
-      ns "$P-h2" ip link set "$P-br$1" up
-    done
+  if [ "$peer" = kernel ] || [ "$peer" = kernel2 ]; then
+    kernel_vtep 2 1 p2 p4
   fi
+  if [ "$peer" = kernel2 ]; then
+    kernel_vtep 1 2 p1 p3
+  fi
+}
+
+kernel_vtep() { # kernel_vtep HOST OTHER BLUEPORT REDPORT: bridge + vxlan per VNI
+  local h=$1 o=$2
+  for t in "100 $3" "200 $4"; do
+    set -- $t
+    ns "$P-h$h" ip link add "$P-br$1" type bridge stp_state 0
+    ns "$P-h$h" ip link add "$P-vx$1" type vxlan id "$1" local "192.168.77.$h" remote "192.168.77.$o" dstport 4789 dev "$P-u$h"
+    ns "$P-h$h" ip link set "$P-vx$1" mtu 1500 master "$P-br$1" up
+    ns "$P-h$h" ip link set "$P-$2" master "$P-br$1" up
+    ns "$P-h$h" ip link set "$P-br$1" up
+  done
 }
 
 down() {

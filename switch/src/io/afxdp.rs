@@ -253,7 +253,12 @@ impl Port for XskPort {
     }
 
     fn flush(&mut self) {
-        if self.tx.needs_wakeup() {
+        // In copy mode each kick transmits at most 32 frames (the kernel's TX batch), so kick
+        // until the ring is drained, a bounded number of times.
+        for _ in 0..(RING_SIZE / 32) {
+            if !self.tx.needs_wakeup() || self.tx.nb_free_exact() >= RING_SIZE {
+                break;
+            }
             let _ = self.tx.wakeup();
         }
     }
