@@ -59,7 +59,7 @@ for sw in $SWITCHES; do
       ./scripts/testbed.sh up $P xvs
       for h in 1 2; do
         ./scripts/testbed.sh config $P $h 1 > "$TMP/h$h.toml"
-        ip netns exec "$P-h$h" ./target/release/xvsd --config "$TMP/h$h.toml" --stats-file "$TMP/h$h.json" 2>"$TMP/h$h.log" &
+        ip netns exec "$P-h$h" ./target/release/xvsd --config "$TMP/h$h.toml" --stats-file "$TMP/h$h.json" --state "$TMP/h$h-state.toml" --socket "$TMP/h$h.sock" 2>"$TMP/h$h.log" &
         XPIDS+=($!)
       done
       for h in 1 2; do for _ in $(seq 100); do [ -s "$TMP/h$h.json" ] && break; sleep 0.1; done; done

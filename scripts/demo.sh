@@ -40,7 +40,7 @@ sed -n '1,40p' "$TMP/h1.toml"
 
 say "starting xvsd on both hosts"
 for h in 1 2; do
-  ip netns exec "$P-h$h" ./target/release/xvsd --config "$TMP/h$h.toml" --stats-file "$TMP/h$h.json" 2> "$TMP/h$h.log" &
+  ip netns exec "$P-h$h" ./target/release/xvsd --config "$TMP/h$h.toml" --stats-file "$TMP/h$h.json" --state "$TMP/h$h-state.toml" --socket "$TMP/h$h.sock" 2> "$TMP/h$h.log" &
   PIDS+=($!)
 done
 for h in 1 2; do

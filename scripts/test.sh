@@ -26,7 +26,7 @@ if [ -d tests/tests ]; then
     echo "system tests need root (network namespaces, XDP); run as root" >&2
     exit 1
   fi
-  cargo build --release -p xvs-switch --bins
+  cargo build --release --bins
   cargo test --release -p xvs-systests -- --test-threads=1
 fi
 echo; echo "all tests passed"

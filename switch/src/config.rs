@@ -164,12 +164,12 @@ pub enum ConfigError {
     #[error("config: {0}")]
     Syntax(String),
     /// Bad VNI.
-    #[error("tenant {tenant:?}: {source}")]
+    #[error("tenant {tenant:?}: {error}")]
     Vni {
         /// Tenant name.
         tenant: String,
         /// The range error.
-        source: InvalidVni,
+        error: InvalidVni,
     },
     /// Two tenants with one VNI.
     #[error("duplicate VNI {vni}: used by tenants {first:?} and {second:?}")]
@@ -196,12 +196,12 @@ pub enum ConfigError {
         tenant: String,
     },
     /// Bad MAC.
-    #[error("{context}: {source}")]
+    #[error("{context}: {error}")]
     Mac {
         /// Where.
         context: String,
         /// The parse error.
-        source: InvalidMac,
+        error: InvalidMac,
     },
     /// Multicast or zero MAC where a unicast MAC is needed.
     #[error("{context}: MAC {mac} is not a unicast address")]
@@ -311,6 +311,17 @@ impl Config {
     /// Validates everything and builds the table snapshot. `uplink_mac` and `uplink_mtu` are
     /// the interface's own values, used where the config leaves them out.
     pub fn build(&self, uplink_mac: Option<MacAddr>, uplink_mtu: Option<u16>) -> Result<Tables, ConfigError> {
+        self.build_after(None, uplink_mac, uplink_mtu)
+    }
+
+    /// Like [`Config::build`], keeping the ids of tenants and ports that `prev` already had
+    /// (by name), so counters and FDB entries stay attached to them across a change.
+    pub fn build_after(
+        &self,
+        prev: Option<&Tables>,
+        uplink_mac: Option<MacAddr>,
+        uplink_mtu: Option<u16>,
+    ) -> Result<Tables, ConfigError> {
         let (vtep_ip, prefix) = self.vtep_cidr()?;
         let mac = match &self.uplink.mac {
             Some(m) => parse_unicast(m, "uplink")?,
@@ -340,13 +351,22 @@ impl Config {
             return Err(ConfigError::TooMany { what: "ports", count: self.ports.len(), max: u16::MAX as usize - 1 });
         }
 
-        let mut tenants = Vec::with_capacity(self.tenants.len());
+        let tenant_ids = assign_ids(
+            self.tenants.iter().map(|t| t.name.as_str()),
+            prev.map(|p| p.live_tenants().map(|(id, t)| (t.name.as_str(), id.index())).collect()).unwrap_or_default(),
+            prev.map_or(0, |p| p.tenants.len()),
+            0,
+        );
+        if tenant_ids.iter().any(|i| *i >= MAX_TENANTS) {
+            return Err(ConfigError::TooMany { what: "tenants", count: self.tenants.len(), max: MAX_TENANTS });
+        }
+        let mut tenants: Vec<Option<Tenant>> = vec![None; tenant_ids.iter().map(|i| i + 1).max().unwrap_or(0)];
         let mut by_name: HashMap<&str, TenantId> = HashMap::new();
         let mut by_vni: HashMap<u32, &str> = HashMap::new();
         for (i, t) in self.tenants.iter().enumerate() {
             check_name(&t.name)?;
-            let vni = Vni::new(t.vni).map_err(|source| ConfigError::Vni { tenant: t.name.clone(), source })?;
-            if by_name.insert(&t.name, TenantId(i as u16)).is_some() {
+            let vni = Vni::new(t.vni).map_err(|error| ConfigError::Vni { tenant: t.name.clone(), error })?;
+            if by_name.insert(&t.name, TenantId(tenant_ids[i] as u16)).is_some() {
                 return Err(ConfigError::DuplicateTenant(t.name.clone()));
             }
             if let Some(first) = by_vni.insert(vni.get(), &t.name) {
@@ -369,17 +389,29 @@ impl Config {
                 }
                 vteps.push(*v4);
             }
-            tenants.push(Tenant { name: t.name.clone(), vni, mac_limit: t.mac_limit, ports: Vec::new(), vteps });
+            tenants[tenant_ids[i]] =
+                Some(Tenant { name: t.name.clone(), vni, mac_limit: t.mac_limit, ports: Vec::new(), vteps });
         }
 
-        let mut ports = vec![Port { name: self.uplink.interface.clone(), kind: PortKind::Uplink }];
+        let port_ids = assign_ids(
+            self.ports.iter().map(|p| p.interface.as_str()),
+            prev.map(|p| p.live_ports().skip(1).map(|(id, p)| (p.name.as_str(), id.index())).collect())
+                .unwrap_or_default(),
+            prev.map_or(1, |p| p.ports.len().max(1)),
+            1,
+        );
+        if port_ids.iter().any(|i| *i >= u16::MAX as usize) {
+            return Err(ConfigError::TooMany { what: "ports", count: self.ports.len(), max: u16::MAX as usize - 1 });
+        }
+        let mut ports: Vec<Option<Port>> = vec![None; port_ids.iter().map(|i| i + 1).max().unwrap_or(1)];
+        ports[0] = Some(Port { name: self.uplink.interface.clone(), kind: PortKind::Uplink });
         let mut ifnames: HashSet<&str> = HashSet::from([self.uplink.interface.as_str()]);
         // (tenant, mac) -> owner, (tenant, ip) -> owner; owners named for error messages.
         let mut macs: HashMap<(TenantId, MacAddr), String> = HashMap::new();
         let mut ips: HashMap<(TenantId, IpAddr), String> = HashMap::new();
         let mut arp = Vec::new();
         let mut static_fdb = Vec::new();
-        for p in &self.ports {
+        for (pi, p) in self.ports.iter().enumerate() {
             check_name(&p.interface)?;
             if !ifnames.insert(&p.interface) {
                 return Err(ConfigError::DuplicateInterface(p.interface.clone()));
@@ -395,7 +427,7 @@ impl Config {
                 first,
                 second,
             })?;
-            let id = PortId(ports.len() as u16);
+            let id = PortId(port_ids[pi] as u16);
             let (mut ipv4, mut ipv6) = (Vec::new(), Vec::new());
             for ip in &p.ips {
                 claim(&mut ips, tenant, *ip, &owner, &self.tenants, |first, second| ConfigError::DuplicateIp {
@@ -412,13 +444,17 @@ impl Config {
                     IpAddr::V6(a) => ipv6.push(*a),
                 }
             }
-            tenants[tenant.index()].ports.push(id);
+            if let Some(t) = tenants[tenant.index()].as_mut() {
+                t.ports.push(id);
+            }
             static_fdb.push((tenant, mac, FdbDest::Local(id)));
-            ports.push(Port { name: p.interface.clone(), kind: PortKind::Vm { tenant, mac, ipv4, ipv6 } });
+            ports[id.index()] =
+                Some(Port { name: p.interface.clone(), kind: PortKind::Vm { tenant, mac, ipv4, ipv6 } });
         }
 
         for (i, t) in self.tenants.iter().enumerate() {
-            let tenant = TenantId(i as u16);
+            let tenant = TenantId(tenant_ids[i] as u16);
+            let listed = tenants[tenant.index()].as_ref().map(|x| x.vteps.clone()).unwrap_or_default();
             for f in &t.fdb {
                 let owner = format!("static FDB entry for VTEP {}", f.vtep);
                 let mac = parse_unicast(&f.mac, &format!("tenant {:?} fdb", t.name))?;
@@ -429,7 +465,7 @@ impl Config {
                         vtep: f.vtep,
                     });
                 };
-                if !tenants[i].vteps.contains(&v4) {
+                if !listed.contains(&v4) {
                     return Err(ConfigError::FdbVtepNotListed {
                         tenant: t.name.clone(),
                         mac: mac_str(&mac),
@@ -472,6 +508,31 @@ impl Config {
     }
 }
 
+/// Ids for `names` (in order): the id `prev` gave the same name, else the lowest id not in
+/// use at or above `first`, else the next one after `slots`.
+fn assign_ids<'a>(
+    names: impl Iterator<Item = &'a str>,
+    prev: HashMap<&str, usize>,
+    slots: usize,
+    first: usize,
+) -> Vec<usize> {
+    let names: Vec<&str> = names.collect();
+    let kept: HashSet<usize> = names.iter().filter_map(|n| prev.get(n).copied()).collect();
+    let mut free = (first..slots).filter(|i| !kept.contains(i));
+    let mut next = slots.max(first);
+    let mut taken: HashSet<&str> = HashSet::new();
+    names
+        .iter()
+        .map(|n| match prev.get(n) {
+            Some(id) if taken.insert(n) => *id,
+            _ => free.next().unwrap_or_else(|| {
+                next += 1;
+                next - 1
+            }),
+        })
+        .collect()
+}
+
 fn claim<K: Eq + std::hash::Hash + Copy>(
     owners: &mut HashMap<(TenantId, K), String>,
     tenant: TenantId,
@@ -488,7 +549,7 @@ fn claim<K: Eq + std::hash::Hash + Copy>(
 }
 
 fn parse_unicast(s: &str, context: &str) -> Result<MacAddr, ConfigError> {
-    let mac = parse_mac(s).map_err(|source| ConfigError::Mac { context: context.to_string(), source })?;
+    let mac = parse_mac(s).map_err(|error| ConfigError::Mac { context: context.to_string(), error })?;
     if !is_assignable_mac(&mac) {
         return Err(ConfigError::NotUnicast { context: context.to_string(), mac: mac_str(&mac) });
     }

@@ -1,24 +1,29 @@
 //! xvsd: validates the configuration, attaches XDP programs and AF_XDP sockets, runs the
-//! forwarding core, and on SIGINT/SIGTERM detaches everything.
+//! forwarding core, serves the control socket, and on SIGINT/SIGTERM detaches everything.
 
 use crate::config::Config;
+use crate::control::server::{self, ControlState, PortIo};
 use crate::datapath::Core;
+use crate::fdb::Origin;
 use crate::host::{HostCounters, HostStack};
-use crate::io::afxdp::{QueueSet, UmemFrames, XskMode, frames_for_ports, wait_readable};
+use crate::io::afxdp::{DEFAULT_UMEM_FRAMES, QueueSet, UmemFrames, Waker, XskMode, wait_readable};
 use crate::io::netdev;
-use crate::io::xdp::{AttachMode, Attached, Role};
+use crate::io::xdp::AttachMode;
+use crate::pipeline::{Action, Change};
 use crate::stats::Stats;
-use crate::tables::{PortKind, Tables};
-use crate::types::{PortId, mac_str};
-use anyhow::{Context, bail};
+use crate::store::{FileStore, Store};
+use crate::tables::{FdbDest, Tables};
+use crate::types::{PortId, TenantId, mac_str};
+use anyhow::bail;
+use crossbeam::channel::{Receiver, Sender};
 use serde::Serialize;
-use std::net::IpAddr;
+use serde_json::{Value, json};
+use std::net::{IpAddr, SocketAddr};
 use std::os::fd::RawFd;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use xvs_common::Counter;
 
 /// Polls with nothing received before the core goes to sleep on its sockets.
 const SPIN_POLLS: u32 = 200;
@@ -28,17 +33,24 @@ const MAX_SLEEP_MS: u16 = 50;
 /// Options beyond the config file.
 #[derive(Debug, Clone, Default)]
 pub struct Options {
-    /// Where to write the counters as JSON, refreshed while running.
+    /// Where to write the status and counters as JSON, refreshed while running.
     pub stats_file: Option<PathBuf>,
     /// Force AF_XDP copy mode even where zero-copy would work.
     pub force_copy: bool,
     /// Config path, for status.
     pub config_path: Option<PathBuf>,
+    /// Control socket path (`None`: no control socket).
+    pub socket: Option<PathBuf>,
+    /// Group that may use the control socket.
+    pub socket_group: Option<String>,
+    /// State file (the desired configuration, kept across restarts).
+    pub state: Option<PathBuf>,
+    /// Prometheus endpoint (loopback only).
+    pub metrics: Option<SocketAddr>,
 }
 
-/// Checks everything that can be checked before touching an interface.
-pub fn preflight(cfg: &Config) -> anyhow::Result<Tables> {
-    // SAFETY-free check of the effective uid.
+/// Checks everything that can be checked before touching an interface; returns the tables.
+pub fn preflight(cfg: &Config, prev: Option<&Tables>) -> anyhow::Result<Tables> {
     if !nix::unistd::geteuid().is_root() {
         bail!("xvsd must run as root (XDP and AF_XDP need CAP_NET_ADMIN and CAP_BPF)");
     }
@@ -67,49 +79,66 @@ pub fn preflight(cfg: &Config) -> anyhow::Result<Tables> {
             cfg.daemon.cores.len()
         );
     }
-    Ok(cfg.build(netdev::mac(up), netdev::mtu(up))?)
+    Ok(cfg.build_after(prev, netdev::mac(up), netdev::mtu(up))?)
 }
 
-/// One port as shown in the counters.
-#[derive(Debug, Clone, Serialize)]
-pub struct PortStatus {
-    /// Interface.
-    pub name: String,
-    /// `uplink` or `vm`.
-    pub kind: &'static str,
-    /// Tenant name, for VM ports.
-    pub tenant: Option<String>,
-    /// MAC (VM ports).
-    pub mac: Option<String>,
-    /// AF_XDP binding of each queue.
-    pub afxdp_mode: Vec<XskMode>,
-    /// XDP attach mode.
-    pub xdp_mode: AttachMode,
+/// Messages from the control plane to the forwarding core. The core never blocks on them.
+pub enum CoreMsg {
+    /// A new table snapshot, with ports to attach and detach.
+    Update {
+        /// The snapshot.
+        tables: Arc<Tables>,
+        /// FDB changes.
+        change: Change,
+        /// New ports' sockets.
+        attach: Vec<(PortId, QueueSet)>,
+        /// Ports to close.
+        detach: Vec<PortId>,
+        /// Told once the core runs on the new snapshot.
+        done: Sender<()>,
+    },
+    /// Static FDB entries added or removed (no other table changed).
+    Fdb {
+        /// Entries to add or replace.
+        add: Vec<(TenantId, crate::wire::MacAddr, FdbDest)>,
+        /// Entries to remove.
+        del: Vec<(TenantId, crate::wire::MacAddr)>,
+        /// Told once the core has applied them.
+        done: Sender<()>,
+    },
+    /// Zero the counters.
+    ClearStats,
+    /// Trace a frame.
+    Trace {
+        /// Ingress port.
+        port: PortId,
+        /// The frame.
+        frame: Vec<u8>,
+        /// Where the answer goes.
+        reply: Sender<Value>,
+    },
+    /// Dump learned and static FDB entries.
+    FdbDump {
+        /// Only this tenant.
+        tenant: Option<TenantId>,
+        /// Where the answer goes.
+        reply: Sender<Vec<Value>>,
+    },
 }
 
-/// What xvsd publishes: status and counters.
-#[derive(Debug, Clone, Serialize)]
-pub struct Snapshot {
-    /// xvsd version.
-    pub version: &'static str,
-    /// Seconds since start.
-    pub uptime_secs: f64,
-    /// Config file.
-    pub config: Option<PathBuf>,
-    /// Ports.
-    pub ports: Vec<PortStatus>,
-    /// Tenant names and VNIs, by tenant id.
-    pub tenants: Vec<(String, u32)>,
+/// What the core publishes every 100 ms.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct CoreReport {
     /// Pipeline counters.
     pub stats: Stats,
     /// Host stack counters.
     pub host: HostCounters,
-    /// XDP program counters per interface.
-    pub xdp: Vec<(String, Vec<(&'static str, u64)>)>,
-    /// Resolved underlay neighbours: (IP, MAC or "incomplete").
+    /// Underlay neighbours: (IP, MAC or "incomplete").
     pub neighbors: Vec<(String, String)>,
-    /// Core: time busy and asleep, packets.
+    /// Core load.
     pub core: CoreLoad,
+    /// AF_XDP mode of each queue, by port id.
+    pub afxdp: Vec<(u16, Vec<XskMode>)>,
 }
 
 /// Load of the forwarding core.
@@ -127,166 +156,455 @@ pub struct CoreLoad {
     pub packets: u64,
     /// Busy nanoseconds per frame received (receive, forward, transmit, recycle).
     pub ns_per_packet: f64,
+    /// Share of time busy (busy / (busy + spin + idle)).
+    pub busy_share: f64,
 }
 
-/// Runs xvsd until `stop` is set.
-pub fn run(cfg: Config, opts: Options, stop: Arc<AtomicBool>) -> anyhow::Result<Snapshot> {
-    let tables = Arc::new(preflight(&cfg)?);
-    let cpu = cfg.daemon.cores[0];
-    let started = Instant::now();
+/// One port as shown in status.
+#[derive(Debug, Clone, Serialize)]
+pub struct PortStatus {
+    /// Interface.
+    pub name: String,
+    /// `uplink` or `vm`.
+    pub kind: &'static str,
+    /// Tenant name, for VM ports.
+    pub tenant: Option<String>,
+    /// MAC.
+    pub mac: Option<String>,
+    /// IPs (VM ports).
+    pub ips: Vec<String>,
+    /// AF_XDP binding of each queue.
+    pub afxdp_mode: Vec<XskMode>,
+    /// XDP attach mode.
+    pub xdp_mode: Option<AttachMode>,
+}
 
-    // Attach programs; on any failure the ones attached so far are detached as they drop.
-    let mut attached: Vec<Attached> = Vec::new();
-    for (i, p) in tables.ports.iter().enumerate() {
-        let role = match p.kind {
-            PortKind::Uplink => Role::Uplink { vtep_ip: tables.underlay.vtep_ip, udp_port: crate::wire::VXLAN_PORT },
-            PortKind::Vm { .. } => Role::Vm,
-        };
-        let a = Attached::attach(&p.name, role).with_context(|| format!("port {i} ({})", p.name))?;
-        attached.push(a);
+/// Status and counters, as the stats file, `xvsctl stats --json` and the metrics show them.
+#[derive(Debug, Clone, Serialize)]
+pub struct Snapshot {
+    /// xvsd version.
+    pub version: &'static str,
+    /// Seconds since start.
+    pub uptime_secs: f64,
+    /// Config file.
+    pub config: Option<PathBuf>,
+    /// Where the desired state is kept.
+    pub state: String,
+    /// Uplink interface.
+    pub uplink: String,
+    /// Forwarding cores' CPUs.
+    pub cores: Vec<usize>,
+    /// Ports by port id (`null` where removed).
+    pub ports: Vec<Option<PortStatus>>,
+    /// Tenant (name, VNI) by tenant id (`null` where removed).
+    pub tenants: Vec<Option<(String, u32)>>,
+    /// Pipeline counters.
+    pub stats: Stats,
+    /// Host stack counters.
+    pub host: HostCounters,
+    /// XDP program counters per interface.
+    pub xdp: Vec<(String, Vec<(&'static str, u64)>)>,
+    /// Underlay neighbours.
+    pub neighbors: Vec<(String, String)>,
+    /// Core load.
+    pub core: CoreLoad,
+}
+
+/// Runs xvsd until `stop` is set. `cfg` is used unless the state store holds a configuration.
+pub fn run(cfg: Config, opts: Options, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
+    let store: Box<dyn Store> = match &opts.state {
+        Some(p) => Box::new(FileStore::new(p)),
+        None => Box::new(FileStore::new("/var/lib/xvs/state.toml")),
+    };
+    let desired = match store.load()? {
+        Some(saved) => {
+            tracing::info!("restoring configuration from {}", store.describe());
+            saved
+        }
+        None => cfg,
+    };
+    let tables = Arc::new(preflight(&desired, None)?);
+    if let Some(m) = &opts.metrics
+        && !m.ip().is_loopback()
+    {
+        bail!("metrics address {m} is not a loopback address");
     }
+    let cpu = desired.daemon.cores[0];
+    let umem = UmemFrames::new(DEFAULT_UMEM_FRAMES)?;
+    let handle = umem.handle();
+    let (core_tx, core_rx) = crossbeam::channel::unbounded::<CoreMsg>();
+    let waker = Arc::new(Waker::new()?);
 
-    let nqueues: Vec<u32> = tables.ports.iter().map(|p| netdev::rx_queues(&p.name)).collect();
-    let umem = UmemFrames::new(frames_for_ports(nqueues.iter().sum::<u32>() as usize))?;
+    // Attach every port (on failure, what was attached detaches as it drops).
+    let mut ports_io = std::collections::HashMap::new();
     let mut sets = Vec::new();
-    for (i, p) in tables.ports.iter().enumerate() {
-        let mut socks = Vec::new();
-        for q in 0..nqueues[i] {
-            let s = umem.bind(&p.name, q, opts.force_copy)?;
-            attached[i].register(q, s.fd())?;
-            socks.push(s);
-        }
-        sets.push(QueueSet::new(socks));
+    for (id, p) in tables.live_ports() {
+        let (io, set) = PortIo::open(p, &tables, &handle, opts.force_copy)?;
+        ports_io.insert(p.name.clone(), io);
+        sets.push((id, set));
     }
-    let ports_status: Vec<PortStatus> = tables
-        .ports
-        .iter()
-        .zip(&sets)
-        .zip(&attached)
-        .map(|((p, s), a)| PortStatus {
-            name: p.name.clone(),
-            kind: if matches!(p.kind, PortKind::Uplink) { "uplink" } else { "vm" },
-            tenant: match &p.kind {
-                PortKind::Vm { tenant, .. } => tables.tenant(*tenant).map(|t| t.name.clone()),
-                PortKind::Uplink => None,
-            },
-            mac: match &p.kind {
-                PortKind::Vm { mac, .. } => Some(mac_str(mac)),
-                PortKind::Uplink => Some(mac_str(&tables.underlay.mac)),
-            },
-            afxdp_mode: s.queues.iter().map(|q| q.mode).collect(),
-            xdp_mode: a.mode,
-        })
-        .collect();
-    let fds: Vec<RawFd> = sets.iter().flat_map(|s| s.fds().collect::<Vec<_>>()).collect();
-    tracing::info!(ports = tables.ports.len(), tenants = tables.tenants.len(), "xvsd attached; forwarding");
+    let mut store = store;
+    store.save(&desired)?;
+    let report: Arc<Mutex<Option<CoreReport>>> = Arc::new(Mutex::new(None));
+    let state = Arc::new(Mutex::new(ControlState::new(
+        desired,
+        Arc::clone(&tables),
+        store,
+        ports_io,
+        handle,
+        core_tx,
+        Arc::clone(&waker),
+        Arc::clone(&report),
+        opts.clone(),
+    )));
+    tracing::info!(ports = sets.len(), tenants = tables.live_tenants().count(), "xvsd attached; forwarding");
 
-    let shared: Arc<Mutex<Option<Snapshot>>> = Arc::new(Mutex::new(None));
-    let writer = opts.stats_file.clone().map(|path| spawn_stats_writer(path, Arc::clone(&shared), Arc::clone(&stop)));
-
-    let tables_c = Arc::clone(&tables);
-    let shared_c = Arc::clone(&shared);
-    let stop_c = Arc::clone(&stop);
-    let config_path = opts.config_path.clone();
-    let core_thread = std::thread::Builder::new().name(format!("xvs-core{cpu}")).spawn(move || {
-        pin_to(cpu);
-        let mut core: Core<QueueSet, UmemFrames> = Core::new(Arc::clone(&tables_c), umem);
-        for (i, s) in sets.into_iter().enumerate() {
-            core.attach(PortId(i as u16), s);
-        }
-        let mut host = HostStack::default();
-        let clock = Instant::now();
-        let now_ns = || clock.elapsed().as_nanos() as u64 + 1;
-        for v in tables_c.all_vteps() {
-            core.pipeline.neigh.resolve(tables_c.underlay.next_hop(v), 0);
-        }
-        core.transmit(); // initial fill
-        let mut load = CoreLoad { cpu, ..Default::default() };
-        let (mut idle_polls, mut last_tick, mut last_age) = (0u32, 0u64, 0u64);
-        let publish = |core: &Core<QueueSet, UmemFrames>, host: &HostStack, load: &CoreLoad| {
-            let snap = Snapshot {
-                version: env!("CARGO_PKG_VERSION"),
-                uptime_secs: started.elapsed().as_secs_f64(),
-                config: config_path.clone(),
-                ports: ports_status.clone(),
-                tenants: tables_c.tenants.iter().map(|t| (t.name.clone(), t.vni.get())).collect(),
-                stats: core.pipeline.stats.clone(),
-                host: host.counters.clone(),
-                xdp: attached
-                    .iter()
-                    .map(|a| {
-                        let c = a.counters();
-                        (a.ifname.clone(), Counter::ALL.iter().map(|k| (k.name(), c[*k as usize])).collect())
-                    })
-                    .collect(),
-                neighbors: core
-                    .pipeline
-                    .neigh
-                    .iter()
-                    .map(|(ip, n)| (ip.to_string(), n.mac.map_or("incomplete".to_string(), |m| mac_str(&m))))
-                    .collect(),
-                core: load.clone(),
-            };
-            if let Ok(mut g) = shared_c.lock() {
-                *g = Some(snap);
-            }
-        };
-        loop {
-            let t0 = Instant::now();
-            let now = now_ns();
-            let n = core.poll(now);
-            if !core.stage.host.is_empty() {
-                host.receive(&tables_c, &mut core.pipeline.neigh, &mut core.mem, &mut core.free, &mut core.stage, now);
-                core.transmit();
-            }
-            if now - last_tick >= 100_000_000 || core.pipeline.neigh.take_wanted() {
-                last_tick = now;
-                host.tick(&tables_c, &mut core.pipeline.neigh, &mut core.mem, &mut core.free, &mut core.stage, now);
-                core.transmit();
-                if now - last_age >= 1_000_000_000 {
-                    last_age = now;
-                    core.pipeline.fdb.age(now);
-                }
-                publish(&core, &host, &load);
-                if stop_c.load(Ordering::Relaxed) {
-                    break;
-                }
-            }
-            load.packets += n as u64;
-            if n > 0 {
-                load.busy_ns += t0.elapsed().as_nanos() as u64;
-            } else {
-                load.spin_ns += t0.elapsed().as_nanos() as u64;
-            }
-            if n == 0 {
-                idle_polls += 1;
-                if idle_polls > SPIN_POLLS {
-                    // Nothing for a while: sleep on the sockets until a frame arrives.
-                    let t1 = Instant::now();
-                    wait_readable(&fds, MAX_SLEEP_MS);
-                    load.idle_ns += t1.elapsed().as_nanos() as u64;
-                }
-            } else {
-                idle_polls = 0;
-            }
-            if load.packets > 0 {
-                load.ns_per_packet = load.busy_ns as f64 / load.packets as f64;
-            }
-        }
-        publish(&core, &host, &load);
-        // Sockets close as the core drops; then the programs detach as `attached` drops.
-        drop(core);
-        drop(attached);
-    })?;
-    core_thread.join().map_err(|_| anyhow::anyhow!("forwarding core panicked"))?;
-    if let Some(w) = writer {
-        let _ = w.join();
+    let core = {
+        let (tables, report, stop, waker) =
+            (Arc::clone(&tables), Arc::clone(&report), Arc::clone(&stop), Arc::clone(&waker));
+        std::thread::Builder::new()
+            .name(format!("xvs-core{cpu}"))
+            .spawn(move || core_loop(cpu, tables, umem, sets, core_rx, report, stop, waker))?
+    };
+    if let Some(path) = &opts.socket {
+        server::listen(path, opts.socket_group.as_deref(), Arc::clone(&state))?;
     }
-    let snap = shared.lock().ok().and_then(|g| g.clone()).context("no counters published")?;
-    if let Some(p) = &opts.stats_file {
+    if let Some(addr) = opts.metrics {
+        crate::metrics::serve(addr, Arc::clone(&state))?;
+    }
+    // Wait for the first report, then keep the stats file fresh until stopped.
+    let mut last_write = Instant::now() - Duration::from_secs(1);
+    while !stop.load(Ordering::Relaxed) {
+        std::thread::sleep(Duration::from_millis(50));
+        if core.is_finished() {
+            break;
+        }
+        if let Some(p) = &opts.stats_file
+            && last_write.elapsed() >= Duration::from_millis(200)
+        {
+            last_write = Instant::now();
+            if let Some(snap) = state.lock().ok().and_then(|s| s.snapshot()) {
+                write_json(p, &snap);
+            }
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    waker.wake();
+    core.join().map_err(|_| anyhow::anyhow!("forwarding core panicked"))?;
+    if let Some(p) = &opts.stats_file
+        && let Some(snap) = state.lock().ok().and_then(|s| s.snapshot())
+    {
         write_json(p, &snap);
     }
-    Ok(snap)
+    if let Some(path) = &opts.socket {
+        let _ = std::fs::remove_file(path);
+    }
+    // The core closed its sockets; detach the XDP programs.
+    if let Ok(mut s) = state.lock() {
+        s.detach_all();
+    }
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn core_loop(
+    cpu: usize,
+    tables: Arc<Tables>,
+    umem: UmemFrames,
+    sets: Vec<(PortId, QueueSet)>,
+    rx: Receiver<CoreMsg>,
+    report: Arc<Mutex<Option<CoreReport>>>,
+    stop: Arc<AtomicBool>,
+    waker: Arc<Waker>,
+) {
+    pin_to(cpu);
+    let mut core: Core<QueueSet, UmemFrames> = Core::new(Arc::clone(&tables), umem);
+    for (id, s) in sets {
+        core.attach(id, s);
+    }
+    let mut tables = tables;
+    let mut host = HostStack::default();
+    let clock = Instant::now();
+    let now_ns = || clock.elapsed().as_nanos() as u64 + 1;
+    for v in tables.all_vteps() {
+        core.pipeline.neigh.resolve(tables.underlay.next_hop(v), 0);
+    }
+    core.transmit(); // initial fill
+    let mut fds = poll_fds(&core, &waker);
+    let mut load = CoreLoad { cpu, ..Default::default() };
+    let (mut idle_polls, mut last_tick, mut last_age) = (0u32, 0u64, 0u64);
+    loop {
+        let t0 = Instant::now();
+        let now = now_ns();
+        while let Ok(msg) = rx.try_recv() {
+            match msg {
+                CoreMsg::Update { tables: t, change, attach, detach, done } => {
+                    for id in detach {
+                        if let Some(p) = core.detach(id) {
+                            p.release(&mut core.free);
+                        }
+                    }
+                    core.set_tables(Arc::clone(&t), &change);
+                    for (id, s) in attach {
+                        core.attach(id, s);
+                    }
+                    for v in t.all_vteps() {
+                        core.pipeline.neigh.resolve(t.underlay.next_hop(v), now);
+                    }
+                    tables = t;
+                    fds = poll_fds(&core, &waker);
+                    core.transmit();
+                    let _ = done.send(());
+                }
+                CoreMsg::Fdb { add, del, done } => {
+                    for (t, m) in &del {
+                        core.pipeline.fdb.remove(*t, m);
+                    }
+                    for (t, m, d) in &add {
+                        core.pipeline.fdb.insert_static(*t, m, *d);
+                    }
+                    let _ = done.send(());
+                }
+                CoreMsg::ClearStats => {
+                    core.pipeline.stats = Stats::default();
+                    core.pipeline.stats.resize(tables.ports.len(), tables.tenants.len());
+                    host.counters = HostCounters::default();
+                    load = CoreLoad { cpu, ..Default::default() };
+                }
+                CoreMsg::Trace { port, frame, reply } => {
+                    let _ = reply.send(trace(&core, port, &frame, now));
+                }
+                CoreMsg::FdbDump { tenant, reply } => {
+                    let _ = reply.send(fdb_dump(&core, tenant, now));
+                }
+            }
+        }
+        let n = core.poll(now);
+        if !core.stage.host.is_empty() {
+            host.receive(&tables, &mut core.pipeline.neigh, &mut core.mem, &mut core.free, &mut core.stage, now);
+            core.transmit();
+        }
+        if now - last_tick >= 100_000_000 || core.pipeline.neigh.take_wanted() {
+            last_tick = now;
+            host.tick(&tables, &mut core.pipeline.neigh, &mut core.mem, &mut core.free, &mut core.stage, now);
+            core.transmit();
+            if now - last_age >= 1_000_000_000 {
+                last_age = now;
+                core.pipeline.fdb.age(now);
+            }
+            publish(&core, &host, &load, &report);
+            if stop.load(Ordering::Relaxed) {
+                break;
+            }
+        }
+        load.packets += n as u64;
+        let spent = t0.elapsed().as_nanos() as u64;
+        if n > 0 {
+            load.busy_ns += spent;
+            idle_polls = 0;
+        } else {
+            load.spin_ns += spent;
+            idle_polls += 1;
+            if idle_polls > SPIN_POLLS {
+                // Nothing for a while: sleep on the sockets (and the control waker) until a
+                // frame or a message arrives.
+                let t1 = Instant::now();
+                wait_readable(&fds, MAX_SLEEP_MS);
+                waker.drain();
+                load.idle_ns += t1.elapsed().as_nanos() as u64;
+            }
+        }
+        if load.packets > 0 {
+            load.ns_per_packet = load.busy_ns as f64 / load.packets as f64;
+        }
+        let all = (load.busy_ns + load.spin_ns + load.idle_ns).max(1);
+        load.busy_share = load.busy_ns as f64 / all as f64;
+    }
+    publish(&core, &host, &load, &report);
+    for id in 0..core.ports.len() {
+        if let Some(p) = core.detach(PortId(id as u16)) {
+            p.release(&mut core.free);
+        }
+    }
+}
+
+fn poll_fds(core: &Core<QueueSet, UmemFrames>, waker: &Waker) -> Vec<RawFd> {
+    let mut v: Vec<RawFd> = core.ports.iter().flatten().flat_map(|s| s.fds().collect::<Vec<_>>()).collect();
+    v.push(waker.raw());
+    v
+}
+
+fn publish(core: &Core<QueueSet, UmemFrames>, host: &HostStack, load: &CoreLoad, report: &Mutex<Option<CoreReport>>) {
+    let r = CoreReport {
+        stats: core.pipeline.stats.clone(),
+        host: host.counters.clone(),
+        neighbors: core
+            .pipeline
+            .neigh
+            .iter()
+            .map(|(ip, n)| (ip.to_string(), n.mac.map_or("incomplete".to_string(), |m| mac_str(&m))))
+            .collect(),
+        core: load.clone(),
+        afxdp: core
+            .ports
+            .iter()
+            .enumerate()
+            .filter_map(|(i, p)| p.as_ref().map(|s| (i as u16, s.queues.iter().map(|q| q.mode).collect())))
+            .collect(),
+    };
+    if let Ok(mut g) = report.lock() {
+        *g = Some(r);
+    }
+}
+
+/// Every decision the pipeline takes for `frame` arriving on `port`.
+fn trace(core: &Core<QueueSet, UmemFrames>, port: PortId, frame: &[u8], now: u64) -> Value {
+    use crate::wire::{EthernetFrame, Ipv4Packet};
+    let t = core.pipeline.tables();
+    let mut steps: Vec<String> = Vec::new();
+    let Some(p) = t.port(port) else {
+        return json!({"steps": ["no such port"], "action": "drop", "reason": "unknown_port"});
+    };
+    steps.push(format!("ingress port {} ({})", p.name, if port == crate::tables::UPLINK { "uplink" } else { "vm" }));
+    let mut inner = frame;
+    if port == crate::tables::UPLINK {
+        match crate::pipeline::encap::parse_outer(frame, t.underlay.vtep_ip) {
+            Ok(crate::pipeline::Underlayer::Vxlan(o)) => {
+                steps.push(format!("outer: VXLAN from VTEP {} VNI {}", o.src_ip, o.vni));
+                match t.tenant_by_vni(o.vni) {
+                    Some(id) => steps.push(format!(
+                        "VNI {} -> tenant {}; VTEP {} {}",
+                        o.vni,
+                        t.tenant(id).map_or("?", |x| x.name.as_str()),
+                        o.src_ip,
+                        if t.vtep_allowed(id, o.src_ip) { "allowed" } else { "not in the tenant's list" }
+                    )),
+                    None => steps.push(format!("VNI {} belongs to no tenant", o.vni)),
+                }
+                inner = &frame[o.inner_off..o.inner_off + o.inner_len];
+            }
+            Ok(crate::pipeline::Underlayer::Host) => steps.push("for the VTEP host stack (ARP/ICMP)".into()),
+            Err(r) => steps.push(format!("outer headers rejected: {}", r.name())),
+        }
+    }
+    let (action, tenant) = core.pipeline.decide(port, frame, now);
+    if let Some(id) = tenant {
+        steps.push(format!(
+            "tenant {} (VNI {})",
+            t.tenant(id).map_or("?", |x| x.name.as_str()),
+            t.tenant(id).map_or(0, |x| x.vni.get())
+        ));
+    }
+    if let Ok(eth) = EthernetFrame::new_checked(inner) {
+        steps.push(format!(
+            "ethernet {} -> {} type {}",
+            mac_str(&eth.src_addr()),
+            mac_str(&eth.dst_addr()),
+            eth.ethertype()
+        ));
+        if let Ok(ip) = Ipv4Packet::new_checked(eth.payload()) {
+            steps.push(format!("ipv4 {} -> {} proto {}", ip.src_addr(), ip.dst_addr(), ip.next_header()));
+        }
+        if let Some(id) = tenant {
+            let dst = eth.dst_addr();
+            if dst.is_multicast() {
+                steps.push("destination is broadcast/multicast: flood".into());
+            } else {
+                match core.pipeline.fdb.entry(id, &dst) {
+                    Some(e) => steps.push(format!(
+                        "fdb lookup ({}, {}): {} ({}{})",
+                        t.tenant(id).map_or("?", |x| x.name.as_str()),
+                        mac_str(&dst),
+                        dest_str(t, e.dest),
+                        origin_str(e.origin),
+                        if e.origin == Origin::Static {
+                            String::new()
+                        } else {
+                            format!(", age {:.1}s", now.saturating_sub(e.last_seen) as f64 / 1e9)
+                        }
+                    )),
+                    None => steps.push(format!(
+                        "fdb lookup ({}, {}): miss -> flood",
+                        t.tenant(id).map_or("?", |x| x.name.as_str()),
+                        mac_str(&dst)
+                    )),
+                }
+            }
+        }
+    }
+    let (action_s, reason) = match action {
+        Action::Drop(r) => ("drop".to_string(), Some(r.name())),
+        Action::Forward(p) => (format!("output to port {}", t.port(p).map_or("?", |x| x.name.as_str())), None),
+        Action::Encap { dst_mac, dst_ip, vni, src_port } => (
+            format!(
+                "encapsulate VNI {vni} to VTEP {dst_ip} (next-hop MAC {}, UDP source port {src_port}), output to uplink",
+                mac_str(&dst_mac)
+            ),
+            None,
+        ),
+        Action::Decap { port, .. } => {
+            (format!("decapsulate, output to port {}", t.port(port).map_or("?", |x| x.name.as_str())), None)
+        }
+        Action::Flood { tenant, exclude, remote, .. } => {
+            let tn = t.tenant(tenant);
+            let ports: Vec<&str> = tn
+                .map(|x| {
+                    x.ports
+                        .iter()
+                        .filter(|p| **p != exclude)
+                        .filter_map(|p| t.port(*p).map(|x| x.name.as_str()))
+                        .collect()
+                })
+                .unwrap_or_default();
+            let vteps: Vec<String> = if remote {
+                tn.map(|x| x.vteps.iter().map(|v| v.to_string()).collect()).unwrap_or_default()
+            } else {
+                vec![]
+            };
+            (format!("flood to ports [{}] and VTEPs [{}]", ports.join(", "), vteps.join(", ")), None)
+        }
+        Action::Host => ("hand to the VTEP host stack".to_string(), None),
+    };
+    if let Some(r) = reason {
+        steps.push(format!("drop: {r}"));
+    }
+    json!({"steps": steps, "action": action_s, "reason": reason})
+}
+
+fn dest_str(t: &Tables, d: FdbDest) -> String {
+    match d {
+        FdbDest::Local(p) => format!("port {}", t.port(p).map_or("?", |x| x.name.as_str())),
+        FdbDest::Remote(v) => format!("vtep {v}"),
+    }
+}
+
+fn origin_str(o: Origin) -> &'static str {
+    match o {
+        Origin::Static => "static",
+        Origin::LearnedLocal => "learned local",
+        Origin::LearnedRemote => "learned remote",
+    }
+}
+
+fn fdb_dump(core: &Core<QueueSet, UmemFrames>, tenant: Option<TenantId>, now: u64) -> Vec<Value> {
+    let t = core.pipeline.tables();
+    let mut rows: Vec<Value> = core
+        .pipeline
+        .fdb
+        .iter()
+        .filter(|(tn, _, _)| tenant.is_none_or(|x| x == *tn))
+        .map(|(tn, mac, e)| {
+            json!({
+                "tenant": t.tenant(tn).map_or("?", |x| x.name.as_str()),
+                "mac": mac_str(&mac),
+                "dest": dest_str(t, e.dest),
+                "origin": origin_str(e.origin),
+                "age_secs": if e.origin == Origin::Static { Value::Null } else { json!((now.saturating_sub(e.last_seen) as f64 / 1e8).round() / 10.0) },
+            })
+        })
+        .collect();
+    rows.sort_by(|a, b| (a["tenant"].as_str(), a["mac"].as_str()).cmp(&(b["tenant"].as_str(), b["mac"].as_str())));
+    rows
 }
 
 fn pin_to(cpu: usize) {
@@ -305,20 +623,4 @@ fn write_json(path: &std::path::Path, snap: &Snapshot) {
     {
         let _ = std::fs::rename(&tmp, path);
     }
-}
-
-fn spawn_stats_writer(
-    path: PathBuf,
-    shared: Arc<Mutex<Option<Snapshot>>>,
-    stop: Arc<AtomicBool>,
-) -> std::thread::JoinHandle<()> {
-    std::thread::spawn(move || {
-        while !stop.load(Ordering::Relaxed) {
-            std::thread::sleep(Duration::from_millis(200));
-            let snap = shared.lock().ok().and_then(|g| g.clone());
-            if let Some(s) = snap {
-                write_json(&path, &s);
-            }
-        }
-    })
 }

@@ -2,7 +2,7 @@
 //! port, run the pipeline, transmit what was staged, recycle frames. The same code drives
 //! in-memory ports in tests and benchmarks and AF_XDP sockets in xvsd.
 
-use crate::pipeline::{DropReason, Pipeline};
+use crate::pipeline::{Change, DropReason, Pipeline};
 use crate::port::{BATCH, Desc, FrameMem, FreeList, Port, TxStage};
 use crate::tables::Tables;
 use crate::types::PortId;
@@ -56,9 +56,12 @@ impl<P: Port, M: FrameMem> Core<P, M> {
     }
 
     /// Switches to a new table snapshot.
-    pub fn set_tables(&mut self, tables: Arc<Tables>) {
+    pub fn set_tables(&mut self, tables: Arc<Tables>, change: &Change) {
         self.stage.resize(tables.ports.len(), UPLINK_STAGE);
-        self.pipeline.set_tables(tables);
+        if self.ports.len() < tables.ports.len() {
+            self.ports.resize_with(tables.ports.len(), || None);
+        }
+        self.pipeline.set_tables(tables, change);
     }
 
     /// One poll iteration at time `now` (ns): every port's receive ring once, then transmit.

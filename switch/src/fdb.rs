@@ -184,6 +184,22 @@ impl Fdb {
         }
     }
 
+    /// Keeps only the learned entries for which `keep(tenant, mac, dest)` is true.
+    pub fn retain_learned(&mut self, mut keep: impl FnMut(TenantId, MacAddr, FdbDest) -> bool) {
+        let counts = &mut self.learned_per_tenant;
+        self.map.retain(|k, e| {
+            if e.origin == Origin::Static {
+                return true;
+            }
+            let (t, m) = unkey(*k);
+            let k = keep(t, m, e.dest);
+            if !k {
+                counts[t.index()] -= 1;
+            }
+            k
+        });
+    }
+
     /// Forgets every learned entry of `tenant`.
     pub fn flush_tenant(&mut self, tenant: TenantId) {
         self.map.retain(|k, e| e.origin == Origin::Static || unkey(*k).0 != tenant);

@@ -6,6 +6,7 @@
 //! in-memory implementation; [`tables`], [`fdb`] and [`neigh`] hold state, [`config`] builds it.
 
 pub mod config;
+pub mod control;
 pub mod daemon;
 pub mod datapath;
 pub mod fdb;
@@ -13,11 +14,13 @@ pub mod frames;
 pub mod host;
 pub mod io;
 pub mod memport;
+pub mod metrics;
 pub mod neigh;
 pub mod pipeline;
 pub mod port;
 pub mod sim;
 pub mod stats;
+pub mod store;
 pub mod tables;
 pub mod types;
 pub mod wire;

@@ -22,10 +22,10 @@ pub struct Sim {
 impl Sim {
     /// A switch over `tables` with `frames` frames and every configured port attached.
     pub fn new(tables: Arc<Tables>, frames: u32) -> Sim {
-        let n = tables.ports.len();
+        let ids: Vec<PortId> = tables.live_ports().map(|(id, _)| id).collect();
         let mut core = Core::new(tables, MemFrames::new(frames, SIM_FRAME_SIZE));
-        for i in 0..n {
-            core.attach(PortId(i as u16), MemPort::new(frames as usize));
+        for id in ids {
+            core.attach(id, MemPort::new(frames as usize));
         }
         Sim { core, now: 1_000_000_000 }
     }

@@ -99,10 +99,10 @@ pub struct Port {
 pub struct Tables {
     /// Underlay settings.
     pub underlay: Underlay,
-    /// Tenants by [`TenantId`].
-    pub tenants: Vec<Tenant>,
-    /// Ports by [`PortId`]; index 0 is the uplink.
-    pub ports: Vec<Port>,
+    /// Tenants by [`TenantId`]; `None` where a tenant was removed (ids stay stable).
+    pub tenants: Vec<Option<Tenant>>,
+    /// Ports by [`PortId`]; index 0 is the uplink; `None` where a port was removed.
+    pub ports: Vec<Option<Port>>,
     /// Static FDB entries (local port MACs and configured remote MACs).
     pub static_fdb: Vec<(TenantId, MacAddr, FdbDest)>,
     /// FDB capacity per core.
@@ -126,8 +126,8 @@ impl Tables {
     /// Builds the indexes. Callers validate first ([`crate::config::Config::build`]).
     pub fn new(
         underlay: Underlay,
-        tenants: Vec<Tenant>,
-        ports: Vec<Port>,
+        tenants: Vec<Option<Tenant>>,
+        ports: Vec<Option<Port>>,
         static_fdb: Vec<(TenantId, MacAddr, FdbDest)>,
         arp_list: Vec<(TenantId, Ipv4Addr, MacAddr)>,
         fdb_capacity: u32,
@@ -136,6 +136,7 @@ impl Tables {
         let mut vni_index = HashMap::with_hasher(RandomState::default());
         let mut vtep_allow = HashSet::with_hasher(RandomState::default());
         for (i, t) in tenants.iter().enumerate() {
+            let Some(t) = t else { continue };
             let id = TenantId(i as u16);
             vni_index.insert(t.vni.get(), id);
             for v in &t.vteps {
@@ -186,23 +187,38 @@ impl Tables {
     /// The port, if it exists.
     #[inline]
     pub fn port(&self, id: PortId) -> Option<&Port> {
-        self.ports.get(id.index())
+        self.ports.get(id.index()).and_then(Option::as_ref)
     }
 
     /// The tenant, if it exists.
     #[inline]
     pub fn tenant(&self, id: TenantId) -> Option<&Tenant> {
-        self.tenants.get(id.index())
+        self.tenants.get(id.index()).and_then(Option::as_ref)
+    }
+
+    /// Every live port with its id.
+    pub fn live_ports(&self) -> impl Iterator<Item = (PortId, &Port)> + '_ {
+        self.ports.iter().enumerate().filter_map(|(i, p)| p.as_ref().map(|p| (PortId(i as u16), p)))
+    }
+
+    /// Every live tenant with its id.
+    pub fn live_tenants(&self) -> impl Iterator<Item = (TenantId, &Tenant)> + '_ {
+        self.tenants.iter().enumerate().filter_map(|(i, t)| t.as_ref().map(|t| (TenantId(i as u16), t)))
     }
 
     /// Port id by interface name.
     pub fn port_by_name(&self, name: &str) -> Option<PortId> {
-        self.ports.iter().position(|p| p.name == name).map(|i| PortId(i as u16))
+        self.live_ports().find(|(_, p)| p.name == name).map(|(id, _)| id)
+    }
+
+    /// Tenant id by name.
+    pub fn tenant_by_name(&self, name: &str) -> Option<TenantId> {
+        self.live_tenants().find(|(_, t)| t.name == name).map(|(id, _)| id)
     }
 
     /// Every remote VTEP of every tenant, each once.
     pub fn all_vteps(&self) -> Vec<Ipv4Addr> {
-        let mut v: Vec<Ipv4Addr> = self.tenants.iter().flat_map(|t| t.vteps.iter().copied()).collect();
+        let mut v: Vec<Ipv4Addr> = self.live_tenants().flat_map(|(_, t)| t.vteps.iter().copied()).collect();
         v.sort();
         v.dedup();
         v

@@ -185,7 +185,7 @@ proptest! {
             s.core.pipeline.neigh.update(v, MacAddr([2, 0, 0, 0, 0xee, v.octets()[3]]), now);
         }
         let nports = t.ports.len();
-        let vm_tenant = |p: PortId| match &t.ports[p.index()].kind {
+        let vm_tenant = |p: PortId| match &t.port(p).expect("live port").kind {
             PortKind::Vm { tenant, .. } => Some(*tenant),
             PortKind::Uplink => None,
         };
@@ -195,7 +195,7 @@ proptest! {
                 Inject::Vm { port, dst, kind, junk } => {
                     let p = PortId((1 + port % (nports - 1).max(1)) as u16);
                     if p.index() >= nports { continue; }
-                    let PortKind::Vm { mac, ipv4, .. } = &t.ports[p.index()].kind else { continue };
+                    let PortKind::Vm { mac, ipv4, .. } = &t.port(p).expect("live port").kind else { continue };
                     let src_ip = ipv4[0];
                     let f = match kind {
                         0 => frames::udp4_min(*mac, mac_of(dst), src_ip, vm_ip(dst)),

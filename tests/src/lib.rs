@@ -17,6 +17,11 @@ pub fn xvsd_bin() -> PathBuf {
     std::env::var_os("XVSD").map(PathBuf::from).unwrap_or_else(|| root().join("target/release/xvsd"))
 }
 
+/// The xvsctl binary.
+pub fn xvsctl_bin() -> PathBuf {
+    root().join("target/release/xvsctl")
+}
+
 /// Fails the test, saying why, when it cannot run here (never skips silently).
 pub fn require_system() {
     // SAFETY-free: geteuid has no preconditions; read via `id -u` to avoid unsafe code.
@@ -26,7 +31,9 @@ pub fn require_system() {
         let found = Command::new("sh").arg("-c").arg(format!("command -v {tool}")).output().map(|o| o.status.success());
         assert!(found.unwrap_or(false), "system tests need `{tool}`; run ./scripts/setup.sh");
     }
-    assert!(xvsd_bin().exists(), "{} missing: run `cargo build --release -p xvs-switch` first", xvsd_bin().display());
+    for b in [xvsd_bin(), xvsctl_bin()] {
+        assert!(b.exists(), "{} missing: run `cargo build --release --bins` first", b.display());
+    }
 }
 
 /// A testbed with a unique prefix; torn down on drop, also when the test fails.
@@ -84,8 +91,57 @@ impl Bed {
         String::from_utf8(out.stdout).unwrap()
     }
 
-    /// Starts xvsd on host `h` with `config`, waiting until it forwards.
+    /// Control socket of host `h`'s xvsd.
+    pub fn socket(&self, h: u8) -> PathBuf {
+        self.path(&format!("h{h}.sock"))
+    }
+
+    /// State file of host `h`'s xvsd.
+    pub fn state(&self, h: u8) -> PathBuf {
+        self.path(&format!("h{h}-state.toml"))
+    }
+
+    /// Runs xvsctl against host `h`'s xvsd: (exit code, stdout, stderr).
+    pub fn ctl(&self, h: u8, args: &[&str]) -> (i32, String, String) {
+        let o = Command::new("timeout")
+            .arg("30")
+            .arg(xvsctl_bin())
+            .arg("--socket")
+            .arg(self.socket(h))
+            .args(args)
+            .output()
+            .expect("xvsctl");
+        (
+            o.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&o.stdout).into_owned(),
+            String::from_utf8_lossy(&o.stderr).into_owned(),
+        )
+    }
+
+    /// Like [`Bed::ctl`], failing the test unless it succeeds; returns stdout.
+    pub fn ctl_ok(&self, h: u8, args: &[&str]) -> String {
+        let (code, out, err) = self.ctl(h, args);
+        assert_eq!(code, 0, "xvsctl {args:?} failed: {err}");
+        out
+    }
+
+    /// `xvsctl --json` parsed.
+    pub fn ctl_json(&self, h: u8, args: &[&str]) -> Value {
+        let mut a = vec!["--json"];
+        a.extend_from_slice(args);
+        serde_json::from_str(&self.ctl_ok(h, &a)).expect("JSON from xvsctl")
+    }
+
+    /// Starts xvsd on host `h` with `config` (and a fresh state file), waiting until it
+    /// forwards.
     pub fn xvsd(&self, h: u8, config: &str) -> Xvsd {
+        let _ = std::fs::remove_file(self.state(h));
+        let _ = std::fs::remove_file(self.state(h).with_extension("journal"));
+        self.xvsd_keep_state(h, config)
+    }
+
+    /// Starts xvsd on host `h`, keeping whatever state file is there (a restart).
+    pub fn xvsd_keep_state(&self, h: u8, config: &str) -> Xvsd {
         let cfg = self.path(&format!("h{h}.toml"));
         std::fs::write(&cfg, config).unwrap();
         let stats = self.path(&format!("h{h}.json"));
@@ -98,6 +154,10 @@ impl Bed {
             .arg(&cfg)
             .arg("--stats-file")
             .arg(&stats)
+            .arg("--socket")
+            .arg(self.socket(h))
+            .arg("--state")
+            .arg(self.state(h))
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -151,6 +211,14 @@ impl Xvsd {
     pub fn fresh_stats(&self) -> Value {
         std::thread::sleep(Duration::from_millis(500));
         self.stats()
+    }
+
+    /// Kills the daemon without letting it clean up (SIGKILL).
+    pub fn kill9(mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
     }
 
     /// The daemon's log.

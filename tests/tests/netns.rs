@@ -198,6 +198,10 @@ fn bad_configs_are_refused_without_touching_interfaces() {
             .arg(xvs_systests::xvsd_bin())
             .arg("--config")
             .arg(&path)
+            .arg("--state")
+            .arg(bed.path("bad-state.toml"))
+            .arg("--socket")
+            .arg(bed.path("bad.sock"))
             .output()
             .unwrap();
         let err = String::from_utf8_lossy(&o.stderr);
@@ -213,6 +217,8 @@ fn bad_configs_are_refused_without_touching_interfaces() {
         .arg(xvs_systests::xvsd_bin())
         .arg("--config")
         .arg(&path)
+        .arg("--state")
+        .arg(bed.path("nobody-state.toml"))
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&o.stderr);

@@ -1,20 +1,35 @@
 //! xvsd, the xvs daemon: forwards between VM ports and the VXLAN underlay.
 
 use clap::Parser;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use xvs_switch::config::Config;
+use xvs_switch::control::proto::DEFAULT_SOCKET;
 use xvs_switch::daemon::{self, Options};
 
 /// xvs daemon: a userspace VXLAN virtual switch over XDP and AF_XDP.
 #[derive(Parser, Debug)]
 #[command(name = "xvsd", version, about, long_about = None)]
 struct Args {
-    /// Configuration file (TOML): uplink, VTEP IP, cores, tenants, VM ports.
+    /// Configuration file (TOML): uplink, VTEP IP, cores, tenants, VM ports. Used when the
+    /// state file holds no configuration yet.
     #[arg(short, long, default_value = "/etc/xvs/xvsd.toml")]
     config: PathBuf,
+    /// State file: the desired configuration as changed through xvsctl, kept across restarts.
+    #[arg(long, default_value = "/var/lib/xvs/state.toml")]
+    state: PathBuf,
+    /// Control socket for xvsctl.
+    #[arg(long, default_value = DEFAULT_SOCKET)]
+    socket: PathBuf,
+    /// Group allowed to use the control socket (besides root).
+    #[arg(long)]
+    socket_group: Option<String>,
+    /// Serve Prometheus metrics on this loopback address (e.g. 127.0.0.1:9469).
+    #[arg(long)]
+    metrics: Option<SocketAddr>,
     /// Validate the configuration (file and interfaces) and exit without touching anything.
     #[arg(long)]
     check: bool,
@@ -46,18 +61,26 @@ fn run(args: Args) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("cannot read config {}: {e}", args.config.display()))?;
     let cfg = Config::from_toml(&text)?;
     if args.check {
-        daemon::preflight(&cfg)?;
+        daemon::preflight(&cfg, None)?;
         println!("config {} is valid", args.config.display());
         return Ok(());
     }
     let stop = Arc::new(AtomicBool::new(false));
     signal_hook::flag::register(signal_hook::consts::SIGINT, Arc::clone(&stop))?;
     signal_hook::flag::register(signal_hook::consts::SIGTERM, Arc::clone(&stop))?;
-    let snap = daemon::run(
+    daemon::run(
         cfg,
-        Options { stats_file: args.stats_file, force_copy: args.force_copy, config_path: Some(args.config) },
+        Options {
+            stats_file: args.stats_file,
+            force_copy: args.force_copy,
+            config_path: Some(args.config),
+            socket: Some(args.socket),
+            socket_group: args.socket_group,
+            state: Some(args.state),
+            metrics: args.metrics,
+        },
         stop,
     )?;
-    tracing::info!(uptime = snap.uptime_secs, packets = snap.core.packets, "xvsd stopped; XDP programs detached");
+    tracing::info!("xvsd stopped; XDP programs detached");
     Ok(())
 }

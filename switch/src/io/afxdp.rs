@@ -7,7 +7,7 @@ use crate::port::{BATCH, Desc, FrameMem, FreeList, Port};
 use serde::Serialize;
 use std::num::NonZeroU32;
 use std::ops::Range;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, RawFd};
 use std::ptr::NonNull;
 use std::sync::Arc;
 use xsk_rs::config::{BindFlags, FrameSize, Interface, LibxdpFlags, QueueSize, SocketConfig, UmemConfig};
@@ -28,8 +28,15 @@ pub enum XskMode {
     Copy,
 }
 
-/// The UMEM of one core as [`FrameMem`].
+/// The UMEM of one core as [`FrameMem`]. Owned by the core thread.
 pub struct UmemFrames {
+    h: UmemHandle,
+}
+
+/// What binding a socket to a UMEM needs; cloneable, so the control thread can bind new
+/// sockets while the core forwards (xsk-rs serialises socket creation on the UMEM).
+#[derive(Clone)]
+pub struct UmemHandle {
     umem: Umem,
     base: NonNull<u8>,
     data_off: usize,
@@ -37,9 +44,18 @@ pub struct UmemFrames {
     canon: Arc<Vec<FrameDesc>>,
 }
 
-// SAFETY: the UMEM mapping lives as long as `umem` (which it keeps alive) and is only touched
-// by the thread that owns this value.
+// SAFETY: the UMEM mapping lives as long as any clone of `umem`; frame memory is only touched
+// through `UmemFrames` (one thread) and by sockets for frames they own.
+unsafe impl Send for UmemHandle {}
+// SAFETY: as above.
 unsafe impl Send for UmemFrames {}
+
+impl UmemFrames {
+    /// A handle for binding sockets from another thread.
+    pub fn handle(&self) -> UmemHandle {
+        self.h.clone()
+    }
+}
 
 impl UmemFrames {
     /// Maps a UMEM of `frames` frames.
@@ -66,9 +82,11 @@ impl UmemFrames {
         };
         // SAFETY: frame 0's data segment starts `data_off` bytes into the mapping.
         let base = NonNull::new(unsafe { p.sub(data_off) }).ok_or_else(|| anyhow::anyhow!("null UMEM"))?;
-        Ok(UmemFrames { umem, base, data_off, frames, canon: Arc::new(descs) })
+        Ok(UmemFrames { h: UmemHandle { umem, base, data_off, frames, canon: Arc::new(descs) } })
     }
+}
 
+impl UmemHandle {
     fn data_ptr(&self, id: u32) -> *mut u8 {
         assert!(id < self.frames, "frame {id} outside the UMEM");
         // SAFETY: id < frames, so the offset is inside the mapping of frames * FRAME_SIZE bytes.
@@ -118,7 +136,8 @@ impl UmemFrames {
                         base: self.base,
                         data_off: self.data_off,
                         in_fill: 0,
-                        fill_target: RING_SIZE / 2,
+                        fill_target: RING_SIZE / 4,
+                        inflight: vec![0; (self.frames as usize).div_ceil(64)],
                     });
                 }
                 Ok((_, _, None)) => anyhow::bail!("{ifname} queue {queue}: already bound to this UMEM"),
@@ -136,28 +155,28 @@ impl FrameMem for UmemFrames {
     fn buf(&self, id: u32) -> &[u8] {
         // SAFETY: frame `id` is owned by userspace (the core received it or took it from the
         // free list), so neither the kernel nor another reference writes it meanwhile.
-        unsafe { std::slice::from_raw_parts(self.data_ptr(id), self.cap()) }
+        unsafe { std::slice::from_raw_parts(self.h.data_ptr(id), self.h.cap()) }
     }
 
     fn buf_mut(&mut self, id: u32) -> &mut [u8] {
         // SAFETY: as in `buf`, and `&mut self` excludes other userspace references.
-        unsafe { std::slice::from_raw_parts_mut(self.data_ptr(id), self.cap()) }
+        unsafe { std::slice::from_raw_parts_mut(self.h.data_ptr(id), self.h.cap()) }
     }
 
     fn copy(&mut self, src: u32, r: Range<usize>, dst: u32, dst_off: usize) {
-        assert!(src != dst && r.end <= self.cap() && r.start <= r.end && dst_off + r.len() <= self.cap());
+        assert!(src != dst && r.end <= self.h.cap() && r.start <= r.end && dst_off + r.len() <= self.h.cap());
         // SAFETY: both frames are owned by userspace, distinct, and the ranges are in bounds.
         unsafe {
-            std::ptr::copy_nonoverlapping(self.data_ptr(src).add(r.start), self.data_ptr(dst).add(dst_off), r.len())
+            std::ptr::copy_nonoverlapping(self.h.data_ptr(src).add(r.start), self.h.data_ptr(dst).add(dst_off), r.len())
         }
     }
 
     fn capacity(&self) -> usize {
-        self.cap()
+        self.h.cap()
     }
 
     fn frames(&self) -> u32 {
-        self.frames
+        self.h.frames
     }
 }
 
@@ -192,6 +211,9 @@ pub struct XskPort {
     data_off: usize,
     in_fill: u32,
     fill_target: u32,
+    /// Frames this socket's rings hold (fill and TX), one bit per frame, so they can be
+    /// returned when the socket is closed.
+    inflight: Vec<u64>,
 }
 
 // SAFETY: the rings and the UMEM pointer are used only by the thread that owns the port.
@@ -211,6 +233,34 @@ impl XskPort {
 
     fn id_of(addr: usize) -> (u32, usize) {
         ((addr / FRAME_SIZE as usize) as u32, addr % FRAME_SIZE as usize)
+    }
+
+    #[inline]
+    fn hold(&mut self, id: u32) {
+        if let Some(w) = self.inflight.get_mut(id as usize / 64) {
+            *w |= 1 << (id % 64);
+        }
+    }
+
+    #[inline]
+    fn unhold(&mut self, id: u32) {
+        if let Some(w) = self.inflight.get_mut(id as usize / 64) {
+            *w &= !(1 << (id % 64));
+        }
+    }
+
+    /// Closes the socket and returns every frame its rings held to `free`.
+    pub fn release(self, free: &mut FreeList) {
+        let held: Vec<u32> = self
+            .inflight
+            .iter()
+            .enumerate()
+            .flat_map(|(i, w)| (0..64).filter(move |b| w & (1 << b) != 0).map(move |b| (i * 64 + b) as u32))
+            .collect();
+        drop(self);
+        for id in held {
+            free.free(id);
+        }
     }
 }
 
@@ -235,6 +285,10 @@ impl Port for XskPort {
             }
             *slot = Desc { id, len: len as u32 };
         }
+        for d in out.iter().take(n) {
+            let id = d.id;
+            self.unhold(id);
+        }
         self.in_fill = self.in_fill.saturating_sub(n as u32);
         n
     }
@@ -249,7 +303,11 @@ impl Port for XskPort {
             unsafe { self.umem.data_mut(s).cursor().set_pos(d.len as usize) };
         }
         // SAFETY: the frames belong to this UMEM and are handed to the kernel until completed.
-        unsafe { self.tx.produce(&self.scratch[..n]) }
+        let sent = unsafe { self.tx.produce(&self.scratch[..n]) };
+        for d in &descs[..sent] {
+            self.hold(d.id);
+        }
+        sent
     }
 
     fn flush(&mut self) {
@@ -267,8 +325,10 @@ impl Port for XskPort {
         loop {
             // SAFETY: completed frames come back to us from the kernel.
             let n = unsafe { self.cq.consume(&mut self.scratch[..BATCH * 4]) };
-            for d in &self.scratch[..n] {
-                free.free(Self::id_of(d.addr()).0);
+            for i in 0..n {
+                let id = Self::id_of(self.scratch[i].addr()).0;
+                self.unhold(id);
+                free.free(id);
             }
             if n < BATCH * 4 {
                 break;
@@ -295,6 +355,10 @@ impl Port for XskPort {
         for d in &self.scratch[produced..k] {
             free.free(Self::id_of(d.addr()).0);
         }
+        for i in 0..produced {
+            let id = Self::id_of(self.scratch[i].addr()).0;
+            self.hold(id);
+        }
         self.in_fill += produced as u32;
         if self.fq.needs_wakeup() {
             let _ = self.fq.wakeup(self.rx.fd_mut(), 0);
@@ -302,11 +366,9 @@ impl Port for XskPort {
     }
 }
 
-/// UMEM frames for a core with `ports` sockets: fill and RX ring space for each, plus a pool
-/// for transmit, completion and flood copies.
-pub fn frames_for_ports(ports: usize) -> u32 {
-    (ports as u32 * (RING_SIZE / 2 + RING_SIZE)).max(4096) + 4096
-}
+/// UMEM frames for a core: room for the fill rings of many sockets (a quarter ring each)
+/// plus transmit, completion and flood copies.
+pub const DEFAULT_UMEM_FRAMES: u32 = 32 * 1024;
 
 /// All queues of one interface as one [`Port`]: receives from each queue in turn, transmits
 /// on the first (this core owns them all).
@@ -325,6 +387,13 @@ impl QueueSet {
     /// File descriptors, for poll.
     pub fn fds(&self) -> impl Iterator<Item = RawFd> + '_ {
         self.queues.iter().map(XskPort::fd)
+    }
+
+    /// Closes every socket, returning the frames they held to `free`.
+    pub fn release(self, free: &mut FreeList) {
+        for q in self.queues {
+            q.release(free);
+        }
     }
 }
 
@@ -371,4 +440,43 @@ pub fn wait_readable(fds: &[RawFd], timeout_ms: u16) {
         fds.iter().map(|fd| libc::pollfd { fd: *fd, events: libc::POLLIN, revents: 0 }).collect();
     // SAFETY: `pfds` is a valid array of pollfd for the duration of the call.
     let _ = unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, i32::from(timeout_ms)) };
+}
+
+/// Wakes the forwarding core from [`wait_readable`] when the control plane has news: an
+/// eventfd included in the core's poll set.
+#[derive(Debug)]
+pub struct Waker {
+    fd: std::os::fd::OwnedFd,
+}
+
+impl Waker {
+    /// A new eventfd.
+    pub fn new() -> std::io::Result<Waker> {
+        // SAFETY: plain eventfd(2) call; the result is checked.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: `fd` is a fresh descriptor we own.
+        Ok(Waker { fd: unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) } })
+    }
+
+    /// The descriptor to poll.
+    pub fn raw(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+
+    /// Wakes the core.
+    pub fn wake(&self) {
+        let one: u64 = 1;
+        // SAFETY: writes 8 bytes from a valid u64 to our eventfd.
+        let _ = unsafe { libc::write(self.fd.as_raw_fd(), (&raw const one).cast(), 8) };
+    }
+
+    /// Clears pending wake-ups.
+    pub fn drain(&self) {
+        let mut v: u64 = 0;
+        // SAFETY: reads 8 bytes into a valid u64 from our non-blocking eventfd.
+        let _ = unsafe { libc::read(self.fd.as_raw_fd(), (&raw mut v).cast(), 8) };
+    }
 }

@@ -14,7 +14,7 @@ use crate::fdb::{Fdb, Learn, Origin};
 use crate::neigh::Neighbors;
 use crate::port::{BATCH, Desc, FrameMem, FreeList, TxStage};
 use crate::stats::{Events, Stats};
-use crate::tables::{FdbDest, PortKind, Tables, UPLINK};
+use crate::tables::{FdbDest, Port, PortKind, Tables, UPLINK};
 use crate::types::{PortId, TenantId};
 use crate::wire::{
     ArpOperation, ArpPacket, ArpRepr, ETHERNET_HEADER_LEN, EtherType, EthernetFrame, Ipv4Packet, Ipv6Packet, MacAddr,
@@ -68,6 +68,34 @@ pub enum Action {
     Host,
 }
 
+/// What changes between two table snapshots, for the per-core FDB.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Change {
+    /// Static entries to add or replace.
+    pub static_add: Vec<(TenantId, MacAddr, FdbDest)>,
+    /// Static entries to remove.
+    pub static_del: Vec<(TenantId, MacAddr)>,
+    /// Whether a tenant, port or VTEP was removed (learned entries must be checked).
+    pub purge: bool,
+}
+
+impl Change {
+    /// The change from `old` to `new`.
+    pub fn between(old: &Tables, new: &Tables) -> Change {
+        use std::collections::HashMap;
+        let o: HashMap<(TenantId, MacAddr), FdbDest> = old.static_fdb.iter().map(|(t, m, d)| ((*t, *m), *d)).collect();
+        let n: HashMap<(TenantId, MacAddr), FdbDest> = new.static_fdb.iter().map(|(t, m, d)| ((*t, *m), *d)).collect();
+        let static_add = new.static_fdb.iter().filter(|(t, m, d)| o.get(&(*t, *m)) != Some(d)).copied().collect();
+        let static_del =
+            old.static_fdb.iter().filter(|(t, m, _)| !n.contains_key(&(*t, *m))).map(|(t, m, _)| (*t, *m)).collect();
+        let purge = old.live_tenants().any(|(id, t)| match new.tenant(id) {
+            None => true,
+            Some(nt) => nt.name != t.name || t.vteps.iter().any(|v| !nt.vteps.contains(v)),
+        }) || old.live_ports().any(|(id, p)| new.port(id) != Some(p));
+        Change { static_add, static_del, purge }
+    }
+}
+
 /// The pipeline of one core.
 #[derive(Debug)]
 pub struct Pipeline {
@@ -104,10 +132,29 @@ impl Pipeline {
         &self.tables
     }
 
-    /// Switches to a new snapshot (called between batches).
-    pub fn set_tables(&mut self, tables: Arc<Tables>) {
+    /// Switches to a new snapshot (called between batches), applying `change` to the FDB in
+    /// time proportional to the change (a purge of learned entries only when something they
+    /// could point at was removed).
+    pub fn set_tables(&mut self, tables: Arc<Tables>, change: &Change) {
         self.tmpl = EncapTemplate::new(&tables.underlay);
-        self.fdb.sync_static(&tables.static_fdb);
+        for (t, m) in &change.static_del {
+            self.fdb.remove(*t, m);
+        }
+        for (t, m, d) in &change.static_add {
+            self.fdb.insert_static(*t, m, *d);
+        }
+        if change.purge {
+            let t = &*tables;
+            self.fdb.retain_learned(|tenant, _, dest| match (t.tenant(tenant), dest) {
+                (None, _) => false,
+                (Some(tn), FdbDest::Remote(v)) => tn.vteps.contains(&v),
+                (Some(_), FdbDest::Local(p)) => {
+                    matches!(t.port(p), Some(Port { kind: PortKind::Vm { tenant: pt, .. }, .. }) if *pt == tenant)
+                }
+            });
+            let vteps: Vec<Ipv4Addr> = t.all_vteps().iter().map(|v| t.underlay.next_hop(*v)).collect();
+            self.neigh.retain(|ip, _| vteps.contains(ip));
+        }
         self.stats.resize(tables.ports.len(), tables.tenants.len());
         self.tables = tables;
     }

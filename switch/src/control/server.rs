@@ -1,0 +1,649 @@
+//! The control server inside xvsd: applies requests to the desired configuration
+//! all-or-nothing (validate, attach new ports, store durably, publish to the core, then
+//! detach removed ports) and answers queries.
+
+use super::proto::{self, Command, FdbEntry, Response};
+use crate::config::{Config, DEFAULT_MAC_LIMIT, PortConfig, StaticFdbConfig, TenantConfig};
+use crate::daemon::{self, CoreMsg, CoreReport, Options, PortStatus, Snapshot};
+use crate::io::afxdp::{QueueSet, UmemHandle, Waker};
+use crate::io::netdev;
+use crate::io::xdp::{Attached, Role};
+use crate::pipeline::Change;
+use crate::stats::Counters;
+use crate::store::{Record, Store};
+use crate::tables::{FdbDest, Port, PortKind, Tables};
+use crate::types::{PortId, is_assignable_mac, mac_str, parse_mac};
+use crossbeam::channel::Sender;
+use serde_json::{Value, json};
+use std::collections::{BTreeMap, HashMap};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::IpAddr;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use xvs_common::Counter;
+
+/// The kernel side of one port: its XDP program (the sockets live in the core).
+pub struct PortIo {
+    /// The attached program.
+    pub attached: Attached,
+}
+
+impl PortIo {
+    /// Attaches the program for `port` and binds one socket per queue on `umem`.
+    pub fn open(port: &Port, t: &Tables, umem: &UmemHandle, force_copy: bool) -> anyhow::Result<(PortIo, QueueSet)> {
+        let role = match port.kind {
+            PortKind::Uplink => Role::Uplink { vtep_ip: t.underlay.vtep_ip, udp_port: crate::wire::VXLAN_PORT },
+            PortKind::Vm { .. } => Role::Vm,
+        };
+        let mut attached = Attached::attach(&port.name, role)?;
+        let mut socks = Vec::new();
+        for q in 0..netdev::rx_queues(&port.name) {
+            let s = umem.bind(&port.name, q, force_copy)?;
+            attached.register(q, s.fd())?;
+            socks.push(s);
+        }
+        Ok((PortIo { attached }, QueueSet::new(socks)))
+    }
+}
+
+/// Everything the control plane owns.
+pub struct ControlState {
+    /// The desired configuration, except static FDB entries, which live in `fdb`.
+    desired: Config,
+    /// Static FDB entries per tenant name: MAC -> VTEP (the source of truth for them).
+    fdb: HashMap<String, BTreeMap<String, IpAddr>>,
+    /// Whether `tables.static_fdb` lags behind `fdb` (changed through the fast path).
+    tables_stale: bool,
+    tables: Arc<Tables>,
+    store: Box<dyn Store>,
+    ports_io: HashMap<String, PortIo>,
+    umem: UmemHandle,
+    core_tx: Sender<CoreMsg>,
+    waker: Arc<Waker>,
+    report: Arc<Mutex<Option<CoreReport>>>,
+    opts: Options,
+    started: Instant,
+}
+
+type Reply = Result<Value, String>;
+
+impl ControlState {
+    /// The control state of a running xvsd.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        desired: Config,
+        tables: Arc<Tables>,
+        store: Box<dyn Store>,
+        ports_io: HashMap<String, PortIo>,
+        umem: UmemHandle,
+        core_tx: Sender<CoreMsg>,
+        waker: Arc<Waker>,
+        report: Arc<Mutex<Option<CoreReport>>>,
+        opts: Options,
+    ) -> ControlState {
+        let mut s = ControlState {
+            desired: Config { tenants: vec![], ..desired.clone() },
+            fdb: HashMap::new(),
+            tables_stale: false,
+            tables,
+            store,
+            ports_io,
+            umem,
+            core_tx,
+            waker,
+            report,
+            opts,
+            started: Instant::now(),
+        };
+        s.set_desired(desired);
+        s
+    }
+
+    /// Takes `c` as the desired configuration, moving its static FDB entries into the index.
+    fn set_desired(&mut self, mut c: Config) {
+        self.fdb.clear();
+        for t in &mut c.tenants {
+            let idx = self.fdb.entry(t.name.clone()).or_default();
+            for f in t.fdb.drain(..) {
+                idx.insert(f.mac, f.vtep);
+            }
+        }
+        self.desired = c;
+    }
+
+    /// The whole desired configuration, static FDB entries included (sorted by MAC).
+    pub fn materialize(&self) -> Config {
+        materialize(&self.desired, &self.fdb)
+    }
+
+    /// Adds and removes static FDB entries of one tenant without rebuilding the tables: the
+    /// fast path for large FDBs (validated against the current tables, journaled, then sent
+    /// to the core as a delta).
+    fn fdb_change(&mut self, tenant: &str, add: Vec<FdbEntry>, del: Vec<String>) -> Reply {
+        let tid = self.tables.tenant_by_name(tenant).ok_or_else(|| format!("unknown tenant {tenant:?}"))?;
+        let tn = self.tables.tenant(tid).ok_or_else(|| format!("unknown tenant {tenant:?}"))?;
+        let idx = self.fdb.get(tenant).cloned().unwrap_or_default();
+        let mut adds = Vec::with_capacity(add.len());
+        for e in add {
+            let mac = parse_mac(&e.mac).map_err(|x| format!("tenant {tenant:?} fdb: {x}"))?;
+            if !is_assignable_mac(&mac) {
+                return Err(format!("tenant {tenant:?} fdb: MAC {} is not a unicast address", mac_str(&mac)));
+            }
+            let vtep: IpAddr = e.vtep.parse().map_err(|_| format!("malformed IP address {:?}", e.vtep))?;
+            let v4 = match vtep {
+                IpAddr::V4(v) if tn.vteps.contains(&v) => v,
+                _ => {
+                    return Err(format!(
+                        "tenant {tenant:?}: static FDB entry {} points at VTEP {vtep}, which is not in the tenant's vteps",
+                        mac_str(&mac)
+                    ));
+                }
+            };
+            if let Some(p) = tn
+                .ports
+                .iter()
+                .filter_map(|p| self.tables.port(*p))
+                .find(|p| matches!(&p.kind, PortKind::Vm { mac: m, .. } if *m == mac))
+            {
+                return Err(format!(
+                    "tenant {tenant:?}: duplicate MAC {} (port {} and static FDB entry)",
+                    mac_str(&mac),
+                    p.name
+                ));
+            }
+            adds.push((mac, vtep, v4));
+        }
+        let mut dels = Vec::with_capacity(del.len());
+        for m in del {
+            let mac = parse_mac(&m).map_err(|x| format!("tenant {tenant:?} fdb: {x}"))?;
+            if !idx.contains_key(&mac_str(&mac)) && !adds.iter().any(|(a, _, _)| *a == mac) {
+                return Err(format!("no static FDB entry {} in tenant {tenant:?}", mac_str(&mac)));
+            }
+            dels.push(mac);
+        }
+        let record = if dels.is_empty() {
+            Record::FdbAdd {
+                tenant: tenant.to_string(),
+                entries: adds.iter().map(|(m, v, _)| (mac_str(m), *v)).collect(),
+            }
+        } else {
+            Record::FdbDel { tenant: tenant.to_string(), macs: dels.iter().map(mac_str).collect() }
+        };
+        // Durable first, then live.
+        {
+            let mut after = None;
+            let (desired, fdb) = (&self.desired, &self.fdb);
+            let mut current = || {
+                after
+                    .get_or_insert_with(|| {
+                        let mut c = materialize(desired, fdb);
+                        record.apply(&mut c);
+                        c
+                    })
+                    .clone()
+            };
+            self.store.log(&record, &mut current).map_err(|e| format!("saving state: {e:#}"))?;
+        }
+        let idx = self.fdb.entry(tenant.to_string()).or_default();
+        for (m, v, _) in &adds {
+            idx.insert(mac_str(m), *v);
+        }
+        for m in &dels {
+            idx.remove(&mac_str(m));
+        }
+        self.tables_stale = true;
+        let (done_tx, done_rx) = crossbeam::channel::bounded(1);
+        self.to_core(CoreMsg::Fdb {
+            add: adds.iter().map(|(m, _, v4)| (tid, *m, FdbDest::Remote(*v4))).collect(),
+            del: dels.iter().map(|m| (tid, *m)).collect(),
+            done: done_tx,
+        })?;
+        done_rx
+            .recv_timeout(Duration::from_secs(5))
+            .map_err(|_| "stored, but the forwarding core did not confirm the change within 5 s".to_string())?;
+        Ok(json!("applied"))
+    }
+
+    /// Detaches every XDP program (at shutdown, after the core closed the sockets).
+    pub fn detach_all(&mut self) {
+        self.ports_io.clear();
+    }
+
+    /// Handles one command.
+    pub fn handle(&mut self, cmd: Command) -> Response {
+        match self.dispatch(cmd) {
+            Ok(v) => Response::ok(v),
+            Err(e) => Response::err(e),
+        }
+    }
+
+    fn tenant_cfg(&self, name: &str) -> Result<usize, String> {
+        self.desired.tenants.iter().position(|t| t.name == name).ok_or_else(|| format!("unknown tenant {name:?}"))
+    }
+
+    fn dispatch(&mut self, cmd: Command) -> Reply {
+        match cmd {
+            Command::Status {} => Ok(self.status()),
+            Command::TenantAdd { name, vni, mac_limit } => {
+                if self.desired.tenants.iter().any(|t| t.name == name) {
+                    return Err(format!("tenant {name:?} already exists"));
+                }
+                let mut c = self.materialize();
+                c.tenants.push(TenantConfig {
+                    name,
+                    vni,
+                    mac_limit: mac_limit.unwrap_or(DEFAULT_MAC_LIMIT),
+                    vteps: vec![],
+                    fdb: vec![],
+                    arp: vec![],
+                });
+                self.apply(c)
+            }
+            Command::TenantDel { name } => {
+                let i = self.tenant_cfg(&name)?;
+                let ports: Vec<&str> =
+                    self.desired.ports.iter().filter(|p| p.tenant == name).map(|p| p.interface.as_str()).collect();
+                if !ports.is_empty() {
+                    return Err(format!("tenant {name:?} still has ports: {} (delete them first)", ports.join(", ")));
+                }
+                let mut c = self.materialize();
+                c.tenants.remove(i);
+                self.apply(c)
+            }
+            Command::TenantList {} => {
+                Ok(Value::Array(self.tables.live_tenants().map(|(id, _)| self.tenant_json(id.index())).collect()))
+            }
+            Command::TenantShow { name } => {
+                let id = self.tables.tenant_by_name(&name).ok_or_else(|| format!("unknown tenant {name:?}"))?;
+                Ok(self.tenant_json(id.index()))
+            }
+            Command::PortAdd { interface, tenant, mac, ips } => {
+                if let Some(p) = self.desired.ports.iter().find(|p| p.interface == interface) {
+                    return Err(format!("port {interface:?} already exists (in tenant {:?})", p.tenant));
+                }
+                self.tenant_cfg(&tenant)?;
+                let mac = parse_mac(&mac).map_err(|e| e.to_string())?;
+                let ips = ips
+                    .iter()
+                    .map(|s| s.parse::<IpAddr>().map_err(|_| format!("malformed IP address {s:?}")))
+                    .collect::<Result<Vec<_>, _>>()?;
+                let mut c = self.materialize();
+                c.ports.push(PortConfig { interface, tenant, mac: mac_str(&mac), ips });
+                self.apply(c)
+            }
+            Command::PortDel { interface } => {
+                let i = self
+                    .desired
+                    .ports
+                    .iter()
+                    .position(|p| p.interface == interface)
+                    .ok_or_else(|| format!("unknown port {interface:?}"))?;
+                let mut c = self.materialize();
+                c.ports.remove(i);
+                self.apply(c)
+            }
+            Command::PortList {} => {
+                Ok(Value::Array(self.tables.live_ports().map(|(id, _)| self.port_json(id)).collect()))
+            }
+            Command::PortShow { interface } => {
+                let id = self.tables.port_by_name(&interface).ok_or_else(|| format!("unknown port {interface:?}"))?;
+                Ok(self.port_json(id))
+            }
+            Command::VtepAdd { tenant, ip } => {
+                let i = self.tenant_cfg(&tenant)?;
+                let ip: IpAddr = ip.parse().map_err(|_| format!("malformed IP address {ip:?}"))?;
+                let mut c = self.materialize();
+                c.tenants[i].vteps.push(ip);
+                self.apply(c)
+            }
+            Command::VtepDel { tenant, ip } => {
+                let i = self.tenant_cfg(&tenant)?;
+                let ipa: IpAddr = ip.parse().map_err(|_| format!("malformed IP address {ip:?}"))?;
+                let mut c = self.materialize();
+                let t = &mut c.tenants[i];
+                let pos = t
+                    .vteps
+                    .iter()
+                    .position(|v| *v == ipa)
+                    .ok_or_else(|| format!("tenant {tenant:?} has no VTEP {ip}"))?;
+                let users: Vec<String> = t.fdb.iter().filter(|f| f.vtep == ipa).map(|f| f.mac.clone()).collect();
+                if !users.is_empty() {
+                    return Err(format!(
+                        "VTEP {ip} still has static FDB entries in tenant {tenant:?}: {}",
+                        users.join(", ")
+                    ));
+                }
+                t.vteps.remove(pos);
+                self.apply(c)
+            }
+            Command::VtepList { tenant } => {
+                if let Some(t) = &tenant {
+                    self.tenant_cfg(t)?;
+                }
+                let rows: Vec<Value> = self
+                    .tables
+                    .live_tenants()
+                    .filter(|(_, t)| tenant.as_ref().is_none_or(|n| *n == t.name))
+                    .flat_map(|(_, t)| {
+                        t.vteps
+                            .iter()
+                            .map(move |v| json!({"tenant": t.name, "vni": t.vni.get(), "vtep": v.to_string()}))
+                    })
+                    .collect();
+                Ok(Value::Array(rows))
+            }
+            Command::FdbAdd { tenant, entries } => {
+                if entries.is_empty() {
+                    return Err("fdb add needs at least one entry".into());
+                }
+                self.fdb_change(&tenant, entries, vec![])
+            }
+            Command::FdbDel { tenant, macs } => {
+                if macs.is_empty() {
+                    return Err("fdb del needs at least one MAC".into());
+                }
+                self.fdb_change(&tenant, vec![], macs)
+            }
+            Command::FdbShow { tenant } => {
+                let id = match &tenant {
+                    Some(t) => Some(self.tables.tenant_by_name(t).ok_or_else(|| format!("unknown tenant {t:?}"))?),
+                    None => None,
+                };
+                let (tx, rx) = crossbeam::channel::bounded(1);
+                self.to_core(CoreMsg::FdbDump { tenant: id, reply: tx })?;
+                rx.recv_timeout(Duration::from_secs(5))
+                    .map(Value::Array)
+                    .map_err(|_| "forwarding core did not answer".to_string())
+            }
+            Command::Stats {} => {
+                Ok(self.snapshot().map(|s| serde_json::to_value(s).unwrap_or(Value::Null)).unwrap_or(Value::Null))
+            }
+            Command::StatsClear {} => {
+                self.to_core(CoreMsg::ClearStats)?;
+                Ok(json!("cleared"))
+            }
+            Command::Trace { port, frame_hex } => {
+                let id = self.tables.port_by_name(&port).ok_or_else(|| format!("unknown port {port:?}"))?;
+                let frame = decode_hex(&frame_hex)?;
+                let (tx, rx) = crossbeam::channel::bounded(1);
+                self.to_core(CoreMsg::Trace { port: id, frame, reply: tx })?;
+                rx.recv_timeout(Duration::from_secs(5)).map_err(|_| "forwarding core did not answer".to_string())
+            }
+            Command::ConfigExport {} => Ok(json!({"toml": self.materialize().to_toml()})),
+            Command::ConfigImport { toml } => {
+                let c = Config::from_toml(&toml).map_err(|e| e.to_string())?;
+                self.apply(c)
+            }
+        }
+    }
+
+    fn to_core(&self, msg: CoreMsg) -> Result<(), String> {
+        self.core_tx.send(msg).map_err(|_| "forwarding core is gone".to_string())?;
+        self.waker.wake();
+        Ok(())
+    }
+
+    /// Applies `new` entirely or not at all.
+    fn apply(&mut self, new: Config) -> Reply {
+        if new.uplink != self.desired.uplink {
+            return Err("uplink settings cannot change while xvsd runs (edit the config and restart)".into());
+        }
+        if new.daemon != self.desired.daemon {
+            return Err("daemon settings cannot change while xvsd runs (edit the config and restart)".into());
+        }
+        let tables = daemon::preflight(&new, Some(&self.tables)).map_err(|e| format!("{e:#}"))?;
+        if self.tables_stale {
+            // Static entries changed through the fast path: diff against tables that have them.
+            let u = &self.tables.underlay;
+            if let Ok(t) = self.materialize().build_after(Some(&self.tables), Some(u.mac), Some(u.mtu)) {
+                self.tables = Arc::new(t);
+            }
+            self.tables_stale = false;
+        }
+        // Open the new ports first: if one fails, nothing has changed yet.
+        let mut opened = Vec::new();
+        let mut attach = Vec::new();
+        for (id, p) in tables.live_ports() {
+            if self.ports_io.contains_key(&p.name) {
+                continue;
+            }
+            match PortIo::open(p, &tables, &self.umem, self.opts.force_copy) {
+                Ok((io, set)) => {
+                    opened.push((p.name.clone(), io));
+                    attach.push((id, set));
+                }
+                Err(e) => return Err(format!("port {:?}: {e:#}", p.name)),
+            }
+        }
+        let removed: Vec<(PortId, String)> = self
+            .tables
+            .live_ports()
+            .filter(|(_, p)| tables.port_by_name(&p.name).is_none())
+            .map(|(id, p)| (id, p.name.clone()))
+            .collect();
+        self.store.save(&new).map_err(|e| format!("saving state: {e:#}"))?;
+        let tables = Arc::new(tables);
+        let change = Change::between(&self.tables, &tables);
+        let (done_tx, done_rx) = crossbeam::channel::bounded(1);
+        self.to_core(CoreMsg::Update {
+            tables: Arc::clone(&tables),
+            change,
+            attach,
+            detach: removed.iter().map(|(id, _)| *id).collect(),
+            done: done_tx,
+        })?;
+        let live = done_rx.recv_timeout(Duration::from_secs(5)).is_ok();
+        for (_, name) in &removed {
+            self.ports_io.remove(name);
+        }
+        self.ports_io.extend(opened);
+        self.set_desired(new);
+        self.tables = tables;
+        if !live {
+            return Err("stored, but the forwarding core did not confirm the change within 5 s".into());
+        }
+        Ok(json!("applied"))
+    }
+
+    fn counters_of_tenant(&self, idx: usize) -> Option<Counters> {
+        self.report.lock().ok()?.as_ref()?.stats.tenants.get(idx).cloned()
+    }
+
+    fn counters_of_port(&self, idx: usize) -> Option<Counters> {
+        self.report.lock().ok()?.as_ref()?.stats.ports.get(idx).cloned()
+    }
+
+    fn tenant_json(&self, idx: usize) -> Value {
+        let Some(t) = self.tables.tenants.get(idx).and_then(Option::as_ref) else { return Value::Null };
+        json!({
+            "name": t.name,
+            "vni": t.vni.get(),
+            "mac_limit": t.mac_limit,
+            "ports": t.ports.iter().filter_map(|p| self.tables.port(*p).map(|x| x.name.clone())).collect::<Vec<_>>(),
+            "vteps": t.vteps.iter().map(|v| v.to_string()).collect::<Vec<_>>(),
+            "static_fdb": self.fdb.get(&t.name).map_or(0, BTreeMap::len),
+            "counters": self.counters_of_tenant(idx),
+        })
+    }
+
+    fn port_status(&self, id: PortId) -> Option<PortStatus> {
+        let p = self.tables.port(id)?;
+        let modes = self
+            .report
+            .lock()
+            .ok()
+            .and_then(|r| r.as_ref().and_then(|r| r.afxdp.iter().find(|(i, _)| *i == id.0).map(|(_, m)| m.clone())))
+            .unwrap_or_default();
+        Some(match &p.kind {
+            PortKind::Uplink => PortStatus {
+                name: p.name.clone(),
+                kind: "uplink",
+                tenant: None,
+                mac: Some(mac_str(&self.tables.underlay.mac)),
+                ips: vec![self.tables.underlay.vtep_ip.to_string()],
+                afxdp_mode: modes,
+                xdp_mode: self.ports_io.get(&p.name).map(|io| io.attached.mode),
+            },
+            PortKind::Vm { tenant, mac, ipv4, ipv6 } => PortStatus {
+                name: p.name.clone(),
+                kind: "vm",
+                tenant: self.tables.tenant(*tenant).map(|t| t.name.clone()),
+                mac: Some(mac_str(mac)),
+                ips: ipv4.iter().map(|a| a.to_string()).chain(ipv6.iter().map(|a| a.to_string())).collect(),
+                afxdp_mode: modes,
+                xdp_mode: self.ports_io.get(&p.name).map(|io| io.attached.mode),
+            },
+        })
+    }
+
+    fn port_json(&self, id: PortId) -> Value {
+        let mut v = serde_json::to_value(self.port_status(id)).unwrap_or(Value::Null);
+        if let Some(o) = v.as_object_mut() {
+            o.insert("counters".into(), serde_json::to_value(self.counters_of_port(id.index())).unwrap_or(Value::Null));
+        }
+        v
+    }
+
+    fn status(&self) -> Value {
+        json!({
+            "version": env!("CARGO_PKG_VERSION"),
+            "protocol": proto::VERSION,
+            "uptime_secs": self.started.elapsed().as_secs_f64(),
+            "uplink": self.tables.underlay.interface,
+            "vtep_ip": self.tables.underlay.vtep_ip.to_string(),
+            "underlay_mtu": self.tables.underlay.mtu,
+            "cores": self.desired.daemon.cores,
+            "config": self.opts.config_path,
+            "state": self.store.describe(),
+            "ports": self.tables.live_ports().filter_map(|(id, _)| self.port_status(id)).collect::<Vec<_>>(),
+            "tenants": self.tables.live_tenants().count(),
+            "core": self.report.lock().ok().and_then(|r| r.as_ref().map(|r| r.core.clone())),
+        })
+    }
+
+    /// Status and counters (once the core has reported).
+    pub fn snapshot(&self) -> Option<Snapshot> {
+        let r = self.report.lock().ok()?.clone()?;
+        Some(Snapshot {
+            version: env!("CARGO_PKG_VERSION"),
+            uptime_secs: self.started.elapsed().as_secs_f64(),
+            config: self.opts.config_path.clone(),
+            state: self.store.describe(),
+            uplink: self.tables.underlay.interface.clone(),
+            cores: self.desired.daemon.cores.clone(),
+            ports: (0..self.tables.ports.len()).map(|i| self.port_status(PortId(i as u16))).collect(),
+            tenants: self.tables.tenants.iter().map(|t| t.as_ref().map(|t| (t.name.clone(), t.vni.get()))).collect(),
+            stats: r.stats,
+            host: r.host,
+            xdp: self
+                .tables
+                .live_ports()
+                .filter_map(|(_, p)| self.ports_io.get(&p.name).map(|io| (p.name.clone(), io)))
+                .map(|(name, io)| {
+                    let c = io.attached.counters();
+                    (name, Counter::ALL.iter().map(|k| (k.name(), c[*k as usize])).collect())
+                })
+                .collect(),
+            neighbors: r.neighbors,
+            core: r.core,
+        })
+    }
+}
+
+fn materialize(desired: &Config, fdb: &HashMap<String, BTreeMap<String, IpAddr>>) -> Config {
+    let mut c = desired.clone();
+    for t in &mut c.tenants {
+        if let Some(idx) = fdb.get(&t.name) {
+            t.fdb = idx.iter().map(|(m, v)| StaticFdbConfig { mac: m.clone(), vtep: *v }).collect();
+        }
+    }
+    c
+}
+
+fn decode_hex(s: &str) -> Result<Vec<u8>, String> {
+    let clean: String = s.chars().filter(|c| !c.is_whitespace() && *c != ':').collect();
+    if !clean.len().is_multiple_of(2) || clean.len() > 2 * 9216 {
+        return Err(format!("malformed frame hex ({} digits)", clean.len()));
+    }
+    (0..clean.len())
+        .step_by(2)
+        .map(|i| {
+            u8::from_str_radix(&clean[i..i + 2], 16)
+                .map_err(|_| format!("malformed frame hex near {:?}", &clean[i..i + 2]))
+        })
+        .collect()
+}
+
+/// Serves the control socket at `path` (mode 0660, owner root, group `group`).
+pub fn listen(path: &Path, group: Option<&str>, state: Arc<Mutex<ControlState>>) -> anyhow::Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    if path.exists() {
+        if UnixStream::connect(path).is_ok() {
+            anyhow::bail!("another xvsd is listening on {}", path.display());
+        }
+        std::fs::remove_file(path)?;
+    }
+    let listener = UnixListener::bind(path).map_err(|e| anyhow::anyhow!("control socket {}: {e}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))?;
+    if let Some(g) = group {
+        let gid = nix::unistd::Group::from_name(g)?
+            .ok_or_else(|| anyhow::anyhow!("unknown group {g:?} for the control socket"))?;
+        nix::unistd::chown(path, Some(nix::unistd::Uid::from_raw(0)), Some(gid.gid))?;
+    }
+    std::thread::Builder::new().name("xvs-control".into()).spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(conn) = conn else { continue };
+            let state = Arc::clone(&state);
+            let _ = std::thread::Builder::new().name("xvs-conn".into()).spawn(move || serve_conn(conn, &state));
+        }
+    })?;
+    Ok(())
+}
+
+fn serve_conn(conn: UnixStream, state: &Mutex<ControlState>) {
+    let _ = conn.set_read_timeout(Some(Duration::from_secs(300)));
+    let Ok(mut out) = conn.try_clone() else { return };
+    let mut reader = BufReader::new(conn);
+    let mut buf = Vec::with_capacity(4096);
+    loop {
+        buf.clear();
+        let n = match (&mut reader).take(proto::MAX_REQUEST as u64 + 1).read_until(b'\n', &mut buf) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        let complete = buf.last() == Some(&b'\n');
+        if !complete && n > proto::MAX_REQUEST {
+            let _ =
+                reply(&mut out, &Response::err(format!("request too large (more than {} bytes)", proto::MAX_REQUEST)));
+            return;
+        }
+        while matches!(buf.last(), Some(b'\n' | b'\r')) {
+            buf.pop();
+        }
+        if buf.is_empty() {
+            continue;
+        }
+        let resp = match proto::parse_request(&buf) {
+            Ok(req) => match state.lock() {
+                Ok(mut s) => s.handle(req.cmd),
+                Err(_) => Response::err("control state poisoned"),
+            },
+            Err(e) => Response::err(e),
+        };
+        if reply(&mut out, &resp).is_err() || !complete {
+            return;
+        }
+    }
+}
+
+fn reply(out: &mut UnixStream, r: &Response) -> std::io::Result<()> {
+    let mut line =
+        serde_json::to_vec(r).unwrap_or_else(|_| br#"{"version":1,"ok":false,"error":"unserializable"}"#.to_vec());
+    line.push(b'\n');
+    out.write_all(&line)
+}

@@ -1,0 +1,20 @@
+"""Sends raw bytes to a control socket and prints the reply line: raw_ctl.py SOCKET KIND."""
+import json, socket, sys
+path, kind = sys.argv[1], sys.argv[2]
+payload = {
+    "truncated": b'{"version":1,"op":"tenant_add","name":"x"\n',
+    "wrong_types": b'{"version":1,"op":"tenant_add","name":5,"vni":"many"}\n',
+    "unknown_op": b'{"version":1,"op":"reboot"}\n',
+    "bad_version": b'{"version":99,"op":"status"}\n',
+    "not_json": b"\x00\x01\x02 hello\n",
+    "huge": b'{"version":1,"op":"tenant_add","name":"' + b"a" * (5 << 20) + b'"}\n',
+}[kind]
+s = socket.socket(socket.AF_UNIX)
+s.connect(path)
+try:
+    s.sendall(payload)
+except BrokenPipeError:
+    pass
+f = s.makefile("rb")
+line = f.readline()
+print(json.loads(line)["error"] if line else "NO-REPLY")
