@@ -482,7 +482,10 @@ fn print_human(cmd: &Cmd, v: &Value) {
                 println!();
             }
         }
-        _ => println!("{}", s(v)),
+        _ => match v.get("live_us") {
+            Some(us) => println!("applied (live in the core after {} µs)", s(us)),
+            None => println!("{}", s(v)),
+        },
     }
 }
 

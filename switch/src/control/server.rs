@@ -12,7 +12,8 @@ use crate::pipeline::Change;
 use crate::stats::Counters;
 use crate::store::{Record, Store};
 use crate::tables::{FdbDest, Port, PortKind, Tables};
-use crate::types::{PortId, is_assignable_mac, mac_str, parse_mac};
+use crate::types::{PortId, TenantId, is_assignable_mac, mac_str, parse_mac};
+use crate::wire::MacAddr;
 use crossbeam::channel::Sender;
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, HashMap};
@@ -125,7 +126,7 @@ impl ControlState {
     fn fdb_change(&mut self, tenant: &str, add: Vec<FdbEntry>, del: Vec<String>) -> Reply {
         let tid = self.tables.tenant_by_name(tenant).ok_or_else(|| format!("unknown tenant {tenant:?}"))?;
         let tn = self.tables.tenant(tid).ok_or_else(|| format!("unknown tenant {tenant:?}"))?;
-        let idx = self.fdb.get(tenant).cloned().unwrap_or_default();
+        let idx = self.fdb.get(tenant);
         let mut adds = Vec::with_capacity(add.len());
         for e in add {
             let mac = parse_mac(&e.mac).map_err(|x| format!("tenant {tenant:?} fdb: {x}"))?;
@@ -159,7 +160,7 @@ impl ControlState {
         let mut dels = Vec::with_capacity(del.len());
         for m in del {
             let mac = parse_mac(&m).map_err(|x| format!("tenant {tenant:?} fdb: {x}"))?;
-            if !idx.contains_key(&mac_str(&mac)) && !adds.iter().any(|(a, _, _)| *a == mac) {
+            if !idx.is_some_and(|i| i.contains_key(&mac_str(&mac))) && !adds.iter().any(|(a, _, _)| *a == mac) {
                 return Err(format!("no static FDB entry {} in tenant {tenant:?}", mac_str(&mac)));
             }
             dels.push(mac);
@@ -172,8 +173,28 @@ impl ControlState {
         } else {
             Record::FdbDel { tenant: tenant.to_string(), macs: dels.iter().map(mac_str).collect() }
         };
-        // Durable first, then live.
-        {
+        // The inverse of this change, should it fail to become durable.
+        let previous = |m: &MacAddr| idx.and_then(|i| i.get(&mac_str(m))).map(|v| (*m, *v));
+        let undo_add: Vec<(TenantId, MacAddr, FdbDest)> = adds
+            .iter()
+            .filter_map(|(m, _, _)| previous(m))
+            .chain(dels.iter().filter_map(previous))
+            .filter_map(|(m, v)| match v {
+                IpAddr::V4(v4) => Some((tid, m, FdbDest::Remote(v4))),
+                IpAddr::V6(_) => None,
+            })
+            .collect();
+        let undo_del: Vec<(TenantId, MacAddr)> =
+            adds.iter().filter(|(m, _, _)| previous(m).is_none()).map(|(m, _, _)| (tid, *m)).collect();
+        // Publish to the core and make it durable at the same time; reply when both are done.
+        let t0 = Instant::now();
+        let (done_tx, done_rx) = crossbeam::channel::bounded(1);
+        self.to_core(CoreMsg::Fdb {
+            add: adds.iter().map(|(m, _, v4)| (tid, *m, FdbDest::Remote(*v4))).collect(),
+            del: dels.iter().map(|m| (tid, *m)).collect(),
+            done: done_tx,
+        })?;
+        let saved = {
             let mut after = None;
             let (desired, fdb) = (&self.desired, &self.fdb);
             let mut current = || {
@@ -185,7 +206,15 @@ impl ControlState {
                     })
                     .clone()
             };
-            self.store.log(&record, &mut current).map_err(|e| format!("saving state: {e:#}"))?;
+            self.store.log(&record, &mut current)
+        };
+        let live = done_rx.recv_timeout(Duration::from_secs(5)).is_ok();
+        let live_us = t0.elapsed().as_micros() as u64;
+        if let Err(e) = saved {
+            let (undo_tx, undo_rx) = crossbeam::channel::bounded(1);
+            self.to_core(CoreMsg::Fdb { add: undo_add, del: undo_del, done: undo_tx })?;
+            let _ = undo_rx.recv_timeout(Duration::from_secs(5));
+            return Err(format!("saving state: {e:#} (change rolled back)"));
         }
         let idx = self.fdb.entry(tenant.to_string()).or_default();
         for (m, v, _) in &adds {
@@ -195,16 +224,10 @@ impl ControlState {
             idx.remove(&mac_str(m));
         }
         self.tables_stale = true;
-        let (done_tx, done_rx) = crossbeam::channel::bounded(1);
-        self.to_core(CoreMsg::Fdb {
-            add: adds.iter().map(|(m, _, v4)| (tid, *m, FdbDest::Remote(*v4))).collect(),
-            del: dels.iter().map(|m| (tid, *m)).collect(),
-            done: done_tx,
-        })?;
-        done_rx
-            .recv_timeout(Duration::from_secs(5))
-            .map_err(|_| "stored, but the forwarding core did not confirm the change within 5 s".to_string())?;
-        Ok(json!("applied"))
+        if !live {
+            return Err("stored, but the forwarding core did not confirm the change within 5 s".into());
+        }
+        Ok(json!({"applied": true, "live_us": live_us}))
     }
 
     /// Detaches every XDP program (at shutdown, after the core closed the sockets).
