@@ -18,6 +18,7 @@ pub mod metrics;
 pub mod neigh;
 pub mod pipeline;
 pub mod port;
+pub mod qos;
 pub mod sim;
 pub mod stats;
 pub mod store;
