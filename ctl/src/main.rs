@@ -70,6 +70,11 @@ enum Noun {
         #[arg(long)]
         arp: Option<String>,
     },
+    /// Bandwidth guarantees on the uplink.
+    Qos {
+        #[command(subcommand)]
+        verb: QosVerb,
+    },
     /// The whole configuration as TOML.
     Config {
         #[command(subcommand)]
@@ -96,6 +101,29 @@ enum TenantVerb {
         /// Most MACs of this tenant in the FDB.
         #[arg(long)]
         mac_limit: Option<u32>,
+        /// Guaranteed rate on the uplink while backlogged (e.g. 700M); needs uplink.rate.
+        #[arg(long)]
+        guarantee: Option<String>,
+        /// Maximum rate on the uplink (e.g. 2G).
+        #[arg(long)]
+        limit: Option<String>,
+        /// Share of the excess bandwidth, 1..=1000.
+        #[arg(long)]
+        weight: Option<u32>,
+    },
+    /// Change a tenant's QoS, live ("none" clears a guarantee or limit).
+    Set {
+        /// Name.
+        name: String,
+        /// Guaranteed rate.
+        #[arg(long)]
+        guarantee: Option<String>,
+        /// Maximum rate.
+        #[arg(long)]
+        limit: Option<String>,
+        /// Share of the excess.
+        #[arg(long)]
+        weight: Option<u32>,
     },
     /// Remove a tenant (it must have no ports).
     Del {
@@ -126,6 +154,12 @@ enum PortVerb {
         /// A source IP the VM may use (repeat for several).
         #[arg(long = "ip")]
         ips: Vec<String>,
+        /// Police what the VM sends to this rate (e.g. 100M).
+        #[arg(long)]
+        police_rate: Option<String>,
+        /// Policer burst in bytes (e.g. 64k).
+        #[arg(long)]
+        police_burst: Option<String>,
     },
     /// Remove a VM port.
     Del {
@@ -189,6 +223,12 @@ enum FdbVerb {
         /// Only this tenant.
         tenant: Option<String>,
     },
+}
+
+#[derive(Subcommand, Debug)]
+enum QosVerb {
+    /// Configured and measured rate, backlog and drops per tenant.
+    Show,
 }
 
 #[derive(Subcommand, Debug)]
@@ -259,13 +299,18 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Noun::Status => Cmd::Status {},
         Noun::Tenant { verb } => match verb {
-            TenantVerb::Add { name, vni, mac_limit } => Cmd::TenantAdd { name, vni, mac_limit },
+            TenantVerb::Add { name, vni, mac_limit, guarantee, limit, weight } => {
+                Cmd::TenantAdd { name, vni, mac_limit, guarantee, limit, weight }
+            }
+            TenantVerb::Set { name, guarantee, limit, weight } => Cmd::TenantSet { name, guarantee, limit, weight },
             TenantVerb::Del { name } => Cmd::TenantDel { name },
             TenantVerb::List => Cmd::TenantList {},
             TenantVerb::Show { name } => Cmd::TenantShow { name },
         },
         Noun::Port { verb } => match verb {
-            PortVerb::Add { interface, tenant, mac, ips } => Cmd::PortAdd { interface, tenant, mac, ips },
+            PortVerb::Add { interface, tenant, mac, ips, police_rate, police_burst } => {
+                Cmd::PortAdd { interface, tenant, mac, ips, police_rate, police_burst }
+            }
             PortVerb::Del { interface } => Cmd::PortDel { interface },
             PortVerb::List => Cmd::PortList {},
             PortVerb::Show { interface } => Cmd::PortShow { interface },
@@ -328,6 +373,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             };
             Cmd::Trace { port, frame_hex: frame }
         }
+        Noun::Qos { verb: QosVerb::Show } => Cmd::QosShow {},
         Noun::Config { verb } => match verb {
             ConfigVerb::Export => Cmd::ConfigExport {},
             ConfigVerb::Import { file } => Cmd::ConfigImport {
@@ -469,6 +515,30 @@ fn print_human(cmd: &Cmd, v: &Value) {
             }
         }
         Cmd::Stats {} => print_stats(v),
+        Cmd::QosShow {} => {
+            match v["link_bps"].as_u64() {
+                Some(l) => println!("uplink rate: {}", rate_str(l)),
+                None => println!("uplink rate: not set (no QoS scheduling)"),
+            }
+            let rows: Vec<Vec<String>> = v["tenants"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|t| {
+                    vec![
+                        s(&t["tenant"]),
+                        s(&t["vni"]),
+                        t["guarantee_bps"].as_u64().map_or("-".into(), rate_str),
+                        t["limit_bps"].as_u64().map_or("-".into(), rate_str),
+                        s(&t["weight"]),
+                        t["rate_bps"].as_u64().map_or("-".into(), rate_str),
+                        s(&t["backlog"]),
+                        s(&t["drops"]),
+                    ]
+                })
+                .collect();
+            table(&["tenant", "vni", "guarantee", "limit", "weight", "rate", "backlog", "drops"], &rows);
+        }
         Cmd::Trace { .. } => {
             for st in v["steps"].as_array().into_iter().flatten() {
                 println!("  {}", s(st));
@@ -486,6 +556,15 @@ fn print_human(cmd: &Cmd, v: &Value) {
             Some(us) => println!("applied (live in the core after {} µs)", s(us)),
             None => println!("{}", s(v)),
         },
+    }
+}
+
+fn rate_str(bps: u64) -> String {
+    match bps {
+        b if b >= 1_000_000_000 => format!("{:.2}G", b as f64 / 1e9),
+        b if b >= 1_000_000 => format!("{:.1}M", b as f64 / 1e6),
+        b if b >= 1_000 => format!("{:.1}k", b as f64 / 1e3),
+        b => format!("{b}"),
     }
 }
 

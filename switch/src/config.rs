@@ -2,8 +2,8 @@
 //! [`Tables`] snapshot. Every check lives here, before any interface is touched; an invalid
 //! config yields one error naming the bad value and builds nothing.
 
-use crate::tables::{FdbDest, Port, PortKind, Tables, Tenant, Underlay};
-use crate::types::{InvalidMac, InvalidVni, PortId, TenantId, Vni, is_assignable_mac, mac_str, parse_mac};
+use crate::tables::{FdbDest, Policer, Port, PortKind, Tables, Tenant, Underlay};
+use crate::types::{InvalidMac, InvalidVni, PortId, Rate, TenantId, Vni, is_assignable_mac, mac_str, parse_mac};
 use crate::wire::MacAddr;
 use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, HashSet};
@@ -55,6 +55,10 @@ pub struct UplinkConfig {
     /// TTL of the outer IPv4 header.
     #[serde(default = "default_ttl")]
     pub ttl: u8,
+    /// The uplink's rate (`10G`, `100G`, `1G`, ...): turns on per-tenant guarantees, limits
+    /// and pacing on the uplink.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate: Option<String>,
 }
 
 fn default_ttl() -> u8 {
@@ -116,6 +120,15 @@ pub struct TenantConfig {
     /// IP->MAC bindings of remote VMs, for ARP suppression (local ports' bindings are implied).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub arp: Vec<ArpBindingConfig>,
+    /// Minimum rate on the uplink while backlogged (`700M`); needs `uplink.rate`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guarantee: Option<String>,
+    /// Maximum rate on the uplink (`2G`); needs `uplink.rate`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<String>,
+    /// Share of the excess bandwidth, 1..=1000 (default 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weight: Option<u32>,
 }
 
 fn default_mac_limit() -> u32 {
@@ -155,6 +168,20 @@ pub struct PortConfig {
     /// The only source IPs the VM may use.
     #[serde(default)]
     pub ips: Vec<IpAddr>,
+    /// Policer on what the VM sends.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policer: Option<PolicerConfig>,
+}
+
+/// A VM port's policer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicerConfig {
+    /// Rate (`100M`).
+    pub rate: String,
+    /// Bucket depth in bytes (`64k`); default: 10 ms at the rate, at least 3 kB.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub burst: Option<String>,
 }
 
 /// Why a configuration was refused. Each names the bad value.
@@ -280,6 +307,9 @@ pub enum ConfigError {
     /// Bad daemon settings.
     #[error("daemon: {0}")]
     Daemon(String),
+    /// A bad rate or QoS setting.
+    #[error("{0}")]
+    Qos(String),
 }
 
 impl Config {
@@ -389,8 +419,14 @@ impl Config {
                 }
                 vteps.push(*v4);
             }
-            tenants[tenant_ids[i]] =
-                Some(Tenant { name: t.name.clone(), vni, mac_limit: t.mac_limit, ports: Vec::new(), vteps });
+            tenants[tenant_ids[i]] = Some(Tenant {
+                name: t.name.clone(),
+                vni,
+                mac_limit: t.mac_limit,
+                ports: Vec::new(),
+                vteps,
+                qos: crate::qos::TenantQos::default(),
+            });
         }
 
         let port_ids = assign_ids(
@@ -404,7 +440,7 @@ impl Config {
             return Err(ConfigError::TooMany { what: "ports", count: self.ports.len(), max: u16::MAX as usize - 1 });
         }
         let mut ports: Vec<Option<Port>> = vec![None; port_ids.iter().map(|i| i + 1).max().unwrap_or(1)];
-        ports[0] = Some(Port { name: self.uplink.interface.clone(), kind: PortKind::Uplink });
+        ports[0] = Some(Port { name: self.uplink.interface.clone(), kind: PortKind::Uplink, policer: None });
         let mut ifnames: HashSet<&str> = HashSet::from([self.uplink.interface.as_str()]);
         // (tenant, mac) -> owner, (tenant, ip) -> owner; owners named for error messages.
         let mut macs: HashMap<(TenantId, MacAddr), String> = HashMap::new();
@@ -448,8 +484,11 @@ impl Config {
                 t.ports.push(id);
             }
             static_fdb.push((tenant, mac, FdbDest::Local(id)));
-            ports[id.index()] =
-                Some(Port { name: p.interface.clone(), kind: PortKind::Vm { tenant, mac, ipv4, ipv6 } });
+            ports[id.index()] = Some(Port {
+                name: p.interface.clone(),
+                kind: PortKind::Vm { tenant, mac, ipv4, ipv6 },
+                policer: p.policer.as_ref().map(|pc| policer(&p.interface, pc)).transpose()?,
+            });
         }
 
         for (i, t) in self.tenants.iter().enumerate() {
@@ -495,6 +534,12 @@ impl Config {
             }
         }
 
+        let (link_rate, qos) = self.qos_settings(&tenant_ids, &tenants)?;
+        for (id, q) in qos {
+            if let Some(t) = tenants[id].as_mut() {
+                t.qos = q;
+            }
+        }
         let underlay = Underlay {
             interface: self.uplink.interface.clone(),
             vtep_ip,
@@ -503,8 +548,83 @@ impl Config {
             mac,
             mtu,
             ttl: self.uplink.ttl.max(1),
+            rate: link_rate,
         };
         Ok(Tables::new(underlay, tenants, ports, static_fdb, arp, self.daemon.fdb_capacity, self.daemon.fdb_aging_secs))
+    }
+}
+
+/// The uplink rate, and each tenant's QoS by tenant index.
+type LinkAndTenantQos = (Option<u64>, Vec<(usize, crate::qos::TenantQos)>);
+
+fn rate(s: &str, what: &str) -> Result<u64, ConfigError> {
+    s.parse::<Rate>().map(|r| r.0).map_err(|e| ConfigError::Qos(format!("{what}: {e}")))
+}
+
+fn policer(port: &str, pc: &PolicerConfig) -> Result<Policer, ConfigError> {
+    let r = rate(&pc.rate, &format!("port {port:?} policer rate"))?;
+    let burst = match &pc.burst {
+        Some(b) => {
+            let v = b
+                .parse::<Rate>()
+                .map_err(|_| ConfigError::Qos(format!("port {port:?} policer burst: malformed size {b:?}")))?
+                .0;
+            if v < 1514 {
+                return Err(ConfigError::Qos(format!("port {port:?} policer burst {b} is smaller than one frame")));
+            }
+            v
+        }
+        None => (r / 8 / 100).max(3000),
+    };
+    Ok(Policer { rate: r, burst })
+}
+
+impl Config {
+    /// The uplink rate and every tenant's QoS, with admission control: a guarantee may not
+    /// exceed its limit, and the guarantees together may not exceed the uplink rate.
+    fn qos_settings(&self, ids: &[usize], tenants: &[Option<Tenant>]) -> Result<LinkAndTenantQos, ConfigError> {
+        let link = self.uplink.rate.as_deref().map(|r| rate(r, "uplink rate")).transpose()?;
+        let mut out = Vec::new();
+        let mut sum: u64 = 0;
+        for (i, t) in self.tenants.iter().enumerate() {
+            let what = |f: &str| format!("tenant {:?} {f}", t.name);
+            let guarantee = t.guarantee.as_deref().map(|r| rate(r, &what("guarantee"))).transpose()?.unwrap_or(0);
+            let limit = t.limit.as_deref().map(|r| rate(r, &what("limit"))).transpose()?;
+            let weight = t.weight.unwrap_or(1);
+            if !(1..=1000).contains(&weight) {
+                return Err(ConfigError::Qos(format!("tenant {:?}: weight {weight} out of range 1..=1000", t.name)));
+            }
+            if (guarantee > 0 || limit.is_some()) && link.is_none() {
+                return Err(ConfigError::Qos(format!(
+                    "tenant {:?}: a guarantee or limit needs the uplink rate (set uplink.rate)",
+                    t.name
+                )));
+            }
+            if let Some(l) = limit
+                && guarantee > l
+            {
+                return Err(ConfigError::Qos(format!(
+                    "tenant {:?}: guarantee {} exceeds its limit {}",
+                    t.name,
+                    t.guarantee.as_deref().unwrap_or(""),
+                    t.limit.as_deref().unwrap_or("")
+                )));
+            }
+            sum = sum.saturating_add(guarantee);
+            if tenants.get(ids[i]).is_some_and(Option::is_some) {
+                out.push((ids[i], crate::qos::TenantQos { guarantee, limit, weight }));
+            }
+        }
+        if let Some(l) = link
+            && sum > l
+        {
+            return Err(ConfigError::Qos(format!(
+                "the guarantees add up to {} bit/s, more than the uplink rate {} ({l} bit/s)",
+                sum,
+                self.uplink.rate.as_deref().unwrap_or("")
+            )));
+        }
+        Ok((link, out))
     }
 }
 
@@ -658,6 +778,49 @@ ips = ["10.0.0.1"]
             err_of(|c| c.tenants[0].fdb[0].vtep = "192.168.77.9".parse().unwrap())
                 .contains("not in the tenant's vteps")
         );
+    }
+
+    #[test]
+    fn qos_admission_control() {
+        let with = |edit: &dyn Fn(&mut Config)| {
+            let mut c = sample();
+            c.uplink.rate = Some("1G".into());
+            edit(&mut c);
+            c.build(None, None)
+        };
+        let t = with(&|c| {
+            c.tenants[0].guarantee = Some("700M".into());
+            c.tenants[1].guarantee = Some("300M".into());
+            c.tenants[1].limit = Some("500M".into());
+            c.tenants[1].weight = Some(3);
+            c.ports[0].policer = Some(PolicerConfig { rate: "100M".into(), burst: None });
+        })
+        .unwrap();
+        assert_eq!(t.underlay.rate, Some(1_000_000_000));
+        let red = t.tenant(TenantId(1)).unwrap().qos;
+        assert_eq!((red.guarantee, red.limit, red.weight), (300_000_000, Some(500_000_000), 3));
+        assert_eq!(t.port(PortId(1)).unwrap().policer.unwrap().rate, 100_000_000);
+        let err = |e: &dyn Fn(&mut Config)| with(e).unwrap_err().to_string();
+        assert!(
+            err(&|c| {
+                c.tenants[0].guarantee = Some("700M".into());
+                c.tenants[1].guarantee = Some("400M".into());
+            })
+            .contains("more than the uplink rate 1G")
+        );
+        assert!(
+            err(&|c| {
+                c.tenants[0].guarantee = Some("700M".into());
+                c.tenants[0].limit = Some("500M".into());
+            })
+            .contains("guarantee 700M exceeds its limit 500M")
+        );
+        assert!(err(&|c| c.tenants[0].guarantee = Some("lots".into())).contains("malformed rate \"lots\""));
+        assert!(err(&|c| c.tenants[0].weight = Some(0)).contains("weight 0 out of range"));
+        assert!(err(&|c| c.uplink.rate = Some("fast".into())).contains("uplink rate"));
+        let mut c = sample();
+        c.tenants[0].guarantee = Some("1M".into());
+        assert!(c.build(None, None).unwrap_err().to_string().contains("needs the uplink rate"));
     }
 
     #[test]

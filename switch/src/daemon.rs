@@ -139,6 +139,19 @@ pub struct CoreReport {
     pub core: CoreLoad,
     /// AF_XDP mode of each queue, by port id.
     pub afxdp: Vec<(u16, Vec<XskMode>)>,
+    /// The uplink scheduler's view of each tenant.
+    pub qos: Vec<QosRow>,
+}
+
+/// One tenant in the uplink scheduler.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct QosRow {
+    /// Tenant id.
+    pub tenant: u16,
+    /// Counters.
+    pub stats: crate::qos::TenantQosStats,
+    /// Measured wire rate over the last publishing interval (100 ms), bits/s.
+    pub rate_bps: u64,
 }
 
 /// Load of the forwarding core.
@@ -208,6 +221,8 @@ pub struct Snapshot {
     pub neighbors: Vec<(String, String)>,
     /// Core load.
     pub core: CoreLoad,
+    /// Uplink rate (bits/s) when QoS is on, and each tenant in the scheduler.
+    pub qos: Option<(u64, Vec<QosRow>)>,
 }
 
 /// Runs xvsd until `stop` is set. `cfg` is used unless the state store holds a configuration.
@@ -329,8 +344,9 @@ fn core_loop(
     for v in tables.all_vteps() {
         core.pipeline.neigh.resolve(tables.underlay.next_hop(v), 0);
     }
-    core.transmit(); // initial fill
+    core.transmit(1); // initial fill
     let mut fds = poll_fds(&core, &waker);
+    let mut rates = Rates::default();
     let mut load = CoreLoad { cpu, ..Default::default() };
     let (mut idle_polls, mut last_tick, mut last_age) = (0u32, 0u64, 0u64);
     loop {
@@ -344,7 +360,7 @@ fn core_loop(
                             p.release(&mut core.free);
                         }
                     }
-                    core.set_tables(Arc::clone(&t), &change);
+                    core.set_tables(Arc::clone(&t), &change, now);
                     for (id, s) in attach {
                         core.attach(id, s);
                     }
@@ -353,7 +369,7 @@ fn core_loop(
                     }
                     tables = t;
                     fds = poll_fds(&core, &waker);
-                    core.transmit();
+                    core.transmit(now);
                     let _ = done.send(());
                 }
                 CoreMsg::Fdb { add, del, done } => {
@@ -382,17 +398,17 @@ fn core_loop(
         let n = core.poll(now);
         if !core.stage.host.is_empty() {
             host.receive(&tables, &mut core.pipeline.neigh, &mut core.mem, &mut core.free, &mut core.stage, now);
-            core.transmit();
+            core.transmit(now);
         }
         if now - last_tick >= 100_000_000 || core.pipeline.neigh.take_wanted() {
             last_tick = now;
             host.tick(&tables, &mut core.pipeline.neigh, &mut core.mem, &mut core.free, &mut core.stage, now);
-            core.transmit();
+            core.transmit(now);
             if now - last_age >= 1_000_000_000 {
                 last_age = now;
                 core.pipeline.fdb.age(now);
             }
-            publish(&core, &host, &load, &report);
+            publish(&core, &host, &load, &report, &mut rates, now);
             if stop.load(Ordering::Relaxed) {
                 break;
             }
@@ -405,7 +421,7 @@ fn core_loop(
         } else {
             load.spin_ns += spent;
             idle_polls += 1;
-            if idle_polls > SPIN_POLLS {
+            if idle_polls > SPIN_POLLS && core.qos.as_ref().is_none_or(|s| s.backlog() == 0) {
                 // Nothing for a while: sleep on the sockets (and the control waker) until a
                 // frame or a message arrives.
                 let t1 = Instant::now();
@@ -420,7 +436,7 @@ fn core_loop(
         let all = (load.busy_ns + load.spin_ns + load.idle_ns).max(1);
         load.busy_share = load.busy_ns as f64 / all as f64;
     }
-    publish(&core, &host, &load, &report);
+    publish(&core, &host, &load, &report, &mut rates, now_ns());
     for id in 0..core.ports.len() {
         if let Some(p) = core.detach(PortId(id as u16)) {
             p.release(&mut core.free);
@@ -434,8 +450,37 @@ fn poll_fds(core: &Core<QueueSet, UmemFrames>, waker: &Waker) -> Vec<RawFd> {
     v
 }
 
-fn publish(core: &Core<QueueSet, UmemFrames>, host: &HostStack, load: &CoreLoad, report: &Mutex<Option<CoreReport>>) {
+/// Bytes each tenant had sent at the last publish, to measure rates.
+#[derive(Default)]
+struct Rates {
+    at: u64,
+    bytes: Vec<u64>,
+}
+
+fn publish(
+    core: &Core<QueueSet, UmemFrames>,
+    host: &HostStack,
+    load: &CoreLoad,
+    report: &Mutex<Option<CoreReport>>,
+    rates: &mut Rates,
+    now: u64,
+) {
+    let mut qos = Vec::new();
+    if let Some(s) = &core.qos {
+        let dt = now.saturating_sub(rates.at).max(1);
+        let n = core.pipeline.tables().tenants.len();
+        rates.bytes.resize(n, 0);
+        for (id, _) in core.pipeline.tables().live_tenants() {
+            if let Some((_, st)) = s.tenant(u32::from(id.0)) {
+                let prev = std::mem::replace(&mut rates.bytes[id.index()], st.bytes);
+                let rate_bps = (u128::from(st.bytes.saturating_sub(prev)) * 8 * 1_000_000_000 / u128::from(dt)) as u64;
+                qos.push(QosRow { tenant: id.0, stats: st, rate_bps });
+            }
+        }
+        rates.at = now;
+    }
     let r = CoreReport {
+        qos,
         stats: core.pipeline.stats.clone(),
         host: host.counters.clone(),
         neighbors: core

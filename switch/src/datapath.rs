@@ -4,6 +4,7 @@
 
 use crate::pipeline::{Change, DropReason, Pipeline};
 use crate::port::{BATCH, Desc, FrameMem, FreeList, Port, TxStage};
+use crate::qos::Scheduler;
 use crate::tables::Tables;
 use crate::types::PortId;
 use std::sync::Arc;
@@ -23,7 +24,22 @@ pub struct Core<P: Port, M: FrameMem> {
     pub free: FreeList,
     /// Per-port transmit staging.
     pub stage: TxStage,
+    /// The uplink's bandwidth scheduler, when the uplink has a rate.
+    pub qos: Option<Scheduler>,
     rx: [Desc; BATCH],
+    out: Vec<Desc>,
+}
+
+/// Frames of room per flow (VM port) in the uplink scheduler.
+pub const QOS_QUEUE: usize = 512;
+
+fn new_scheduler(t: &Tables, now: u64) -> Option<Scheduler> {
+    let rate = t.underlay.rate?;
+    let mut s = Scheduler::new(rate, t.tenants.len().max(16) * 2, t.ports.len().max(16) * 2, QOS_QUEUE);
+    for (id, tn) in t.live_tenants() {
+        s.set_tenant(u32::from(id.0), tn.qos, now);
+    }
+    Some(s)
 }
 
 impl<P: Port, M: FrameMem> Core<P, M> {
@@ -31,7 +47,10 @@ impl<P: Port, M: FrameMem> Core<P, M> {
     pub fn new(tables: Arc<Tables>, mem: M) -> Core<P, M> {
         let n = tables.ports.len();
         let free = FreeList::new(mem.frames());
+        let qos = new_scheduler(&tables, 0);
         Core {
+            qos,
+            out: Vec::with_capacity(UPLINK_STAGE),
             pipeline: Pipeline::new(tables),
             ports: (0..n).map(|_| None).collect(),
             mem,
@@ -55,11 +74,34 @@ impl<P: Port, M: FrameMem> Core<P, M> {
         self.ports.get_mut(id.index()).and_then(Option::take)
     }
 
-    /// Switches to a new table snapshot.
-    pub fn set_tables(&mut self, tables: Arc<Tables>, change: &Change) {
+    /// Switches to a new table snapshot (QoS settings apply at once, queued frames stay).
+    pub fn set_tables(&mut self, tables: Arc<Tables>, change: &Change, now: u64) {
         self.stage.resize(tables.ports.len(), UPLINK_STAGE);
         if self.ports.len() < tables.ports.len() {
             self.ports.resize_with(tables.ports.len(), || None);
+        }
+        let fits = |s: &Scheduler| s.capacity().0 >= tables.tenants.len() && s.capacity().1 >= tables.ports.len();
+        match (&mut self.qos, tables.underlay.rate) {
+            (Some(s), Some(rate)) if fits(s) => {
+                s.set_link(rate);
+                for (id, tn) in tables.live_tenants() {
+                    if s.tenant(u32::from(id.0)).map(|(q, _)| q) != Some(tn.qos) {
+                        s.set_tenant(u32::from(id.0), tn.qos, now);
+                    }
+                }
+            }
+            _ => {
+                // The rate went away or the scheduler is too small: send what it holds and
+                // start over.
+                if let Some(mut old) = self.qos.take() {
+                    let mut late = Vec::new();
+                    old.drain(&mut late);
+                    for d in late {
+                        self.stage.push(crate::tables::UPLINK, d);
+                    }
+                }
+                self.qos = new_scheduler(&tables, now);
+            }
         }
         self.pipeline.set_tables(tables, change);
     }
@@ -79,12 +121,52 @@ impl<P: Port, M: FrameMem> Core<P, M> {
             let id = PortId(i as u16);
             self.pipeline.process(id, &self.rx[..n], &mut self.mem, &mut self.free, &mut self.stage, now);
         }
-        self.transmit();
+        self.transmit(now);
         total
     }
 
-    /// Sends everything staged, then recycles completed frames and refills receive rings.
-    pub fn transmit(&mut self) {
+    /// Moves the uplink's staged tenant frames into the scheduler and what it releases at
+    /// `now` back to the uplink's stage.
+    fn schedule_uplink(&mut self, now: u64) {
+        let Some(s) = self.qos.as_mut() else {
+            self.stage.uplink_meta.clear();
+            return;
+        };
+        let meta = std::mem::take(&mut self.stage.uplink_meta);
+        let mut staged = std::mem::take(self.stage.staged(crate::tables::UPLINK));
+        self.out.clear();
+        for (d, (tenant, flow)) in staged.drain(..).zip(meta.iter().copied()) {
+            if tenant == u32::MAX {
+                self.out.push(d); // the host stack's own frames are not scheduled
+                continue;
+            }
+            if s.enqueue(tenant, flow, d, now).is_err() {
+                let c = &mut self.pipeline.stats;
+                if let Some(p) = c.ports.get_mut(flow as usize) {
+                    p.drops[DropReason::QosQueueFull as usize] += 1;
+                }
+                if let Some(t) = c.tenants.get_mut(tenant as usize) {
+                    t.drops[DropReason::QosQueueFull as usize] += 1;
+                }
+                self.free.free(d.id);
+            }
+        }
+        self.stage.uplink_meta = meta;
+        self.stage.uplink_meta.clear();
+        while self.out.len() < self.out.capacity() {
+            match s.dequeue(now) {
+                Some(d) => self.out.push(d),
+                None => break,
+            }
+        }
+        staged.extend_from_slice(&self.out);
+        *self.stage.staged(crate::tables::UPLINK) = staged;
+    }
+
+    /// Sends everything staged (through the uplink scheduler when there is one), then
+    /// recycles completed frames and refills receive rings.
+    pub fn transmit(&mut self, now: u64) {
+        self.schedule_uplink(now);
         for i in 0..self.stage.ports() {
             let id = PortId(i as u16);
             let staged = self.stage.staged(id);

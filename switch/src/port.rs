@@ -95,6 +95,9 @@ pub trait Port {
 #[derive(Debug)]
 pub struct TxStage {
     per_port: Vec<Vec<Desc>>,
+    /// For each frame staged on the uplink: (tenant, flow) for the QoS scheduler, or
+    /// (`u32::MAX`, `u32::MAX`) for frames outside any tenant (the host stack's).
+    pub uplink_meta: Vec<(u32, u32)>,
     /// Frames for the VTEP's own host stack (ARP, ICMP to our VTEP IP).
     pub host: Vec<Desc>,
 }
@@ -104,6 +107,7 @@ impl TxStage {
     pub fn new(ports: usize, per_port_cap: usize, host_cap: usize) -> TxStage {
         TxStage {
             per_port: (0..ports).map(|_| Vec::with_capacity(per_port_cap)).collect(),
+            uplink_meta: Vec::with_capacity(per_port_cap),
             host: Vec::with_capacity(host_cap),
         }
     }
@@ -118,9 +122,18 @@ impl TxStage {
     /// Stages `d` for `port`; false when that port's stage is full (the caller drops it).
     #[inline]
     pub fn push(&mut self, port: PortId, d: Desc) -> bool {
+        self.push_tagged(port, d, u32::MAX, u32::MAX)
+    }
+
+    /// Stages `d` for `port`, recording the tenant and flow (ingress port) it belongs to.
+    #[inline]
+    pub fn push_tagged(&mut self, port: PortId, d: Desc, tenant: u32, flow: u32) -> bool {
         match self.per_port.get_mut(port.index()) {
             Some(q) if q.len() < q.capacity() => {
                 q.push(d);
+                if port.index() == 0 && self.uplink_meta.len() < self.uplink_meta.capacity() {
+                    self.uplink_meta.push((tenant, flow));
+                }
                 true
             }
             _ => false,

@@ -24,6 +24,9 @@ use serde::Serialize;
 pub const WIRE_OVERHEAD: u64 = 24;
 const NIL: u32 = u32::MAX;
 const SLOT_NS: u64 = 1_000;
+/// Unused link time the pacer may catch up on after a late poll (the forwarding core shares
+/// its CPU, and may be preempted for a millisecond or two).
+pub const LINK_SLACK_NS: u64 = 2_000_000;
 const WHEEL_SLOTS: usize = 1 << 14; // 16.4 ms horizon; longer waits are re-checked then
 
 /// QoS settings of one tenant.
@@ -249,14 +252,14 @@ impl Scheduler {
     }
 
     fn tenant_state(&self, qos: TenantQos, now: u64) -> Tenant {
-        // The guarantee bucket holds up to 1 ms at its rate (an idle tenant may catch up that
-        // much at priority); the limit bucket only 50 µs, so a limit holds within 1% over
-        // 10 ms; both at least two full frames.
+        // The guarantee bucket holds up to 5 ms at its rate (a tenant held back, by others or
+        // by a late poll, catches up that much at priority); the limit bucket only 50 µs, so
+        // a limit holds within 1% over 10 ms; both at least two full frames.
         let burst = |rate: u64, per_sec: u64| ((rate / 8 / per_sec) as i64).max(2 * 1538);
         let limit = qos.limit.unwrap_or(0);
         Tenant {
             qos,
-            guar: Bucket { tokens: 0, ..Bucket::new(qos.guarantee, burst(qos.guarantee, 1000), now) },
+            guar: Bucket { tokens: 0, ..Bucket::new(qos.guarantee, burst(qos.guarantee, 200), now) },
             lim: Bucket::new(limit, burst(limit, 20_000), now),
             quantum: 1538 * i64::from(qos.weight.max(1)),
             deficit: 0,
@@ -267,6 +270,21 @@ impl Scheduler {
             in_wheel: false,
             stats: TenantQosStats::default(),
         }
+    }
+
+    /// (tenants, flows) this scheduler has room for.
+    pub fn capacity(&self) -> (usize, usize) {
+        (self.tenants.len(), self.flow_q.len())
+    }
+
+    /// Takes every queued frame out, ignoring rates (when the scheduler is replaced).
+    pub fn drain(&mut self, out: &mut Vec<Desc>) {
+        for q in &mut self.flow_q {
+            while let Some(d) = q.pop() {
+                out.push(d);
+            }
+        }
+        self.backlog = 0;
     }
 
     /// The link rate, bits/s.
@@ -443,7 +461,7 @@ impl Scheduler {
         }
         // Excess tier: deficit round robin by weight.
         let mut visits = 0;
-        while let Some(t) = (!self.x_list.is_empty()).then(|| self.x_list.head) {
+        while let Some(t) = (!self.x_list.is_empty()).then_some(self.x_list.head) {
             visits += 1;
             let Some(len) = self.head_len(t) else {
                 self.x_list.pop(&self.x_next);
@@ -497,7 +515,9 @@ impl Scheduler {
         tn.stats.packets += 1;
         tn.stats.bytes += len;
         self.backlog -= 1;
-        let start = self.link_free_at.max(now);
+        // The link keeps up to LINK_SLACK_NS of time it was not given (a late poll), so a
+        // forwarding loop's jitter does not cost capacity; beyond that, idle time is lost.
+        let start = self.link_free_at.max(now.saturating_sub(LINK_SLACK_NS));
         self.link_free_at = start + (u128::from(len) * 8_000_000_000 / u128::from(self.link_bps)) as u64;
         d
     }

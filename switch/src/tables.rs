@@ -34,6 +34,8 @@ pub struct Underlay {
     pub mtu: u16,
     /// Outer TTL.
     pub ttl: u8,
+    /// Rate the uplink is scheduled and paced at, bits/s (`None`: no QoS scheduling).
+    pub rate: Option<u64>,
 }
 
 impl Underlay {
@@ -65,6 +67,8 @@ pub struct Tenant {
     pub ports: Vec<PortId>,
     /// Its remote VTEPs (flood list and decapsulation allow-list).
     pub vteps: Vec<Ipv4Addr>,
+    /// Its bandwidth guarantee, limit and weight on the uplink.
+    pub qos: crate::qos::TenantQos,
 }
 
 /// What a port is.
@@ -85,6 +89,15 @@ pub enum PortKind {
     },
 }
 
+/// A policer on what a VM sends: a token bucket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Policer {
+    /// Rate, bits/s (wire bits, as the uplink counts them).
+    pub rate: u64,
+    /// Bucket depth, bytes.
+    pub burst: u64,
+}
+
 /// A port.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Port {
@@ -92,6 +105,8 @@ pub struct Port {
     pub name: String,
     /// Role.
     pub kind: PortKind,
+    /// Policer on frames the VM sends (VM ports only).
+    pub policer: Option<Policer>,
 }
 
 /// The snapshot.
@@ -238,6 +253,7 @@ mod tests {
             mac: MacAddr([2, 0, 0, 0, 0, 1]),
             mtu: 1500,
             ttl: 64,
+            rate: None,
         }
     }
 

@@ -20,6 +20,7 @@ fn underlay() -> Underlay {
         mac: MacAddr([2, 0, 0, 0, 0xff, 1]),
         mtu: 9000,
         ttl: 64,
+        rate: None,
     }
 }
 
@@ -106,6 +107,7 @@ fn arb_tables() -> impl Strategy<Value = Tables> {
                 mtu: Some(1600),
                 mac: Some("02:00:00:00:ff:01".into()),
                 ttl: 64,
+                rate: None,
             },
             daemon: DaemonConfig { fdb_capacity: 64, ..Default::default() },
             tenants: vec![],
@@ -120,6 +122,9 @@ fn arb_tables() -> impl Strategy<Value = Tables> {
                 vteps: vteps.iter().map(|v| (*v).into()).collect(),
                 fdb: vec![],
                 arp: vec![],
+                guarantee: None,
+                limit: None,
+                weight: None,
             });
             let mut used = vec![];
             for m in macs {
@@ -136,6 +141,7 @@ fn arb_tables() -> impl Strategy<Value = Tables> {
                         mac[0], mac[1], mac[2], mac[3], mac[4], mac[5]
                     ),
                     ips: vec![vm_ip(*m).into()],
+                    policer: None,
                 });
             }
         }

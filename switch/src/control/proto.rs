@@ -46,7 +46,32 @@ pub enum Command {
         /// MAC limit (default 4096).
         #[serde(default)]
         mac_limit: Option<u32>,
+        /// Guaranteed rate on the uplink (`700M`).
+        #[serde(default)]
+        guarantee: Option<String>,
+        /// Maximum rate on the uplink (`2G`).
+        #[serde(default)]
+        limit: Option<String>,
+        /// Share of the excess, 1..=1000.
+        #[serde(default)]
+        weight: Option<u32>,
     },
+    /// Change a tenant's QoS (fields left out keep their value; `"none"` clears one).
+    TenantSet {
+        /// Name.
+        name: String,
+        /// Guaranteed rate.
+        #[serde(default)]
+        guarantee: Option<String>,
+        /// Maximum rate.
+        #[serde(default)]
+        limit: Option<String>,
+        /// Share of the excess.
+        #[serde(default)]
+        weight: Option<u32>,
+    },
+    /// Configured and measured rate, backlog and drops per tenant on the uplink.
+    QosShow {},
     /// Remove a tenant (it must have no ports).
     TenantDel {
         /// Name.
@@ -70,6 +95,12 @@ pub enum Command {
         /// The VM's IPs.
         #[serde(default)]
         ips: Vec<String>,
+        /// Policer rate on what the VM sends (`100M`).
+        #[serde(default)]
+        police_rate: Option<String>,
+        /// Policer burst in bytes (`64k`).
+        #[serde(default)]
+        police_burst: Option<String>,
     },
     /// Remove a VM port.
     PortDel {
@@ -194,7 +225,17 @@ mod tests {
     #[test]
     fn parses_and_rejects() {
         let r = parse_request(br#"{"version":1,"op":"tenant_add","name":"a","vni":5}"#).unwrap();
-        assert_eq!(r.cmd, Command::TenantAdd { name: "a".into(), vni: 5, mac_limit: None });
+        assert_eq!(
+            r.cmd,
+            Command::TenantAdd {
+                name: "a".into(),
+                vni: 5,
+                mac_limit: None,
+                guarantee: None,
+                limit: None,
+                weight: None
+            }
+        );
         assert!(parse_request(br#"{"version":1,"op":"tenant_add","name":"a""#).unwrap_err().starts_with("malformed"));
         assert!(
             parse_request(br#"{"version":1,"op":"tenant_add","name":5,"vni":5}"#).unwrap_err().starts_with("invalid")

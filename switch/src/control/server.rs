@@ -3,7 +3,7 @@
 //! detach removed ports) and answers queries.
 
 use super::proto::{self, Command, FdbEntry, Response};
-use crate::config::{Config, DEFAULT_MAC_LIMIT, PortConfig, StaticFdbConfig, TenantConfig};
+use crate::config::{Config, DEFAULT_MAC_LIMIT, PolicerConfig, PortConfig, StaticFdbConfig, TenantConfig};
 use crate::daemon::{self, CoreMsg, CoreReport, Options, PortStatus, Snapshot};
 use crate::io::afxdp::{QueueSet, UmemHandle, Waker};
 use crate::io::netdev;
@@ -250,7 +250,7 @@ impl ControlState {
     fn dispatch(&mut self, cmd: Command) -> Reply {
         match cmd {
             Command::Status {} => Ok(self.status()),
-            Command::TenantAdd { name, vni, mac_limit } => {
+            Command::TenantAdd { name, vni, mac_limit, guarantee, limit, weight } => {
                 if self.desired.tenants.iter().any(|t| t.name == name) {
                     return Err(format!("tenant {name:?} already exists"));
                 }
@@ -262,9 +262,29 @@ impl ControlState {
                     vteps: vec![],
                     fdb: vec![],
                     arp: vec![],
+                    guarantee,
+                    limit,
+                    weight,
                 });
                 self.apply(c)
             }
+            Command::TenantSet { name, guarantee, limit, weight } => {
+                let i = self.tenant_cfg(&name)?;
+                let mut c = self.materialize();
+                let clear = |v: Option<String>, old: Option<String>| match v {
+                    Some(x) if x == "none" => None,
+                    Some(x) => Some(x),
+                    None => old,
+                };
+                let t = &mut c.tenants[i];
+                t.guarantee = clear(guarantee, t.guarantee.take());
+                t.limit = clear(limit, t.limit.take());
+                if weight.is_some() {
+                    t.weight = weight;
+                }
+                self.apply(c)
+            }
+            Command::QosShow {} => Ok(self.qos_json()),
             Command::TenantDel { name } => {
                 let i = self.tenant_cfg(&name)?;
                 let ports: Vec<&str> =
@@ -283,7 +303,7 @@ impl ControlState {
                 let id = self.tables.tenant_by_name(&name).ok_or_else(|| format!("unknown tenant {name:?}"))?;
                 Ok(self.tenant_json(id.index()))
             }
-            Command::PortAdd { interface, tenant, mac, ips } => {
+            Command::PortAdd { interface, tenant, mac, ips, police_rate, police_burst } => {
                 if let Some(p) = self.desired.ports.iter().find(|p| p.interface == interface) {
                     return Err(format!("port {interface:?} already exists (in tenant {:?})", p.tenant));
                 }
@@ -294,7 +314,12 @@ impl ControlState {
                     .map(|s| s.parse::<IpAddr>().map_err(|_| format!("malformed IP address {s:?}")))
                     .collect::<Result<Vec<_>, _>>()?;
                 let mut c = self.materialize();
-                c.ports.push(PortConfig { interface, tenant, mac: mac_str(&mac), ips });
+                let policer = match (police_rate, police_burst) {
+                    (Some(rate), burst) => Some(PolicerConfig { rate, burst }),
+                    (None, Some(_)) => return Err("a policer burst needs a policer rate".into()),
+                    (None, None) => None,
+                };
+                c.ports.push(PortConfig { interface, tenant, mac: mac_str(&mac), ips, policer });
                 self.apply(c)
             }
             Command::PortDel { interface } => {
@@ -471,6 +496,30 @@ impl ControlState {
         Ok(json!("applied"))
     }
 
+    fn qos_json(&self) -> Value {
+        let rep = self.report.lock().ok().and_then(|r| r.clone());
+        let link = self.tables.underlay.rate;
+        let rows: Vec<Value> = self
+            .tables
+            .live_tenants()
+            .map(|(id, t)| {
+                let m = rep.as_ref().and_then(|r| r.qos.iter().find(|q| q.tenant == id.0).cloned());
+                json!({
+                    "tenant": t.name,
+                    "vni": t.vni.get(),
+                    "guarantee_bps": t.qos.guarantee,
+                    "limit_bps": t.qos.limit,
+                    "weight": t.qos.weight,
+                    "rate_bps": m.as_ref().map(|m| m.rate_bps),
+                    "sent_bytes": m.as_ref().map(|m| m.stats.bytes),
+                    "backlog": m.as_ref().map(|m| m.stats.backlog),
+                    "drops": m.as_ref().map(|m| m.stats.drops),
+                })
+            })
+            .collect();
+        json!({"link_bps": link, "tenants": rows})
+    }
+
     fn counters_of_tenant(&self, idx: usize) -> Option<Counters> {
         self.report.lock().ok()?.as_ref()?.stats.tenants.get(idx).cloned()
     }
@@ -572,6 +621,7 @@ impl ControlState {
                 .collect(),
             neighbors: r.neighbors,
             core: r.core,
+            qos: self.tables.underlay.rate.map(|l| (l, r.qos)),
         })
     }
 }

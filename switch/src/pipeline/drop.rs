@@ -66,6 +66,8 @@ reasons! {
     TxFull => "tx_full", "egress transmit ring full";
     HostQueueFull => "host_queue_full", "VTEP host stack queue full";
     NotVxlan => "not_vxlan", "non-VXLAN frame on the uplink that the host stack does not handle";
+    Policed => "policed", "over the VM port's policer rate";
+    QosQueueFull => "qos_queue_full", "the tenant's uplink queue is full (QoS)";
 }
 
 #[cfg(test)]

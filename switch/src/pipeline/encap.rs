@@ -204,6 +204,7 @@ mod tests {
             mac: MacAddr([0x02, 0, 0, 0, 0xff, 0x01]),
             mtu: 1500,
             ttl: 64,
+            rate: None,
         }
     }
 

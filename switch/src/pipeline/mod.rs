@@ -108,6 +108,49 @@ pub struct Pipeline {
     /// The core's counters.
     pub stats: Stats,
     actions: Vec<(Action, Option<TenantId>)>,
+    policers: Vec<Option<PolicerState>>,
+}
+
+/// A VM port's policer: a token bucket in wire bytes, refilled with the time passed in.
+#[derive(Debug, Clone, Copy)]
+struct PolicerState {
+    conf: crate::tables::Policer,
+    tokens: u64,
+    last: u64,
+}
+
+impl PolicerState {
+    #[inline]
+    fn admit(&mut self, bytes: u64, now: u64) -> bool {
+        if now > self.last {
+            let add = (u128::from(now - self.last) * u128::from(self.conf.rate) / 8_000_000_000) as u64;
+            if add > 0 {
+                self.tokens = (self.tokens + add).min(self.conf.burst);
+                self.last += (u128::from(add) * 8_000_000_000 / u128::from(self.conf.rate.max(1))) as u64;
+                if self.tokens == self.conf.burst {
+                    self.last = now;
+                }
+            }
+        }
+        if self.tokens >= bytes {
+            self.tokens -= bytes;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+fn sync_policers(policers: &mut Vec<Option<PolicerState>>, t: &Tables) {
+    policers.resize(t.ports.len(), None);
+    for (i, slot) in policers.iter_mut().enumerate() {
+        let want = t.ports[i].as_ref().and_then(|p| p.policer);
+        match (want, slot.as_mut()) {
+            (Some(c), Some(s)) if s.conf == c => {}
+            (Some(c), _) => *slot = Some(PolicerState { conf: c, tokens: c.burst, last: 0 }),
+            (None, _) => *slot = None,
+        }
+    }
 }
 
 impl Pipeline {
@@ -117,7 +160,10 @@ impl Pipeline {
         fdb.sync_static(&tables.static_fdb);
         let mut stats = Stats::default();
         stats.resize(tables.ports.len(), tables.tenants.len());
+        let mut policers = Vec::new();
+        sync_policers(&mut policers, &tables);
         Pipeline {
+            policers,
             tmpl: EncapTemplate::new(&tables.underlay),
             tables,
             fdb,
@@ -156,6 +202,7 @@ impl Pipeline {
             self.neigh.retain(|ip, _| vteps.contains(ip));
         }
         self.stats.resize(tables.ports.len(), tables.tenants.len());
+        sync_policers(&mut self.policers, &tables);
         self.tables = tables;
     }
 
@@ -230,6 +277,15 @@ impl Pipeline {
             count_learn(&mut self.stats.events, r);
         }
 
+        // A VM port's policer applies to what the VM sends, before anything is forwarded.
+        if let Some(Some(pol)) = self.policers.get_mut(ingress.index()) {
+            for (d, (a, _)) in rx.iter().zip(self.actions.iter_mut()) {
+                if !matches!(a, Action::Drop(_)) && !pol.admit(u64::from(d.len) + crate::qos::WIRE_OVERHEAD, now) {
+                    *a = Action::Drop(DropReason::Policed);
+                }
+            }
+        }
+
         // Pass 2: carry the decisions out.
         for (d, (action, tenant)) in rx.iter().zip(self.actions.iter().copied()) {
             let mut out = Out { stats: &mut self.stats, free: &mut *free, stage: &mut *stage, ingress, tenant };
@@ -299,7 +355,8 @@ impl Out<'_> {
 
     #[inline]
     fn send(&mut self, port: PortId, d: Desc) {
-        if self.stage.push(port, d) {
+        let tenant = self.tenant.map_or(u32::MAX, |t| u32::from(t.0));
+        if self.stage.push_tagged(port, d, tenant, u32::from(self.ingress.0)) {
             if let Some(t) = self.tenant {
                 let c = &mut self.stats.tenants[t.index()];
                 c.tx_packets += 1;

@@ -1,0 +1,137 @@
+//! Bandwidth guarantees on the real datapath: uplink shaped by xvsd, two tenants flat out,
+//! work conservation when one stops, a VM port's policer.
+
+use serde_json::Value;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use xvs_systests::Bed;
+
+/// (tenant name -> scheduler wire bytes) from a stats snapshot.
+fn qos_bytes(stats: &Value, tenant_ids: &[(&str, u64)]) -> Vec<u64> {
+    let rows = stats["qos"][1].as_array().cloned().unwrap_or_default();
+    tenant_ids
+        .iter()
+        .map(|(_, id)| {
+            rows.iter()
+                .find(|r| r["tenant"].as_u64() == Some(*id))
+                .map_or(0, |r| r["stats"]["bytes"].as_u64().unwrap_or(0))
+        })
+        .collect()
+}
+
+fn iperf_client(bed: &Bed, vm: &str, args: &str) -> Child {
+    Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &format!("{}-{vm}", bed.p),
+            "sh",
+            "-c",
+            &format!("timeout 40 iperf3 -c 10.0.0.2 {args} >/dev/null 2>&1"),
+        ])
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+/// The uplink rate of the test. The issue asks for 1 Gbit/s; on this two-CPU machine the
+/// copy-mode AF_XDP path of two xvsd plus eight TCP senders tops out near 0.8 Gbit/s, so a
+/// 1 Gbit/s shaper would never be the bottleneck. 400 Mbit/s keeps the shaper in charge.
+const LINK_MBIT: f64 = 400.0;
+
+#[test]
+fn two_tenants_get_their_guarantees_and_the_rest_is_shared() {
+    let bed = Bed::up("q", "xvs");
+    let cfg = bed
+        .config(1)
+        .replace("vtep_ip = \"192.168.77.1/24\"", "vtep_ip = \"192.168.77.1/24\"\nrate = \"400M\"")
+        .replace("vni = 100\n", "vni = 100\nguarantee = \"280M\"\n")
+        .replace("vni = 200\n", "vni = 200\nguarantee = \"120M\"\n");
+    let h1 = bed.xvsd(1, &cfg);
+    let _h2 = bed.xvsd(2, &bed.config(2));
+    bed.ok("vm1", 20, "ping -c 2 -i 0.2 -W 2 10.0.0.2");
+    bed.ok("vm3", 20, "ping -c 2 -i 0.2 -W 2 10.0.0.2");
+    for vm in ["vm2", "vm4"] {
+        bed.ok(vm, 5, "iperf3 -s -D -p 5201; iperf3 -s -D -p 5202");
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    // each tenant: 4 TCP flows plus 50 Mbit/s of UDP, all from host 1 to host 2
+    let mut blue =
+        vec![iperf_client(&bed, "vm1", "-p 5201 -P 4 -t 14"), iperf_client(&bed, "vm1", "-p 5202 -u -b 50M -t 14")];
+    let mut red =
+        vec![iperf_client(&bed, "vm3", "-p 5201 -P 4 -t 6"), iperf_client(&bed, "vm3", "-p 5202 -u -b 50M -t 6")];
+    let ids = [("blue", 0u64), ("red", 1u64)];
+    std::thread::sleep(Duration::from_secs(2));
+    let (a, t0) = (qos_bytes(&h1.stats(), &ids), Instant::now());
+    std::thread::sleep(Duration::from_secs(3));
+    let (b, dt) = (qos_bytes(&h1.stats(), &ids), t0.elapsed().as_secs_f64());
+    let rate = |i: usize, x: &[u64], y: &[u64], secs: f64| (y[i] - x[i]) as f64 * 8.0 / secs;
+    let (rb, rr) = (rate(0, &a, &b, dt), rate(1, &a, &b, dt));
+    let q = h1.stats()["qos"].clone();
+    assert!(
+        (rb - 0.7 * LINK_MBIT * 1e6).abs() <= 0.05 * 0.7 * LINK_MBIT * 1e6,
+        "blue got {:.0} Mbit/s of its 70%; {q}",
+        rb / 1e6
+    );
+    assert!(
+        (rr - 0.3 * LINK_MBIT * 1e6).abs() <= 0.05 * 0.3 * LINK_MBIT * 1e6,
+        "red got {:.0} Mbit/s of its 30%; {q}",
+        rr / 1e6
+    );
+    // red stops: blue takes the link
+    for c in &mut red {
+        let _ = c.wait();
+    }
+    std::thread::sleep(Duration::from_millis(100));
+    let (c0, t1) = (qos_bytes(&h1.stats(), &ids), Instant::now());
+    std::thread::sleep(Duration::from_secs(2));
+    let (c1, dt2) = (qos_bytes(&h1.stats(), &ids), t1.elapsed().as_secs_f64());
+    let alone = rate(0, &c0, &c1, dt2);
+    assert!(alone >= 0.95 * LINK_MBIT * 1e6, "blue alone got {:.0} Mbit/s of the {LINK_MBIT} Mbit/s link", alone / 1e6);
+    for c in &mut blue {
+        let _ = c.kill();
+    }
+    let show = bed.ctl_json(1, &["qos", "show"]);
+    assert_eq!(show["link_bps"], 400_000_000u64);
+    assert_eq!(show["tenants"][0]["guarantee_bps"], 280_000_000u64);
+
+    // a live change is taken at once, and an invalid one is refused leaving the old in force
+    bed.ctl_ok(1, &["tenant", "set", "red", "--guarantee", "100M", "--limit", "200M", "--weight", "2"]);
+    let show = bed.ctl_json(1, &["qos", "show"]);
+    assert_eq!(show["tenants"][1]["limit_bps"], 200_000_000u64);
+    let (code, _, err) = bed.ctl(1, &["tenant", "set", "red", "--guarantee", "300M"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("guarantee 300M exceeds its limit 200M"), "{err}");
+    let (code, _, err) = bed.ctl(1, &["tenant", "set", "blue", "--guarantee", "350M"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("more than the uplink rate"), "{err}");
+    let show = bed.ctl_json(1, &["qos", "show"]);
+    assert_eq!(show["tenants"][0]["guarantee_bps"], 280_000_000u64, "old settings in force");
+    assert_eq!(show["tenants"][1]["guarantee_bps"], 100_000_000u64);
+}
+
+#[test]
+fn a_policer_holds_a_vm_to_its_rate() {
+    let bed = Bed::up("pl", "xvs");
+    let cfg = bed.config(1).replacen("ips = [\"10.0.0.1\"]", "ips = [\"10.0.0.1\"]\npolicer = { rate = \"100M\" }", 1);
+    let h1 = bed.xvsd(1, &cfg);
+    let _h2 = bed.xvsd(2, &bed.config(2));
+    bed.ok("vm1", 20, "ping -c 2 -i 0.2 -W 2 10.0.0.2");
+    bed.ok("vm2", 5, "iperf3 -s -1 -D");
+    std::thread::sleep(Duration::from_millis(300));
+    // 1400-byte UDP payloads: 1442-byte frames, 1466 bytes on the wire as the policer counts
+    let out = bed.ok("vm1", 30, "iperf3 -c 10.0.0.2 -u -b 300M -l 1400 -t 4 -J");
+    let v: Value = serde_json::from_str(&out).unwrap();
+    let got = v["end"]["sum"]["bits_per_second"].as_f64().unwrap_or(0.0);
+    let lost = v["end"]["sum"]["lost_percent"].as_f64().unwrap_or(0.0);
+    let received = got * (100.0 - lost) / 100.0;
+    let expect = 100e6 * 1400.0 / 1466.0;
+    assert!(
+        (received - expect).abs() <= 0.05 * expect,
+        "policed VM delivered {:.1} Mbit/s of payload, expected {:.1}",
+        received / 1e6,
+        expect / 1e6
+    );
+    let s = h1.fresh_stats();
+    assert!(xvs_systests::drops(&s, "policed") > 0, "policer drops are counted");
+}
