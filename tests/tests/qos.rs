@@ -68,6 +68,7 @@ fn two_tenants_get_their_guarantees_and_the_rest_is_shared() {
     let rate = |i: usize, x: &[u64], y: &[u64], secs: f64| (y[i] - x[i]) as f64 * 8.0 / secs;
     let (rb, rr) = (rate(0, &a, &b, dt), rate(1, &a, &b, dt));
     let q = h1.stats()["qos"].clone();
+    eprintln!("QOS both active: blue {:.1} Mbit/s, red {:.1} Mbit/s (wire, scheduler counters)", rb / 1e6, rr / 1e6);
     assert!(
         (rb - 0.7 * LINK_MBIT * 1e6).abs() <= 0.05 * 0.7 * LINK_MBIT * 1e6,
         "blue got {:.0} Mbit/s of its 70%; {q}",
@@ -87,6 +88,7 @@ fn two_tenants_get_their_guarantees_and_the_rest_is_shared() {
     std::thread::sleep(Duration::from_secs(2));
     let (c1, dt2) = (qos_bytes(&h1.stats(), &ids), t1.elapsed().as_secs_f64());
     let alone = rate(0, &c0, &c1, dt2);
+    eprintln!("QOS blue alone: {:.1} Mbit/s", alone / 1e6);
     assert!(alone >= 0.95 * LINK_MBIT * 1e6, "blue alone got {:.0} Mbit/s of the {LINK_MBIT} Mbit/s link", alone / 1e6);
     for c in &mut blue {
         let _ = c.kill();
@@ -126,6 +128,7 @@ fn a_policer_holds_a_vm_to_its_rate() {
     let lost = v["end"]["sum"]["lost_percent"].as_f64().unwrap_or(0.0);
     let received = got * (100.0 - lost) / 100.0;
     let expect = 100e6 * 1400.0 / 1466.0;
+    eprintln!("QOS policed VM: {:.2} Mbit/s of payload, expected {:.2}", received / 1e6, expect / 1e6);
     assert!(
         (received - expect).abs() <= 0.05 * expect,
         "policed VM delivered {:.1} Mbit/s of payload, expected {:.1}",
