@@ -12,7 +12,10 @@
 # own VTEP (a vxlan device per VNI and a bridge) instead of a port set for xvsd; with
 # "kernel2" both hosts are (the kernel switch of shared/PEERS.md, for comparisons).
 # Every name starts with PREFIX (keep it short: interface names are at most 15 characters).
+# XVS_QUEUES=N gives every veth N queues (for more than one forwarding core).
 set -euo pipefail
+Q=${XVS_QUEUES:-1}
+VETHQ="numtxqueues $Q numrxqueues $Q"
 cmd=${1:?usage: testbed.sh up|down|config PREFIX}
 P=${2:?PREFIX missing}
 
@@ -21,7 +24,7 @@ ns() { ip netns exec "$@"; }
 vm() { # vm NS HOSTNS PORT IP MAC
   local n=$1 h=$2 port=$3 ipaddr=$4 mac=$5
   ip netns add "$n"
-  ip link add "${port}v" type veth peer name "$port"
+  ip link add "${port}v" $VETHQ type veth peer name "$port" $VETHQ
   ip link set "${port}v" netns "$n"
   ip link set "$port" netns "$h"
   ns "$n" ip link set "${port}v" name eth0
@@ -41,7 +44,7 @@ up() {
     ns "$P-$h" ip link set lo up
     ns "$P-$h" sysctl -qw net.ipv6.conf.all.disable_ipv6=1
   done
-  ip link add "$P-u1" type veth peer name "$P-u2"
+  ip link add "$P-u1" $VETHQ type veth peer name "$P-u2" $VETHQ
   ip link set "$P-u1" netns "$P-h1"
   ip link set "$P-u2" netns "$P-h2"
   ns "$P-h1" ip link set "$P-u1" address 02:00:00:00:ff:01 mtu 1600 up
@@ -86,7 +89,7 @@ down() {
   ip link del "$P-u1" 2>/dev/null || true
 }
 
-config() { # config HOST(1|2) [cores]
+config() { # config HOST(1|2) [cores, e.g. "1" or "0, 1"]
   local h=$1 core=${2:-1} other=$(( 3 - $1 ))
   local a b
   if [ "$h" = 1 ]; then a=p1; b=p3; else a=p2; b=p4; fi

@@ -73,11 +73,22 @@ pub fn preflight(cfg: &Config, prev: Option<&Tables>) -> anyhow::Result<Tables> 
             bail!("daemon: core {c} does not exist (this machine has CPUs 0..{})", ncpu - 1);
         }
     }
-    if cfg.daemon.cores.len() > 1 {
-        bail!(
-            "daemon: {} cores configured; this version runs one forwarding core (set cores = [N])",
-            cfg.daemon.cores.len()
-        );
+    let n = cfg.daemon.cores.len();
+    let mut seen = std::collections::HashSet::new();
+    if let Some(c) = cfg.daemon.cores.iter().find(|c| !seen.insert(**c)) {
+        bail!("daemon: core {c} is listed twice");
+    }
+    if n > 1 {
+        // Each core owns one queue of every port, so frames never change cores.
+        for name in std::iter::once(up).chain(cfg.ports.iter().map(|p| &p.interface)) {
+            let q = netdev::rx_queues(name);
+            if (q as usize) < n {
+                bail!("daemon: {n} cores need {n} queues on every port, but {name:?} has {q}");
+            }
+        }
+        if cfg.uplink.rate.is_some() {
+            bail!("daemon: QoS (uplink.rate) needs a single forwarding core in this version");
+        }
     }
     Ok(cfg.build_after(prev, netdev::mac(up), netdev::mtu(up))?)
 }
@@ -141,6 +152,8 @@ pub struct CoreReport {
     pub afxdp: Vec<(u16, Vec<XskMode>)>,
     /// The uplink scheduler's view of each tenant.
     pub qos: Vec<QosRow>,
+    /// Load of each core (filled in when reports are merged).
+    pub per_core: Vec<CoreLoad>,
 }
 
 /// One tenant in the uplink scheduler.
@@ -223,6 +236,90 @@ pub struct Snapshot {
     pub core: CoreLoad,
     /// Uplink rate (bits/s) when QoS is on, and each tenant in the scheduler.
     pub qos: Option<(u64, Vec<QosRow>)>,
+    /// Load of each forwarding core.
+    pub per_core: Vec<CoreLoad>,
+}
+
+/// The control plane's handles on the forwarding cores.
+pub struct Cores {
+    /// One per core: its channel, its waker, what it reports, its UMEM.
+    pub cores: Vec<CoreHandle>,
+}
+
+/// One forwarding core as the control plane sees it.
+pub struct CoreHandle {
+    /// CPU.
+    pub cpu: usize,
+    /// Messages to it.
+    pub tx: Sender<CoreMsg>,
+    /// Wakes it from poll(2).
+    pub waker: Arc<Waker>,
+    /// What it published last.
+    pub report: Arc<Mutex<Option<CoreReport>>>,
+    /// Its UMEM, for binding new sockets.
+    pub umem: crate::io::afxdp::UmemHandle,
+}
+
+impl Cores {
+    /// Sends `make(core index)` to every core and waits (bounded) for each to confirm through
+    /// the `done` sender it was given.
+    pub fn send_all_and_wait(&self, mut make: impl FnMut(usize, Sender<()>) -> CoreMsg) -> Result<(), String> {
+        let mut waits = Vec::new();
+        for (i, c) in self.cores.iter().enumerate() {
+            let (tx, rx) = crossbeam::channel::bounded(1);
+            c.tx.send(make(i, tx)).map_err(|_| "forwarding core is gone".to_string())?;
+            c.waker.wake();
+            waits.push(rx);
+        }
+        for rx in waits {
+            rx.recv_timeout(Duration::from_secs(5))
+                .map_err(|_| "the forwarding core did not confirm the change within 5 s".to_string())?;
+        }
+        Ok(())
+    }
+
+    /// Sends a message to one core.
+    pub fn send(&self, core: usize, msg: CoreMsg) -> Result<(), String> {
+        let c = self.cores.get(core).ok_or("no forwarding core")?;
+        c.tx.send(msg).map_err(|_| "forwarding core is gone".to_string())?;
+        c.waker.wake();
+        Ok(())
+    }
+
+    /// Every core's report merged: counters added up, the first core's view of the rest.
+    pub fn report(&self) -> Option<CoreReport> {
+        let mut merged: Option<CoreReport> = None;
+        for c in &self.cores {
+            let Some(r) = c.report.lock().ok().and_then(|g| g.clone()) else { continue };
+            match merged.as_mut() {
+                None => {
+                    let mut first = r.clone();
+                    first.per_core = vec![r.core.clone()];
+                    merged = Some(first);
+                }
+                Some(m) => {
+                    m.stats.add(&r.stats);
+                    let (h, o) = (&mut m.host, &r.host);
+                    h.arp_replies_sent += o.arp_replies_sent;
+                    h.arp_requests_sent += o.arp_requests_sent;
+                    h.arp_resolved += o.arp_resolved;
+                    h.neighbors_expired += o.neighbors_expired;
+                    h.icmp_echo_replies += o.icmp_echo_replies;
+                    h.ignored += o.ignored;
+                    for (id, modes) in r.afxdp {
+                        match m.afxdp.iter_mut().find(|(i, _)| *i == id) {
+                            Some((_, v)) => v.extend(modes),
+                            None => m.afxdp.push((id, modes)),
+                        }
+                    }
+                    m.core.packets += r.core.packets;
+                    m.core.busy_ns += r.core.busy_ns;
+                    m.per_core.push(r.core.clone());
+                }
+            }
+        }
+        merged
+    }
 }
 
 /// Runs xvsd until `stop` is set. `cfg` is used unless the state store holds a configuration.
@@ -244,43 +341,52 @@ pub fn run(cfg: Config, opts: Options, stop: Arc<AtomicBool>) -> anyhow::Result<
     {
         bail!("metrics address {m} is not a loopback address");
     }
-    let cpu = desired.daemon.cores[0];
-    let umem = UmemFrames::new(DEFAULT_UMEM_FRAMES)?;
-    let handle = umem.handle();
-    let (core_tx, core_rx) = crossbeam::channel::unbounded::<CoreMsg>();
-    let waker = Arc::new(Waker::new()?);
+    let cpus = desired.daemon.cores.clone();
+    let mut umems = Vec::new();
+    let mut handles = Vec::new();
+    let mut receivers = Vec::new();
+    for &cpu in &cpus {
+        let umem = UmemFrames::new(DEFAULT_UMEM_FRAMES)?;
+        let (tx, rx) = crossbeam::channel::unbounded::<CoreMsg>();
+        handles.push(CoreHandle {
+            cpu,
+            tx,
+            waker: Arc::new(Waker::new()?),
+            report: Arc::new(Mutex::new(None)),
+            umem: umem.handle(),
+        });
+        umems.push(umem);
+        receivers.push(rx);
+    }
+    let cores = Cores { cores: handles };
 
     // Attach every port (on failure, what was attached detaches as it drops).
     let mut ports_io = std::collections::HashMap::new();
-    let mut sets = Vec::new();
+    let mut sets: Vec<Vec<(PortId, QueueSet)>> = (0..cpus.len()).map(|_| Vec::new()).collect();
     for (id, p) in tables.live_ports() {
-        let (io, set) = PortIo::open(p, &tables, &handle, opts.force_copy)?;
+        let (io, per_core) = PortIo::open(p, &tables, &cores, opts.force_copy)?;
         ports_io.insert(p.name.clone(), io);
-        sets.push((id, set));
+        for (k, set) in per_core.into_iter().enumerate() {
+            sets[k].push((id, set));
+        }
     }
     let mut store = store;
     store.save(&desired)?;
-    let report: Arc<Mutex<Option<CoreReport>>> = Arc::new(Mutex::new(None));
-    let state = Arc::new(Mutex::new(ControlState::new(
-        desired,
-        Arc::clone(&tables),
-        store,
-        ports_io,
-        handle,
-        core_tx,
-        Arc::clone(&waker),
-        Arc::clone(&report),
-        opts.clone(),
-    )));
-    tracing::info!(ports = sets.len(), tenants = tables.live_tenants().count(), "xvsd attached; forwarding");
-
-    let core = {
-        let (tables, report, stop, waker) =
-            (Arc::clone(&tables), Arc::clone(&report), Arc::clone(&stop), Arc::clone(&waker));
-        std::thread::Builder::new()
-            .name(format!("xvs-core{cpu}"))
-            .spawn(move || core_loop(cpu, tables, umem, sets, core_rx, report, stop, waker))?
-    };
+    let mut threads = Vec::new();
+    for (k, ((umem, sets), rx)) in umems.into_iter().zip(sets).zip(receivers).enumerate() {
+        let c = &cores.cores[k];
+        let (cpu, tables, report, stop, waker) =
+            (c.cpu, Arc::clone(&tables), Arc::clone(&c.report), Arc::clone(&stop), Arc::clone(&c.waker));
+        threads.push(
+            std::thread::Builder::new()
+                .name(format!("xvs-core{cpu}"))
+                .spawn(move || core_loop(cpu, tables, umem, sets, rx, report, stop, waker))?,
+        );
+    }
+    let wakers: Vec<Arc<Waker>> = cores.cores.iter().map(|c| Arc::clone(&c.waker)).collect();
+    tracing::info!(cores = cpus.len(), tenants = tables.live_tenants().count(), "xvsd attached; forwarding");
+    let state =
+        Arc::new(Mutex::new(ControlState::new(desired, Arc::clone(&tables), store, ports_io, cores, opts.clone())));
     if let Some(path) = &opts.socket {
         server::listen(path, opts.socket_group.as_deref(), Arc::clone(&state))?;
     }
@@ -291,7 +397,7 @@ pub fn run(cfg: Config, opts: Options, stop: Arc<AtomicBool>) -> anyhow::Result<
     let mut last_write = Instant::now() - Duration::from_secs(1);
     while !stop.load(Ordering::Relaxed) {
         std::thread::sleep(Duration::from_millis(50));
-        if core.is_finished() {
+        if threads.iter().any(|t| t.is_finished()) {
             break;
         }
         if let Some(p) = &opts.stats_file
@@ -304,8 +410,12 @@ pub fn run(cfg: Config, opts: Options, stop: Arc<AtomicBool>) -> anyhow::Result<
         }
     }
     stop.store(true, Ordering::Relaxed);
-    waker.wake();
-    core.join().map_err(|_| anyhow::anyhow!("forwarding core panicked"))?;
+    for w in &wakers {
+        w.wake();
+    }
+    for t in threads {
+        t.join().map_err(|_| anyhow::anyhow!("forwarding core panicked"))?;
+    }
     if let Some(p) = &opts.stats_file
         && let Some(snap) = state.lock().ok().and_then(|s| s.snapshot())
     {
@@ -480,6 +590,7 @@ fn publish(
         rates.at = now;
     }
     let r = CoreReport {
+        per_core: Vec::new(),
         qos,
         stats: core.pipeline.stats.clone(),
         host: host.counters.clone(),

@@ -46,14 +46,22 @@ pub struct Bed {
 impl Bed {
     /// Brings the standard topology up; `peer` is "xvs" or "kernel" (host 2's VTEP).
     pub fn up(tag: &str, peer: &str) -> Bed {
+        Bed::up_with_queues(tag, peer, 1)
+    }
+
+    /// Like [`Bed::up`], with `queues` queues on every veth.
+    pub fn up_with_queues(tag: &str, peer: &str, queues: u32) -> Bed {
         require_system();
         let p = format!("x{tag}{}", std::process::id() % 1000);
         assert!(p.len() <= 9, "prefix {p} too long for interface names");
         let tmp = std::env::temp_dir().join(format!("xvs-{p}"));
         let _ = std::fs::create_dir_all(&tmp);
         let bed = Bed { p, tmp };
-        let out =
-            Command::new(root().join("scripts/testbed.sh")).args(["up", &bed.p, peer]).output().expect("testbed.sh");
+        let out = Command::new(root().join("scripts/testbed.sh"))
+            .args(["up", &bed.p, peer])
+            .env("XVS_QUEUES", queues.to_string())
+            .output()
+            .expect("testbed.sh");
         assert!(out.status.success(), "testbed up failed: {}", String::from_utf8_lossy(&out.stderr));
         bed
     }
@@ -86,8 +94,15 @@ impl Bed {
 
     /// The xvsd config for host `h` (1 or 2) from testbed.sh.
     pub fn config(&self, h: u8) -> String {
-        let out =
-            Command::new(root().join("scripts/testbed.sh")).args(["config", &self.p, &h.to_string()]).output().unwrap();
+        self.config_cores(h, "1")
+    }
+
+    /// The xvsd config for host `h` with forwarding cores `cores` (e.g. "0, 1").
+    pub fn config_cores(&self, h: u8, cores: &str) -> String {
+        let out = Command::new(root().join("scripts/testbed.sh"))
+            .args(["config", &self.p, &h.to_string(), cores])
+            .output()
+            .unwrap();
         String::from_utf8(out.stdout).unwrap()
     }
 

@@ -225,3 +225,38 @@ fn bad_configs_are_refused_without_touching_interfaces() {
     assert!(err.contains("must run as root"), "non-root refused: {err}");
     assert_eq!(bed.xdp_attached("h1"), 0);
 }
+
+#[test]
+fn two_forwarding_cores_each_own_a_queue_of_every_port() {
+    let bed = Bed::up_with_queues("mc", "xvs", 2);
+    let h1 = bed.xvsd(1, &bed.config_cores(1, "0, 1"));
+    let _h2 = bed.xvsd(2, &bed.config_cores(2, "0, 1"));
+    bed.ok("vm1", 20, "ping -c 3 -i 0.2 -W 2 10.0.0.2");
+    bed.ok("vm3", 20, "ping -c 3 -i 0.2 -W 2 10.0.0.2");
+    bed.ok("vm2", 5, "iperf3 -s -1 -D");
+    std::thread::sleep(Duration::from_millis(300));
+    let bytes = iperf_bytes(&bed.ok("vm1", 30, "iperf3 -c 10.0.0.2 -t 2 -P 8 -J"));
+    assert!(bytes > 20_000_000, "8 TCP flows moved only {bytes} bytes");
+    let s = h1.fresh_stats();
+    let per_core = s["per_core"].as_array().expect("per-core load");
+    assert_eq!(per_core.len(), 2, "two forwarding cores: {s}");
+    for (i, c) in per_core.iter().enumerate() {
+        assert!(c["packets"].as_u64().unwrap() > 100, "core {i} forwarded {}", c["packets"]);
+    }
+    let modes = s["ports"][0]["afxdp_mode"].as_array().unwrap();
+    assert_eq!(modes.len(), 2, "one socket per queue on the uplink");
+    // a core count the queues cannot serve is refused
+    let o = Command::new("ip")
+        .args(["netns", "exec", &format!("{}-h1", bed.p), "timeout", "10"])
+        .arg(xvs_systests::xvsd_bin())
+        .arg("--check")
+        .arg("--config")
+        .arg({
+            let p = bed.path("three.toml");
+            std::fs::write(&p, bed.config_cores(1, "0, 1, 0")).unwrap();
+            p
+        })
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&o.stderr).contains("listed twice"), "{}", String::from_utf8_lossy(&o.stderr));
+}

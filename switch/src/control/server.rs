@@ -4,8 +4,8 @@
 
 use super::proto::{self, Command, FdbEntry, Response};
 use crate::config::{Config, DEFAULT_MAC_LIMIT, PolicerConfig, PortConfig, StaticFdbConfig, TenantConfig};
-use crate::daemon::{self, CoreMsg, CoreReport, Options, PortStatus, Snapshot};
-use crate::io::afxdp::{QueueSet, UmemHandle, Waker};
+use crate::daemon::{self, CoreMsg, Cores, Options, PortStatus, Snapshot};
+use crate::io::afxdp::QueueSet;
 use crate::io::netdev;
 use crate::io::xdp::{Attached, Role};
 use crate::pipeline::Change;
@@ -14,7 +14,6 @@ use crate::store::{Record, Store};
 use crate::tables::{FdbDest, Port, PortKind, Tables};
 use crate::types::{PortId, TenantId, is_assignable_mac, mac_str, parse_mac};
 use crate::wire::MacAddr;
-use crossbeam::channel::Sender;
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, HashMap};
 use std::io::{BufRead, BufReader, Read, Write};
@@ -33,20 +32,23 @@ pub struct PortIo {
 }
 
 impl PortIo {
-    /// Attaches the program for `port` and binds one socket per queue on `umem`.
-    pub fn open(port: &Port, t: &Tables, umem: &UmemHandle, force_copy: bool) -> anyhow::Result<(PortIo, QueueSet)> {
+    /// Attaches the program for `port` and binds one socket per queue, queue `q` on the UMEM
+    /// of core `q % cores`; returns each core's sockets.
+    pub fn open(port: &Port, t: &Tables, cores: &Cores, force_copy: bool) -> anyhow::Result<(PortIo, Vec<QueueSet>)> {
         let role = match port.kind {
             PortKind::Uplink => Role::Uplink { vtep_ip: t.underlay.vtep_ip, udp_port: crate::wire::VXLAN_PORT },
             PortKind::Vm { .. } => Role::Vm,
         };
         let mut attached = Attached::attach(&port.name, role)?;
-        let mut socks = Vec::new();
+        let n = cores.cores.len().max(1);
+        let mut socks: Vec<Vec<_>> = (0..n).map(|_| Vec::new()).collect();
         for q in 0..netdev::rx_queues(&port.name) {
-            let s = umem.bind(&port.name, q, force_copy)?;
+            let k = q as usize % n;
+            let s = cores.cores[k].umem.bind(&port.name, q, force_copy)?;
             attached.register(q, s.fd())?;
-            socks.push(s);
+            socks[k].push(s);
         }
-        Ok((PortIo { attached }, QueueSet::new(socks)))
+        Ok((PortIo { attached }, socks.into_iter().map(QueueSet::new).collect()))
     }
 }
 
@@ -61,10 +63,7 @@ pub struct ControlState {
     tables: Arc<Tables>,
     store: Box<dyn Store>,
     ports_io: HashMap<String, PortIo>,
-    umem: UmemHandle,
-    core_tx: Sender<CoreMsg>,
-    waker: Arc<Waker>,
-    report: Arc<Mutex<Option<CoreReport>>>,
+    cores: Cores,
     opts: Options,
     started: Instant,
 }
@@ -79,10 +78,7 @@ impl ControlState {
         tables: Arc<Tables>,
         store: Box<dyn Store>,
         ports_io: HashMap<String, PortIo>,
-        umem: UmemHandle,
-        core_tx: Sender<CoreMsg>,
-        waker: Arc<Waker>,
-        report: Arc<Mutex<Option<CoreReport>>>,
+        cores: Cores,
         opts: Options,
     ) -> ControlState {
         let mut s = ControlState {
@@ -92,10 +88,7 @@ impl ControlState {
             tables,
             store,
             ports_io,
-            umem,
-            core_tx,
-            waker,
-            report,
+            cores,
             opts,
             started: Instant::now(),
         };
@@ -188,12 +181,15 @@ impl ControlState {
             adds.iter().filter(|(m, _, _)| previous(m).is_none()).map(|(m, _, _)| (tid, *m)).collect();
         // Publish to the core and make it durable at the same time; reply when both are done.
         let t0 = Instant::now();
-        let (done_tx, done_rx) = crossbeam::channel::bounded(1);
-        self.to_core(CoreMsg::Fdb {
-            add: adds.iter().map(|(m, _, v4)| (tid, *m, FdbDest::Remote(*v4))).collect(),
-            del: dels.iter().map(|m| (tid, *m)).collect(),
-            done: done_tx,
-        })?;
+        let add: Vec<(TenantId, MacAddr, FdbDest)> =
+            adds.iter().map(|(m, _, v4)| (tid, *m, FdbDest::Remote(*v4))).collect();
+        let del: Vec<(TenantId, MacAddr)> = dels.iter().map(|m| (tid, *m)).collect();
+        let mut waits = Vec::new();
+        for k in 0..self.cores.cores.len() {
+            let (done_tx, done_rx) = crossbeam::channel::bounded(1);
+            self.cores.send(k, CoreMsg::Fdb { add: add.clone(), del: del.clone(), done: done_tx })?;
+            waits.push(done_rx);
+        }
         let saved = {
             let mut after = None;
             let (desired, fdb) = (&self.desired, &self.fdb);
@@ -208,12 +204,14 @@ impl ControlState {
             };
             self.store.log(&record, &mut current)
         };
-        let live = done_rx.recv_timeout(Duration::from_secs(5)).is_ok();
+        let live = waits.iter().all(|w| w.recv_timeout(Duration::from_secs(5)).is_ok());
         let live_us = t0.elapsed().as_micros() as u64;
         if let Err(e) = saved {
-            let (undo_tx, undo_rx) = crossbeam::channel::bounded(1);
-            self.to_core(CoreMsg::Fdb { add: undo_add, del: undo_del, done: undo_tx })?;
-            let _ = undo_rx.recv_timeout(Duration::from_secs(5));
+            let _ = self.cores.send_all_and_wait(|_, done| CoreMsg::Fdb {
+                add: undo_add.clone(),
+                del: undo_del.clone(),
+                done,
+            });
             return Err(format!("saving state: {e:#} (change rolled back)"));
         }
         let idx = self.fdb.entry(tenant.to_string()).or_default();
@@ -401,7 +399,7 @@ impl ControlState {
                     None => None,
                 };
                 let (tx, rx) = crossbeam::channel::bounded(1);
-                self.to_core(CoreMsg::FdbDump { tenant: id, reply: tx })?;
+                self.cores.send(0, CoreMsg::FdbDump { tenant: id, reply: tx })?;
                 rx.recv_timeout(Duration::from_secs(5))
                     .map(Value::Array)
                     .map_err(|_| "forwarding core did not answer".to_string())
@@ -410,14 +408,16 @@ impl ControlState {
                 Ok(self.snapshot().map(|s| serde_json::to_value(s).unwrap_or(Value::Null)).unwrap_or(Value::Null))
             }
             Command::StatsClear {} => {
-                self.to_core(CoreMsg::ClearStats)?;
+                for k in 0..self.cores.cores.len() {
+                    self.cores.send(k, CoreMsg::ClearStats)?;
+                }
                 Ok(json!("cleared"))
             }
             Command::Trace { port, frame_hex } => {
                 let id = self.tables.port_by_name(&port).ok_or_else(|| format!("unknown port {port:?}"))?;
                 let frame = decode_hex(&frame_hex)?;
                 let (tx, rx) = crossbeam::channel::bounded(1);
-                self.to_core(CoreMsg::Trace { port: id, frame, reply: tx })?;
+                self.cores.send(0, CoreMsg::Trace { port: id, frame, reply: tx })?;
                 rx.recv_timeout(Duration::from_secs(5)).map_err(|_| "forwarding core did not answer".to_string())
             }
             Command::ConfigExport {} => Ok(json!({"toml": self.materialize().to_toml()})),
@@ -426,12 +426,6 @@ impl ControlState {
                 self.apply(c)
             }
         }
-    }
-
-    fn to_core(&self, msg: CoreMsg) -> Result<(), String> {
-        self.core_tx.send(msg).map_err(|_| "forwarding core is gone".to_string())?;
-        self.waker.wake();
-        Ok(())
     }
 
     /// Applies `new` entirely or not at all.
@@ -458,10 +452,10 @@ impl ControlState {
             if self.ports_io.contains_key(&p.name) {
                 continue;
             }
-            match PortIo::open(p, &tables, &self.umem, self.opts.force_copy) {
-                Ok((io, set)) => {
+            match PortIo::open(p, &tables, &self.cores, self.opts.force_copy) {
+                Ok((io, sets)) => {
                     opened.push((p.name.clone(), io));
-                    attach.push((id, set));
+                    attach.push((id, sets));
                 }
                 Err(e) => return Err(format!("port {:?}: {e:#}", p.name)),
             }
@@ -475,15 +469,26 @@ impl ControlState {
         self.store.save(&new).map_err(|e| format!("saving state: {e:#}"))?;
         let tables = Arc::new(tables);
         let change = Change::between(&self.tables, &tables);
-        let (done_tx, done_rx) = crossbeam::channel::bounded(1);
-        self.to_core(CoreMsg::Update {
-            tables: Arc::clone(&tables),
-            change,
-            attach,
-            detach: removed.iter().map(|(id, _)| *id).collect(),
-            done: done_tx,
-        })?;
-        let live = done_rx.recv_timeout(Duration::from_secs(5)).is_ok();
+        let detach: Vec<PortId> = removed.iter().map(|(id, _)| *id).collect();
+        let mut attach: Vec<Vec<(PortId, QueueSet)>> = {
+            let mut per: Vec<Vec<(PortId, QueueSet)>> = (0..self.cores.cores.len()).map(|_| Vec::new()).collect();
+            for (id, sets) in attach {
+                for (k, s) in sets.into_iter().enumerate() {
+                    per[k].push((id, s));
+                }
+            }
+            per
+        };
+        let live = self
+            .cores
+            .send_all_and_wait(|k, done| CoreMsg::Update {
+                tables: Arc::clone(&tables),
+                change: change.clone(),
+                attach: std::mem::take(&mut attach[k]),
+                detach: detach.clone(),
+                done,
+            })
+            .is_ok();
         for (_, name) in &removed {
             self.ports_io.remove(name);
         }
@@ -497,7 +502,7 @@ impl ControlState {
     }
 
     fn qos_json(&self) -> Value {
-        let rep = self.report.lock().ok().and_then(|r| r.clone());
+        let rep = self.cores.report();
         let link = self.tables.underlay.rate;
         let rows: Vec<Value> = self
             .tables
@@ -521,11 +526,11 @@ impl ControlState {
     }
 
     fn counters_of_tenant(&self, idx: usize) -> Option<Counters> {
-        self.report.lock().ok()?.as_ref()?.stats.tenants.get(idx).cloned()
+        self.cores.report()?.stats.tenants.get(idx).cloned()
     }
 
     fn counters_of_port(&self, idx: usize) -> Option<Counters> {
-        self.report.lock().ok()?.as_ref()?.stats.ports.get(idx).cloned()
+        self.cores.report()?.stats.ports.get(idx).cloned()
     }
 
     fn tenant_json(&self, idx: usize) -> Value {
@@ -544,10 +549,9 @@ impl ControlState {
     fn port_status(&self, id: PortId) -> Option<PortStatus> {
         let p = self.tables.port(id)?;
         let modes = self
-            .report
-            .lock()
-            .ok()
-            .and_then(|r| r.as_ref().and_then(|r| r.afxdp.iter().find(|(i, _)| *i == id.0).map(|(_, m)| m.clone())))
+            .cores
+            .report()
+            .and_then(|r| r.afxdp.iter().find(|(i, _)| *i == id.0).map(|(_, m)| m.clone()))
             .unwrap_or_default();
         Some(match &p.kind {
             PortKind::Uplink => PortStatus {
@@ -592,13 +596,14 @@ impl ControlState {
             "state": self.store.describe(),
             "ports": self.tables.live_ports().filter_map(|(id, _)| self.port_status(id)).collect::<Vec<_>>(),
             "tenants": self.tables.live_tenants().count(),
-            "core": self.report.lock().ok().and_then(|r| r.as_ref().map(|r| r.core.clone())),
+            "core": self.cores.report().map(|r| r.core),
+            "per_core": self.cores.report().map(|r| r.per_core),
         })
     }
 
     /// Status and counters (once the core has reported).
     pub fn snapshot(&self) -> Option<Snapshot> {
-        let r = self.report.lock().ok()?.clone()?;
+        let r = self.cores.report()?;
         Some(Snapshot {
             version: env!("CARGO_PKG_VERSION"),
             uptime_secs: self.started.elapsed().as_secs_f64(),
@@ -622,6 +627,7 @@ impl ControlState {
             neighbors: r.neighbors,
             core: r.core,
             qos: self.tables.underlay.rate.map(|l| (l, r.qos)),
+            per_core: r.per_core,
         })
     }
 }
