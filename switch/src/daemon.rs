@@ -299,13 +299,7 @@ impl Cores {
                 }
                 Some(m) => {
                     m.stats.add(&r.stats);
-                    let (h, o) = (&mut m.host, &r.host);
-                    h.arp_replies_sent += o.arp_replies_sent;
-                    h.arp_requests_sent += o.arp_requests_sent;
-                    h.arp_resolved += o.arp_resolved;
-                    h.neighbors_expired += o.neighbors_expired;
-                    h.icmp_echo_replies += o.icmp_echo_replies;
-                    h.ignored += o.ignored;
+                    m.host.add(&r.host);
                     for (id, modes) in r.afxdp {
                         match m.afxdp.iter_mut().find(|(i, _)| *i == id) {
                             Some((_, v)) => v.extend(modes),

@@ -30,6 +30,18 @@ pub struct HostCounters {
     pub ignored: u64,
 }
 
+impl HostCounters {
+    /// Adds another core's counters.
+    pub fn add(&mut self, o: &HostCounters) {
+        self.arp_replies_sent += o.arp_replies_sent;
+        self.arp_requests_sent += o.arp_requests_sent;
+        self.arp_resolved += o.arp_resolved;
+        self.neighbors_expired += o.neighbors_expired;
+        self.icmp_echo_replies += o.icmp_echo_replies;
+        self.ignored += o.ignored;
+    }
+}
+
 /// Timing of neighbour resolution.
 #[derive(Debug, Clone, Copy)]
 pub struct NeighborTimers {
