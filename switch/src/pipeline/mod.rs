@@ -215,7 +215,17 @@ impl Pipeline {
         let mut ev = Events::default();
         let mut fdb_view = FdbView::ReadOnly(&self.fdb);
         let mut neigh = NeighView::ReadOnly(&self.neigh);
-        classify(&self.tables, &self.tmpl, &mut fdb_view, &mut neigh, &mut ev, ingress, &mut scratch[..n], now)
+        classify(
+            &mut Memo::default(),
+            &self.tables,
+            &self.tmpl,
+            &mut fdb_view,
+            &mut neigh,
+            &mut ev,
+            ingress,
+            &mut scratch[..n],
+            now,
+        )
     }
 
     /// Runs one batch received on `ingress`: decides, then carries the decisions out, staging
@@ -250,11 +260,13 @@ impl Pipeline {
         self.actions.clear();
         {
             let mut fdb = FdbView::Learning(&mut self.fdb);
-            let mut neigh = NeighView::Resolving(&mut self.neigh);
+            let mut neigh = NeighView::Resolving(&mut self.neigh, None);
+            let mut memo = Memo::default();
             for d in rx.iter().take(BATCH) {
                 let buf = mem.buf_mut(d.id);
                 let len = (d.len as usize).min(buf.len());
                 let a = classify(
+                    &mut memo,
                     t,
                     &self.tmpl,
                     &mut fdb,
@@ -416,23 +428,42 @@ impl FdbView<'_> {
 }
 
 enum NeighView<'a> {
-    Resolving(&'a mut Neighbors),
+    /// The data path: resolves (marking misses for ARP), remembering the last answer for the
+    /// rest of the batch, since a batch's frames mostly go to the same next hop.
+    Resolving(&'a mut Neighbors, Option<(Ipv4Addr, MacAddr)>),
     ReadOnly(&'a Neighbors),
 }
 
 impl NeighView<'_> {
+    #[inline]
     fn resolve(&mut self, ip: Ipv4Addr, now: u64) -> Option<MacAddr> {
         match self {
-            NeighView::Resolving(n) => n.resolve(ip, now),
+            NeighView::Resolving(_, Some((last, mac))) if *last == ip => Some(*mac),
+            NeighView::Resolving(n, memo) => {
+                let mac = n.resolve(ip, now);
+                if let Some(m) = mac {
+                    *memo = Some((ip, m));
+                }
+                mac
+            }
             NeighView::ReadOnly(n) => n.get(ip).and_then(|e| e.mac),
         }
     }
+}
+
+/// Lookups remembered for the rest of one batch: a batch from the uplink mostly comes from
+/// one VTEP with one VNI.
+#[derive(Default)]
+struct Memo {
+    vni: Option<(u32, TenantId)>,
+    allowed: Option<(TenantId, Ipv4Addr)>,
 }
 
 /// Decides one frame. Returns the action and the tenant it belongs to, once known.
 #[allow(clippy::too_many_arguments)]
 #[inline]
 fn classify(
+    memo: &mut Memo,
     t: &Tables,
     tmpl: &EncapTemplate,
     fdb: &mut FdbView<'_>,
@@ -446,7 +477,7 @@ fn classify(
         return (Action::Drop(DropReason::UnknownPort), None);
     };
     match &port.kind {
-        PortKind::Uplink => classify_uplink(t, fdb, ev, frame, now),
+        PortKind::Uplink => classify_uplink(t, fdb, ev, memo, frame, now),
         PortKind::Vm { tenant, mac, ipv4, ipv6 } => {
             let tenant = *tenant;
             let a = classify_vm(t, tmpl, fdb, neigh, ev, ingress, tenant, mac, ipv4, ipv6, frame, now);
@@ -573,6 +604,7 @@ fn classify_uplink(
     t: &Tables,
     fdb: &mut FdbView<'_>,
     ev: &mut Events,
+    memo: &mut Memo,
     frame: &[u8],
     now: u64,
 ) -> (Action, Option<TenantId>) {
@@ -581,12 +613,22 @@ fn classify_uplink(
         Ok(Underlayer::Host) => return (Action::Host, None),
         Err(r) => return (Action::Drop(r), None),
     };
-    let Some(tenant) = t.tenant_by_vni(outer.vni) else {
-        return (Action::Drop(DropReason::UnknownVni), None);
+    let tenant = match memo.vni {
+        Some((vni, tn)) if vni == outer.vni => tn,
+        _ => {
+            let Some(tn) = t.tenant_by_vni(outer.vni) else {
+                return (Action::Drop(DropReason::UnknownVni), None);
+            };
+            memo.vni = Some((outer.vni, tn));
+            tn
+        }
     };
     let drop = |r| (Action::Drop(r), Some(tenant));
-    if !t.vtep_allowed(tenant, outer.src_ip) {
-        return drop(DropReason::VtepNotAllowed);
+    if memo.allowed != Some((tenant, outer.src_ip)) {
+        if !t.vtep_allowed(tenant, outer.src_ip) {
+            return drop(DropReason::VtepNotAllowed);
+        }
+        memo.allowed = Some((tenant, outer.src_ip));
     }
     let inner = &frame[outer.inner_off..outer.inner_off + outer.inner_len];
     let eth = EthernetFrame::new_unchecked(inner);
