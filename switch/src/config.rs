@@ -457,7 +457,7 @@ impl Config {
                 .ok_or_else(|| ConfigError::UnknownTenant { port: p.interface.clone(), tenant: p.tenant.clone() })?;
             let owner = format!("port {}", p.interface);
             let mac = parse_unicast(&p.mac, &owner)?;
-            claim(&mut macs, tenant, mac, &owner, &self.tenants, |first, second| ConfigError::DuplicateMac {
+            claim(&mut macs, tenant, mac, &owner, |first, second| ConfigError::DuplicateMac {
                 tenant: p.tenant.clone(),
                 mac: mac_str(&mac),
                 first,
@@ -466,7 +466,7 @@ impl Config {
             let id = PortId(port_ids[pi] as u16);
             let (mut ipv4, mut ipv6) = (Vec::new(), Vec::new());
             for ip in &p.ips {
-                claim(&mut ips, tenant, *ip, &owner, &self.tenants, |first, second| ConfigError::DuplicateIp {
+                claim(&mut ips, tenant, *ip, &owner, |first, second| ConfigError::DuplicateIp {
                     tenant: p.tenant.clone(),
                     ip: *ip,
                     first,
@@ -511,7 +511,7 @@ impl Config {
                         vtep: f.vtep,
                     });
                 }
-                claim(&mut macs, tenant, mac, &owner, &self.tenants, |first, second| ConfigError::DuplicateMac {
+                claim(&mut macs, tenant, mac, &owner, |first, second| ConfigError::DuplicateMac {
                     tenant: t.name.clone(),
                     mac: mac_str(&mac),
                     first,
@@ -522,14 +522,9 @@ impl Config {
             for b in &t.arp {
                 let mac = parse_unicast(&b.mac, &format!("tenant {:?} arp binding {}", t.name, b.ip))?;
                 let ip = IpAddr::V4(b.ip);
-                claim(
-                    &mut ips,
-                    tenant,
-                    ip,
-                    &format!("arp binding {}", mac_str(&mac)),
-                    &self.tenants,
-                    |first, second| ConfigError::DuplicateIp { tenant: t.name.clone(), ip, first, second },
-                )?;
+                claim(&mut ips, tenant, ip, &format!("arp binding {}", mac_str(&mac)), |first, second| {
+                    ConfigError::DuplicateIp { tenant: t.name.clone(), ip, first, second }
+                })?;
                 arp.push((tenant, b.ip, mac));
             }
         }
@@ -658,7 +653,6 @@ fn claim<K: Eq + std::hash::Hash + Copy>(
     tenant: TenantId,
     key: K,
     owner: &str,
-    _tenants: &[TenantConfig],
     err: impl FnOnce(String, String) -> ConfigError,
 ) -> Result<(), ConfigError> {
     if let Some(first) = owners.get(&(tenant, key)) {

@@ -4,7 +4,7 @@
 
 use super::proto::{self, Command, FdbEntry, Response};
 use crate::config::{Config, DEFAULT_MAC_LIMIT, PolicerConfig, PortConfig, StaticFdbConfig, TenantConfig};
-use crate::daemon::{self, CoreMsg, Cores, Options, PortStatus, Snapshot};
+use crate::daemon::{self, CoreMsg, CoreReport, Cores, Options, PortStatus, Snapshot};
 use crate::io::afxdp::QueueSet;
 use crate::io::netdev;
 use crate::io::xdp::{Attached, Role};
@@ -546,13 +546,11 @@ impl ControlState {
         })
     }
 
-    fn port_status(&self, id: PortId) -> Option<PortStatus> {
+    /// A port's status; `rep` is the merged core report (merged once by the caller).
+    fn port_status(&self, id: PortId, rep: Option<&CoreReport>) -> Option<PortStatus> {
         let p = self.tables.port(id)?;
-        let modes = self
-            .cores
-            .report()
-            .and_then(|r| r.afxdp.iter().find(|(i, _)| *i == id.0).map(|(_, m)| m.clone()))
-            .unwrap_or_default();
+        let modes =
+            rep.and_then(|r| r.afxdp.iter().find(|(i, _)| *i == id.0).map(|(_, m)| m.clone())).unwrap_or_default();
         Some(match &p.kind {
             PortKind::Uplink => PortStatus {
                 name: p.name.clone(),
@@ -576,7 +574,7 @@ impl ControlState {
     }
 
     fn port_json(&self, id: PortId) -> Value {
-        let mut v = serde_json::to_value(self.port_status(id)).unwrap_or(Value::Null);
+        let mut v = serde_json::to_value(self.port_status(id, self.cores.report().as_ref())).unwrap_or(Value::Null);
         if let Some(o) = v.as_object_mut() {
             o.insert("counters".into(), serde_json::to_value(self.counters_of_port(id.index())).unwrap_or(Value::Null));
         }
@@ -584,6 +582,7 @@ impl ControlState {
     }
 
     fn status(&self) -> Value {
+        let rep = self.cores.report();
         json!({
             "version": env!("CARGO_PKG_VERSION"),
             "protocol": proto::VERSION,
@@ -594,10 +593,10 @@ impl ControlState {
             "cores": self.desired.daemon.cores,
             "config": self.opts.config_path,
             "state": self.store.describe(),
-            "ports": self.tables.live_ports().filter_map(|(id, _)| self.port_status(id)).collect::<Vec<_>>(),
+            "ports": self.tables.live_ports().filter_map(|(id, _)| self.port_status(id, rep.as_ref())).collect::<Vec<_>>(),
             "tenants": self.tables.live_tenants().count(),
-            "core": self.cores.report().map(|r| r.core),
-            "per_core": self.cores.report().map(|r| r.per_core),
+            "core": rep.as_ref().map(|r| r.core.clone()),
+            "per_core": rep.as_ref().map(|r| r.per_core.clone()),
         })
     }
 
@@ -611,7 +610,7 @@ impl ControlState {
             state: self.store.describe(),
             uplink: self.tables.underlay.interface.clone(),
             cores: self.desired.daemon.cores.clone(),
-            ports: (0..self.tables.ports.len()).map(|i| self.port_status(PortId(i as u16))).collect(),
+            ports: (0..self.tables.ports.len()).map(|i| self.port_status(PortId(i as u16), Some(&r))).collect(),
             tenants: self.tables.tenants.iter().map(|t| t.as_ref().map(|t| (t.name.clone(), t.vni.get()))).collect(),
             stats: r.stats,
             host: r.host,
