@@ -8,9 +8,10 @@ log() { echo "setup: $*" >&2; }
 
 # --- Debian packages -------------------------------------------------------------------------
 # clang/llvm/libelf/zlib/m4/pkg-config: xsk-rs builds libxdp/libbpf from source (use_cc_build).
-# iproute2/iputils-ping/iperf3/tcpdump/ethtool/socat: the namespace testbed and system tests.
+# iproute2/iputils-ping/iperf3/tcpdump/ethtool/socat: the namespace testbed and system tests;
+# openvswitch-switch: the performance harness runs OVS (userspace datapath) beside xvs.
 APT_PKGS=(clang llvm libelf-dev zlib1g-dev m4 pkg-config make gcc iproute2 iputils-ping
-          iperf3 tcpdump ethtool socat procps python3 util-linux)
+          iperf3 tcpdump ethtool socat procps python3 util-linux openvswitch-switch)
 missing=()
 for p in "${APT_PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

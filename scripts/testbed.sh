@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The standard two-host, two-tenant testbed in network namespaces.
 #
-#   usage: testbed.sh up PREFIX [xvs|kernel|kernel2] | down PREFIX | config PREFIX HOST
+#   usage: testbed.sh up PREFIX [xvs|kernel|kernel2|ovs] | down PREFIX | config PREFIX HOST [CORES]
 #
 #   PREFIX-vm1 [10.0.0.1 02:..:01] -- PREFIX-p1 \                      / PREFIX-p2 -- [10.0.0.2 02:..:02] PREFIX-vm2   tenant blue, VNI 100
 #   PREFIX-vm3 [10.0.0.1 02:..:01] -- PREFIX-p3  PREFIX-h1 ==== PREFIX-h2  PREFIX-p4 -- [10.0.0.2 02:..:02] PREFIX-vm4   tenant red,  VNI 200
@@ -10,7 +10,10 @@
 # Both tenants use the same IPs and MACs. The .1/.2 addresses are the VTEP IPs; .11/.12 are
 # the hosts' own addresses for non-overlay traffic. With "kernel", host 2 is the Linux kernel's
 # own VTEP (a vxlan device per VNI and a bridge) instead of a port set for xvsd; with
-# "kernel2" both hosts are (the kernel switch of shared/PEERS.md, for comparisons).
+# "kernel2" both hosts are (the kernel switch of shared/PEERS.md, for comparisons). With "ovs"
+# each host runs its own Open vSwitch (userspace datapath, AF_XDP ports, VXLAN ports per
+# tenant; database, sockets and logs under /tmp/xvs-ovs-PREFIX), its PMD thread on CPU1.
+# "up" tears down whatever was there first, so it is idempotent, and so is "down".
 # Every name starts with PREFIX (keep it short: interface names are at most 15 characters).
 # XVS_QUEUES=N gives every veth N queues (for more than one forwarding core).
 set -euo pipefail
@@ -67,6 +70,46 @@ up() {
   if [ "$peer" = kernel2 ]; then
     kernel_vtep 1 2 p1 p3
   fi
+  if [ "$peer" = ovs ]; then
+    ovs_host 1 2 p1 p3
+    ovs_host 2 1 p2 p4
+  fi
+}
+
+OVSDIR=/tmp/xvs-ovs-$P
+ovs_host() { # ovs_host HOST OTHER BLUEPORT REDPORT: ovsdb-server + ovs-vswitchd inside PREFIX-hHOST
+  local h=$1 o=$2 blue=$3 red=$4 d="$OVSDIR/h$1"
+  command -v ovs-vswitchd >/dev/null || { echo "testbed: ovs-vswitchd not installed (scripts/setup.sh installs it)" >&2; exit 1; }
+  mkdir -p "$d"
+  export OVS_RUNDIR="$d" OVS_DBDIR="$d" OVS_LOGDIR="$d" OVS_SYSCONFDIR="$d"
+  local vsctl="ovs-vsctl --db=unix:$d/db.sock --timeout=20"
+  ovsdb-tool create "$d/conf.db" /usr/share/openvswitch/vswitch.ovsschema
+  ns "$P-h$h" ovsdb-server "$d/conf.db" 2>/dev/null --remote="punix:$d/db.sock" --pidfile="$d/ovsdb-server.pid" \
+    --unixctl="$d/ovsdb-server.ctl" --log-file="$d/ovsdb-server.log" -vconsole:off --detach --no-chdir
+  $vsctl --no-wait init
+  # Both hosts share the machine: PMDs on CPU1, the traffic generator keeps CPU0 (shared/PEERS.md).
+  $vsctl --no-wait set Open_vSwitch . other_config:pmd-cpu-mask=0x2
+  ns "$P-h$h" taskset -c 1 ovs-vswitchd "unix:$d/db.sock" 2>/dev/null --pidfile="$d/ovs-vswitchd.pid" \
+    --unixctl="$d/ovs-vswitchd.ctl" --log-file="$d/ovs-vswitchd.log" -vconsole:off --detach --no-chdir
+  # The underlay: an AF_XDP port in a netdev bridge whose internal port holds the VTEP IP.
+  ns "$P-h$h" ip addr flush dev "$P-u$h"
+  $vsctl add-br "$P-phy" -- set bridge "$P-phy" datapath_type=netdev \
+    -- add-port "$P-phy" "$P-u$h" -- set interface "$P-u$h" type=afxdp
+  ns "$P-h$h" ip link set "$P-phy" mtu 1600 up
+  ns "$P-h$h" ip addr add "192.168.77.$h/24" dev "$P-phy"
+  ns "$P-h$h" ip addr add "192.168.77.1$h/24" dev "$P-phy"
+  for t in "100 $blue" "200 $red"; do
+    set -- $t
+    $vsctl add-br "$P-t$1" -- set bridge "$P-t$1" datapath_type=netdev \
+      -- add-port "$P-t$1" "$P-$2" -- set interface "$P-$2" type=afxdp \
+      -- add-port "$P-t$1" "$P-vx$1" -- set interface "$P-vx$1" type=vxlan \
+         options:remote_ip="192.168.77.$o" options:key="$1"
+  done
+  for i in "$P-u$h" "$P-$blue" "$P-$red"; do
+    local err
+    err=$($vsctl get interface "$i" error 2>/dev/null || true)
+    case "$err" in ""|"[]") ;; *) echo "testbed: OVS port $i: $err" >&2; exit 1 ;; esac
+  done
 }
 
 kernel_vtep() { # kernel_vtep HOST OTHER BLUEPORT REDPORT: bridge + vxlan per VNI
@@ -82,11 +125,13 @@ kernel_vtep() { # kernel_vtep HOST OTHER BLUEPORT REDPORT: bridge + vxlan per VN
 }
 
 down() {
+  # OVS daemons run inside the host namespaces: the loop below ends them with the rest.
   for n in h1 h2 vm1 vm2 vm3 vm4; do
     ip netns pids "$P-$n" 2>/dev/null | xargs -r kill -9 2>/dev/null || true
     ip netns del "$P-$n" 2>/dev/null || true
   done
   ip link del "$P-u1" 2>/dev/null || true
+  rm -rf "$OVSDIR"
 }
 
 config() { # config HOST(1|2) [cores, e.g. "1" or "0, 1"]

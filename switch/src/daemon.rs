@@ -184,6 +184,10 @@ pub struct CoreLoad {
     pub ns_per_packet: f64,
     /// Share of time busy (busy / (busy + spin + idle)).
     pub busy_share: f64,
+    /// CPU cycles per stage of the poll loop (time-stamp counter), cumulative.
+    pub stage_cycles: crate::datapath::StageCycles,
+    /// Cycles of all stages per frame received (includes idle polls' ring checks).
+    pub cycles_per_packet: f64,
 }
 
 /// One port as shown in status.
@@ -438,6 +442,7 @@ fn core_loop(
 ) {
     pin_to(cpu);
     let mut core: Core<QueueSet, UmemFrames> = Core::new(Arc::clone(&tables), umem);
+    core.cycle_counter = crate::io::cycles;
     for (id, s) in sets {
         core.attach(id, s);
     }
@@ -490,6 +495,7 @@ fn core_loop(
                     core.pipeline.stats.resize(tables.ports.len(), tables.tenants.len());
                     host.counters = HostCounters::default();
                     load = CoreLoad { cpu, ..Default::default() };
+                    core.profile = Default::default();
                 }
                 CoreMsg::Trace { port, frame, reply } => {
                     let _ = reply.send(trace(&core, port, &frame, now));
@@ -536,7 +542,9 @@ fn core_loop(
         }
         if load.packets > 0 {
             load.ns_per_packet = load.busy_ns as f64 / load.packets as f64;
+            load.cycles_per_packet = core.profile.total() as f64 / load.packets as f64;
         }
+        load.stage_cycles = core.profile;
         let all = (load.busy_ns + load.spin_ns + load.idle_ns).max(1);
         load.busy_share = load.busy_ns as f64 / all as f64;
     }

@@ -26,8 +26,38 @@ pub struct Core<P: Port, M: FrameMem> {
     pub stage: TxStage,
     /// The uplink's bandwidth scheduler, when the uplink has a rate.
     pub qos: Option<Scheduler>,
+    /// Cycles spent in each stage, read from `cycle_counter` once per port and stage per poll
+    /// (never per frame), so a regression shows which stage it is in.
+    pub profile: StageCycles,
+    /// The cycle counter the profile reads (xvsd: the CPU's time-stamp counter); tests and
+    /// simulations keep the default, which reads 0 and so profiles nothing.
+    pub cycle_counter: fn() -> u64,
     rx: [Desc; BATCH],
     out: Vec<Desc>,
+}
+
+/// Cycles a core spent per stage of its poll loop, cumulative.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct StageCycles {
+    /// Taking frames from the receive rings.
+    pub rx: u64,
+    /// The pipeline: parse, isolate, look up, rewrite, stage.
+    pub process: u64,
+    /// The uplink scheduler, transmit rings and kicks.
+    pub tx: u64,
+    /// Completion rings back to the free list, free frames to the fill rings.
+    pub recycle: u64,
+}
+
+impl StageCycles {
+    /// All stages together.
+    pub fn total(&self) -> u64 {
+        self.rx + self.process + self.tx + self.recycle
+    }
+}
+
+fn no_cycles() -> u64 {
+    0
 }
 
 /// Frames of room per flow (VM port) in the uplink scheduler.
@@ -56,6 +86,8 @@ impl<P: Port, M: FrameMem> Core<P, M> {
             mem,
             free,
             stage: TxStage::new(n.max(1), UPLINK_STAGE, BATCH * 4),
+            profile: StageCycles::default(),
+            cycle_counter: no_cycles,
             rx: [Desc::default(); BATCH],
         }
     }
@@ -111,15 +143,20 @@ impl<P: Port, M: FrameMem> Core<P, M> {
     /// number of frames received.
     pub fn poll(&mut self, now: u64) -> usize {
         let mut total = 0;
+        let cycles = self.cycle_counter;
         for i in 0..self.ports.len() {
             let Some(port) = self.ports[i].as_mut() else { continue };
+            let c0 = cycles();
             let n = port.rx(&mut self.mem, &mut self.rx);
+            let c1 = cycles();
+            self.profile.rx += c1.wrapping_sub(c0);
             if n == 0 {
                 continue;
             }
             total += n;
             let id = PortId(i as u16);
             self.pipeline.process(id, &self.rx[..n], &mut self.mem, &mut self.free, &mut self.stage, now);
+            self.profile.process += cycles().wrapping_sub(c1);
         }
         self.transmit(now);
         total
@@ -166,6 +203,8 @@ impl<P: Port, M: FrameMem> Core<P, M> {
     /// Sends everything staged (through the uplink scheduler when there is one), then
     /// recycles completed frames and refills receive rings.
     pub fn transmit(&mut self, now: u64) {
+        let cycles = self.cycle_counter;
+        let c0 = cycles();
         self.schedule_uplink(now);
         for i in 0..self.stage.ports() {
             let id = PortId(i as u16);
@@ -192,9 +231,12 @@ impl<P: Port, M: FrameMem> Core<P, M> {
             }
             staged.clear();
         }
+        let c1 = cycles();
         for port in self.ports.iter_mut().flatten() {
             port.reclaim(&mut self.free);
             port.refill(&mut self.free);
         }
+        self.profile.tx += c1.wrapping_sub(c0);
+        self.profile.recycle += cycles().wrapping_sub(c1);
     }
 }

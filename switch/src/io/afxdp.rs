@@ -225,6 +225,11 @@ impl XskPort {
         self.rx.fd().as_raw_fd()
     }
 
+    /// How many frames to keep in the fill ring (default a quarter of it; at most all of it).
+    pub fn set_fill_target(&mut self, frames: u32) {
+        self.fill_target = frames.clamp(1, RING_SIZE);
+    }
+
     /// Kernel-side statistics: (rx dropped, rx ring full, fill ring empty, tx invalid).
     pub fn kernel_stats(&self) -> Option<(u64, u64, u64, u64)> {
         let s = self.rx.fd().xdp_statistics().ok()?;
