@@ -185,7 +185,6 @@ up() { # up SWITCH [CORES]
     if ip netns exec "$P-vm1" ping -c 1 -W 1 10.0.0.2 >/dev/null && ip netns exec "$P-vm3" ping -c 1 -W 1 10.0.0.2 >/dev/null; then ok=1; break; fi
   done
   [ $ok = 1 ] || { log "$SW: no connectivity between the VMs"; exit 1; }
-  # Isolation: what vm1 (blue) sends must never reach vm4 (red), which has the same address.
   log "$SW: up, both tenants reach their peer"
 }
 down() { stop_xvsd; ./scripts/testbed.sh down "$P"; }

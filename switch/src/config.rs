@@ -78,6 +78,11 @@ pub struct DaemonConfig {
     /// Seconds after which a learned FDB entry that saw no traffic is forgotten.
     #[serde(default = "default_aging")]
     pub fdb_aging_secs: u32,
+    /// Microseconds a core keeps polling after its last frame before it sleeps on its
+    /// sockets: waking a sleeping core costs tens of microseconds per hop, so polling on
+    /// through short gaps keeps latency low at low rates; idle cores still sleep.
+    #[serde(default = "default_poll_after_traffic")]
+    pub poll_after_traffic_us: u32,
 }
 
 fn default_cores() -> Vec<usize> {
@@ -89,6 +94,9 @@ fn default_fdb_capacity() -> u32 {
 fn default_aging() -> u32 {
     DEFAULT_FDB_AGING_SECS
 }
+fn default_poll_after_traffic() -> u32 {
+    1000
+}
 
 impl Default for DaemonConfig {
     fn default() -> Self {
@@ -96,6 +104,7 @@ impl Default for DaemonConfig {
             cores: default_cores(),
             fdb_capacity: DEFAULT_FDB_CAPACITY,
             fdb_aging_secs: DEFAULT_FDB_AGING_SECS,
+            poll_after_traffic_us: default_poll_after_traffic(),
         }
     }
 }
@@ -373,6 +382,12 @@ impl Config {
         }
         if self.daemon.fdb_aging_secs == 0 {
             return Err(ConfigError::Daemon("fdb_aging_secs must be at least 1".into()));
+        }
+        if self.daemon.poll_after_traffic_us > 1_000_000 {
+            return Err(ConfigError::Daemon(format!(
+                "poll_after_traffic_us {} out of range 0..=1000000",
+                self.daemon.poll_after_traffic_us
+            )));
         }
         if self.tenants.len() > MAX_TENANTS {
             return Err(ConfigError::TooMany { what: "tenants", count: self.tenants.len(), max: MAX_TENANTS });

@@ -25,7 +25,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// Polls with nothing received before the core goes to sleep on its sockets.
+/// Polls with nothing received before the core goes to sleep on its sockets (and at least
+/// `poll_after_traffic_us` since the last frame).
 const SPIN_POLLS: u32 = 200;
 /// Longest sleep, so timers (ARP retries, aging) run.
 const MAX_SLEEP_MS: u16 = 50;
@@ -375,10 +376,11 @@ pub fn run(cfg: Config, opts: Options, stop: Arc<AtomicBool>) -> anyhow::Result<
         let c = &cores.cores[k];
         let (cpu, tables, report, stop, waker) =
             (c.cpu, Arc::clone(&tables), Arc::clone(&c.report), Arc::clone(&stop), Arc::clone(&c.waker));
+        let spin_ns = u64::from(desired.daemon.poll_after_traffic_us) * 1000;
         threads.push(
             std::thread::Builder::new()
                 .name(format!("xvs-core{cpu}"))
-                .spawn(move || core_loop(cpu, tables, umem, sets, rx, report, stop, waker))?,
+                .spawn(move || core_loop(cpu, tables, umem, sets, rx, report, stop, waker, spin_ns))?,
         );
     }
     let wakers: Vec<Arc<Waker>> = cores.cores.iter().map(|c| Arc::clone(&c.waker)).collect();
@@ -439,6 +441,7 @@ fn core_loop(
     report: Arc<Mutex<Option<CoreReport>>>,
     stop: Arc<AtomicBool>,
     waker: Arc<Waker>,
+    spin_ns: u64,
 ) {
     pin_to(cpu);
     let mut core: Core<QueueSet, UmemFrames> = Core::new(Arc::clone(&tables), umem);
@@ -457,7 +460,7 @@ fn core_loop(
     let mut fds = poll_fds(&core, &waker);
     let mut rates = Rates::default();
     let mut load = CoreLoad { cpu, ..Default::default() };
-    let (mut idle_polls, mut last_tick, mut last_age) = (0u32, 0u64, 0u64);
+    let (mut idle_polls, mut last_tick, mut last_age, mut last_busy) = (0u32, 0u64, 0u64, 0u64);
     loop {
         let t0 = Instant::now();
         let now = now_ns();
@@ -528,10 +531,19 @@ fn core_loop(
         if n > 0 {
             load.busy_ns += spent;
             idle_polls = 0;
+            last_busy = now;
         } else {
             load.spin_ns += spent;
             idle_polls += 1;
-            if idle_polls > SPIN_POLLS && core.qos.as_ref().is_none_or(|s| s.backlog() == 0) {
+            if spin_ns > 0 {
+                // Polling for a while after traffic: let whatever else shares this CPU run
+                // between polls (on this testbed, the other host's xvsd).
+                std::thread::yield_now();
+            }
+            if idle_polls > SPIN_POLLS
+                && now.saturating_sub(last_busy) >= spin_ns
+                && core.qos.as_ref().is_none_or(|s| s.backlog() == 0)
+            {
                 // Nothing for a while: sleep on the sockets (and the control waker) until a
                 // frame or a message arrives.
                 let t1 = Instant::now();

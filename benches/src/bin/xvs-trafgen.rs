@@ -21,7 +21,7 @@ use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
-use xvs_switch::io::afxdp::{QueueSet, RING_SIZE, UmemFrames, wait_readable};
+use xvs_switch::io::afxdp::{QueueSet, RING_SIZE, UmemFrames, wait_readable, wait_readable_for};
 use xvs_switch::io::netdev;
 use xvs_switch::io::xdp::{Attached, Role};
 use xvs_switch::port::{BATCH, Desc, FrameMem, FreeList, Port};
@@ -228,6 +228,7 @@ fn send(
     // Round trips need the replies: then the VM-port program steers them to our socket.
     let (mut mem, mut port, _prog) = open(iface, queue..queue + 1, rtt_every > 0)?;
     let mut free = FreeList::new(mem.frames());
+    let fds: Vec<_> = port.fds().collect();
     let mut batch = [Desc::default(); BATCH];
     let mut rxd = [Desc::default(); BATCH];
     let mut rtt = histogram();
@@ -266,8 +267,15 @@ fn send(
             due.saturating_sub(sent).min(BATCH as u64)
         };
         if want == 0 {
-            if rate > 0 && rate < 200_000 && now < end {
-                std::thread::sleep(Duration::from_micros(50));
+            if rate > 0 && rate < 200_000 {
+                // Sleep until the next frame is due, waking at once for a reply.
+                let next = start + Duration::from_secs_f64((sent + 1) as f64 / rate as f64);
+                let wait = next.min(end + Duration::from_millis(300)).saturating_duration_since(Instant::now());
+                if rtt_every > 0 {
+                    wait_readable_for(&fds, wait.min(Duration::from_millis(1)));
+                } else {
+                    std::thread::sleep(wait.min(Duration::from_millis(1)));
+                }
             }
             continue;
         }

@@ -447,6 +447,17 @@ pub fn wait_readable(fds: &[RawFd], timeout_ms: u16) {
     let _ = unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, i32::from(timeout_ms)) };
 }
 
+/// Sleeps until one of the sockets has something to receive, or `timeout` passes (with
+/// sub-millisecond resolution, for paced senders that must also see replies at once).
+pub fn wait_readable_for(fds: &[RawFd], timeout: std::time::Duration) {
+    let mut pfds: Vec<libc::pollfd> =
+        fds.iter().map(|fd| libc::pollfd { fd: *fd, events: libc::POLLIN, revents: 0 }).collect();
+    let ts = libc::timespec { tv_sec: timeout.as_secs() as libc::time_t, tv_nsec: timeout.subsec_nanos() as _ };
+    // SAFETY: `pfds` is a valid array of pollfd and `ts` a valid timespec for the call; no
+    // signal mask is passed.
+    let _ = unsafe { libc::ppoll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, &ts, std::ptr::null()) };
+}
+
 /// Wakes the forwarding core from [`wait_readable`] when the control plane has news: an
 /// eventfd included in the core's poll set.
 #[derive(Debug)]
