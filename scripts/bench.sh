@@ -253,7 +253,7 @@ if [[ " $SWITCHES " == *" xvs "* ]] && [ "$(nproc)" -ge 2 ]; then
     done
     for g in "${gpids[@]}"; do wait "$g" || { log "2-core sender failed"; exit 1; }; done
     wait $spid || { log "2-core sink failed"; exit 1; }
-    record flat2 "$r" cores=2 -- send0="$f.send0" send1="$f.send1" sink="$f.sink" h1="$TMP/h1.json" h2="$TMP/h2.json"
+    record flat2 "$r" cores=2 mhz="$MHZ" -- send0="$f.send0" send1="$f.send1" sink="$f.sink" h1="$TMP/h1.json" h2="$TMP/h2.json"
     log "2-core xvs run $r done"
   done
   down

@@ -61,89 +61,136 @@ pub struct TenantQosStats {
     pub backlog: u32,
 }
 
-/// A token bucket in bytes, refilled lazily.
+/// Fraction bits of the fixed-point nanoseconds-per-byte figures, so no division is left
+/// on the per-frame path (a 128-bit division costs more than the rest of a dequeue).
+const FP: u32 = 20;
+
+/// Nanoseconds per byte at `rate_bps`, in 2^-FP ns (0 for rate 0: unlimited).
+fn ns_per_byte(rate_bps: u64) -> u64 {
+    if rate_bps == 0 {
+        0
+    } else {
+        ((8_000_000_000u128 << FP) / u128::from(rate_bps)).clamp(1, u128::from(u64::MAX)) as u64
+    }
+}
+
+/// Time `bytes` take at `ns_per_byte` (2^-FP ns per byte), plus a carried fraction, in
+/// 2^-FP ns: one multiplication.
+#[inline]
+fn cost_fp(bytes: u64, ns_per_byte: u64, frac: u64) -> u128 {
+    u128::from(bytes) * u128::from(ns_per_byte) + u128::from(frac)
+}
+
+const FRAC_MASK: u64 = (1 << FP) - 1;
+
+/// A token bucket kept as a virtual time: it holds what its rate earns from `t` to now, at
+/// most `burst_ns` worth; sending moves `t` on by the frame's time at the rate. Checking
+/// and taking are a multiplication and a comparison.
 #[derive(Debug, Clone, Copy)]
 struct Bucket {
-    /// bits/s; 0 means unlimited.
-    rate: u64,
-    tokens: i64,
-    burst: i64,
-    last: u64,
+    /// 2^-FP ns per byte; 0 means unlimited.
+    ns_per_byte: u64,
+    /// Tokens are spent up to this time (ns); past `now` means in debt.
+    t: u64,
+    /// The fraction of a nanosecond `t` carries, 2^-FP ns.
+    frac: u64,
+    /// The bucket's depth as time at its rate (ns).
+    burst_ns: u64,
 }
 
 impl Bucket {
-    fn new(rate: u64, burst: i64, now: u64) -> Bucket {
-        Bucket { rate, tokens: burst, burst, last: now }
+    /// A bucket of `burst` bytes at `rate` bits/s, full or empty at `now`.
+    fn new(rate: u64, burst: u64, now: u64, full: bool) -> Bucket {
+        let npb = ns_per_byte(rate);
+        let burst_ns = (cost_fp(burst, npb, 0) >> FP).min(u128::from(u64::MAX / 4)) as u64;
+        Bucket { ns_per_byte: npb, t: if full { now.saturating_sub(burst_ns) } else { now }, frac: 0, burst_ns }
     }
 
+    /// Where spending starts at `now`: unused time beyond the depth is lost.
     #[inline]
-    fn refill(&mut self, now: u64) {
-        if self.rate == 0 || now <= self.last {
-            return;
-        }
-        let add = (u128::from(now - self.last) * u128::from(self.rate) / 8_000_000_000) as i64;
-        if add > 0 {
-            self.tokens = (self.tokens + add).min(self.burst);
-            // advance only by the time the added tokens account for, so no fraction is lost
-            self.last += (add as u128 * 8_000_000_000 / u128::from(self.rate)) as u64;
-            if self.tokens == self.burst {
-                self.last = now;
-            }
-        }
+    fn base(&self, now: u64) -> u64 {
+        self.t.max(now.saturating_sub(self.burst_ns))
     }
 
+    /// When the bucket holds `n` bytes (`now` or earlier if it does already).
     #[inline]
-    fn has(&self, n: u64) -> bool {
-        self.rate == 0 || self.tokens >= n as i64
-    }
-
-    #[inline]
-    fn take(&mut self, n: u64) {
-        if self.rate != 0 {
-            self.tokens -= n as i64;
-        }
-    }
-
-    /// When the bucket will hold `n` bytes.
     fn ready_at(&self, n: u64, now: u64) -> u64 {
-        if self.has(n) {
+        if self.ns_per_byte == 0 {
             return now;
         }
-        let missing = (n as i64 - self.tokens) as u128;
-        self.last.max(now) + (missing * 8_000_000_000).div_ceil(u128::from(self.rate)) as u64
+        let need = (cost_fp(n, self.ns_per_byte, self.frac) >> FP).min(u128::from(u64::MAX / 4)) as u64;
+        self.base(now).saturating_add(need)
+    }
+
+    #[inline]
+    fn has(&self, n: u64, now: u64) -> bool {
+        self.ready_at(n, now) <= now
+    }
+
+    #[inline]
+    fn take(&mut self, n: u64, now: u64) {
+        if self.ns_per_byte == 0 {
+            return;
+        }
+        let fine = cost_fp(n, self.ns_per_byte, self.frac);
+        self.t = self.base(now).saturating_add((fine >> FP).min(u128::from(u64::MAX / 4)) as u64);
+        self.frac = fine as u64 & FRAC_MASK;
     }
 }
 
-/// A bounded FIFO of frames of one flow.
+/// The bounded FIFOs of all flows in one array: flow `f` owns slots `f << shift ..`, a power
+/// of two of them, so indexing is a mask and a shift.
 #[derive(Debug, Clone)]
-struct Ring {
+struct Queues {
     buf: Vec<Desc>,
-    head: u32,
-    len: u32,
+    head: Vec<u32>,
+    len: Vec<u32>,
+    shift: u32,
 }
 
-impl Ring {
-    fn new(cap: usize) -> Ring {
-        Ring { buf: vec![Desc::default(); cap], head: 0, len: 0 }
+impl Queues {
+    fn new(flows: usize, cap: usize) -> Queues {
+        let cap = cap.max(1).next_power_of_two();
+        Queues {
+            buf: vec![Desc::default(); flows * cap],
+            head: vec![0; flows],
+            len: vec![0; flows],
+            shift: cap.trailing_zeros(),
+        }
     }
-    fn push(&mut self, d: Desc) -> bool {
-        let cap = self.buf.len() as u32;
-        if self.len == cap {
+
+    #[inline]
+    fn mask(&self) -> u32 {
+        (1u32 << self.shift) - 1
+    }
+
+    #[inline]
+    fn push(&mut self, f: usize, d: Desc) -> bool {
+        let len = self.len[f];
+        if len > self.mask() {
             return false;
         }
-        let i = ((self.head + self.len) % cap) as usize;
+        let i = (f << self.shift) | ((self.head[f] + len) & self.mask()) as usize;
         self.buf[i] = d;
-        self.len += 1;
+        self.len[f] = len + 1;
         true
     }
-    fn front(&self) -> Option<Desc> {
-        (self.len > 0).then(|| self.buf[self.head as usize])
+
+    #[inline]
+    fn front(&self, f: usize) -> Option<Desc> {
+        (self.len[f] > 0).then(|| self.buf[(f << self.shift) | self.head[f] as usize])
     }
-    fn pop(&mut self) -> Option<Desc> {
-        let d = self.front()?;
-        self.head = (self.head + 1) % self.buf.len() as u32;
-        self.len -= 1;
+
+    #[inline]
+    fn pop(&mut self, f: usize) -> Option<Desc> {
+        let d = self.front(f)?;
+        self.head[f] = (self.head[f] + 1) & self.mask();
+        self.len[f] -= 1;
         Some(d)
+    }
+
+    fn flows(&self) -> usize {
+        self.head.len()
     }
 }
 
@@ -186,7 +233,6 @@ impl List {
 
 #[derive(Debug, Clone)]
 struct Tenant {
-    qos: TenantQos,
     guar: Bucket,
     lim: Bucket,
     quantum: i64,
@@ -197,6 +243,7 @@ struct Tenant {
     in_g: bool,
     in_x: bool,
     in_wheel: bool,
+    has_guarantee: bool,
     stats: TenantQosStats,
 }
 
@@ -204,8 +251,12 @@ struct Tenant {
 #[derive(Debug)]
 pub struct Scheduler {
     link_bps: u64,
+    /// 2^-FP ns per byte on the link, and the fraction carried.
+    link_npb: u64,
+    link_frac: u64,
     tenants: Vec<Tenant>,
-    flow_q: Vec<Ring>,
+    qos: Vec<TenantQos>,
+    flow_q: Queues,
     flow_tenant: Vec<u32>,
     flow_in: Vec<bool>,
     flow_next: Vec<u32>,
@@ -228,8 +279,11 @@ impl Scheduler {
     pub fn new(link_bps: u64, tenants: usize, flows: usize, queue: usize) -> Scheduler {
         let mut s = Scheduler {
             link_bps: link_bps.max(1),
+            link_npb: ns_per_byte(link_bps.max(1)),
+            link_frac: 0,
             tenants: Vec::with_capacity(tenants),
-            flow_q: (0..flows).map(|_| Ring::new(queue.max(1))).collect(),
+            qos: vec![TenantQos::default(); tenants],
+            flow_q: Queues::new(flows, queue),
             flow_tenant: vec![NIL; flows],
             flow_in: vec![false; flows],
             flow_next: vec![NIL; flows],
@@ -255,12 +309,12 @@ impl Scheduler {
         // The guarantee bucket holds up to 5 ms at its rate (a tenant held back, by others or
         // by a late poll, catches up that much at priority); the limit bucket only 50 µs, so
         // a limit holds within 1% over 10 ms; both at least two full frames.
-        let burst = |rate: u64, per_sec: u64| ((rate / 8 / per_sec) as i64).max(2 * 1538);
+        let burst = |rate: u64, per_sec: u64| (rate / 8 / per_sec).max(2 * 1538);
         let limit = qos.limit.unwrap_or(0);
         Tenant {
-            qos,
-            guar: Bucket { tokens: 0, ..Bucket::new(qos.guarantee, burst(qos.guarantee, 200), now) },
-            lim: Bucket::new(limit, burst(limit, 20_000), now),
+            guar: Bucket::new(qos.guarantee, burst(qos.guarantee, 200), now, false),
+            lim: Bucket::new(limit, burst(limit, 20_000), now, true),
+            has_guarantee: qos.guarantee > 0,
             quantum: 1538 * i64::from(qos.weight.max(1)),
             deficit: 0,
             flows: List::EMPTY,
@@ -274,13 +328,13 @@ impl Scheduler {
 
     /// (tenants, flows) this scheduler has room for.
     pub fn capacity(&self) -> (usize, usize) {
-        (self.tenants.len(), self.flow_q.len())
+        (self.tenants.len(), self.flow_q.flows())
     }
 
     /// Takes every queued frame out, ignoring rates (when the scheduler is replaced).
     pub fn drain(&mut self, out: &mut Vec<Desc>) {
-        for q in &mut self.flow_q {
-            while let Some(d) = q.pop() {
+        for f in 0..self.flow_q.flows() {
+            while let Some(d) = self.flow_q.pop(f) {
                 out.push(d);
             }
         }
@@ -295,6 +349,7 @@ impl Scheduler {
     /// Changes the link rate.
     pub fn set_link(&mut self, bps: u64) {
         self.link_bps = bps.max(1);
+        self.link_npb = ns_per_byte(self.link_bps);
     }
 
     /// Sets (or changes, live) a tenant's QoS; its queued frames stay.
@@ -308,11 +363,13 @@ impl Scheduler {
         n.in_wheel = t.in_wheel;
         n.stats = t.stats;
         self.tenants[tenant as usize] = n;
+        self.qos[tenant as usize] = qos;
     }
 
     /// A tenant's settings and counters.
     pub fn tenant(&self, tenant: u32) -> Option<(TenantQos, TenantQosStats)> {
-        self.tenants.get(tenant as usize).map(|t| (t.qos, TenantQosStats { backlog: t.backlog, ..t.stats }))
+        let t = self.tenants.get(tenant as usize)?;
+        Some((self.qos[tenant as usize], TenantQosStats { backlog: t.backlog, ..t.stats }))
     }
 
     /// Frames queued in all.
@@ -324,10 +381,10 @@ impl Scheduler {
     #[inline]
     pub fn enqueue(&mut self, tenant: u32, flow: u32, d: Desc, now: u64) -> Result<(), Desc> {
         let (ti, fi) = (tenant as usize, flow as usize);
-        if ti >= self.tenants.len() || fi >= self.flow_q.len() {
+        if ti >= self.tenants.len() || fi >= self.flow_q.flows() {
             return Err(d);
         }
-        if !self.flow_q[fi].push(d) {
+        if !self.flow_q.push(fi, d) {
             self.tenants[ti].stats.drops += 1;
             return Err(d);
         }
@@ -352,17 +409,15 @@ impl Scheduler {
         if f == NIL {
             return None;
         }
-        self.flow_q[f as usize].front().map(|d| u64::from(d.len) + WIRE_OVERHEAD)
+        self.flow_q.front(f as usize).map(|d| u64::from(d.len) + WIRE_OVERHEAD)
     }
 
     /// Puts a backlogged tenant in the lists it is eligible for, or in the wheel.
     fn schedule(&mut self, tenant: u32, now: u64) {
         let Some(len) = self.head_len(tenant) else { return };
         let t = &mut self.tenants[tenant as usize];
-        t.guar.refill(now);
-        t.lim.refill(now);
-        let lim_ok = t.lim.has(len);
-        let guar_ok = t.qos.guarantee > 0 && t.guar.has(len);
+        let lim_ok = t.lim.has(len, now);
+        let guar_ok = t.has_guarantee && t.guar.has(len, now);
         if lim_ok && guar_ok && !t.in_g {
             t.in_g = true;
             self.g_list.push(&mut self.g_next, tenant);
@@ -376,7 +431,7 @@ impl Scheduler {
         // Wake up when the limit allows again, or when the guarantee is due.
         let wake = if !lim_ok {
             Some(t.lim.ready_at(len, now))
-        } else if t.qos.guarantee > 0 && !guar_ok {
+        } else if t.has_guarantee && !guar_ok {
             Some(t.guar.ready_at(len, now))
         } else {
             None
@@ -445,13 +500,11 @@ impl Scheduler {
             self.tenants[t as usize].in_g = false;
             let Some(len) = self.head_len(t) else { continue };
             let tn = &mut self.tenants[t as usize];
-            tn.guar.refill(now);
-            tn.lim.refill(now);
-            if !(tn.guar.has(len) && tn.lim.has(len)) {
+            if !(tn.guar.has(len, now) && tn.lim.has(len, now)) {
                 self.schedule(t, now);
                 continue;
             }
-            tn.guar.take(len);
+            tn.guar.take(len, now);
             tn.stats.guaranteed_bytes += len;
             let d = self.send(t, len, now);
             if self.tenants[t as usize].backlog > 0 {
@@ -469,8 +522,7 @@ impl Scheduler {
                 continue;
             };
             let tn = &mut self.tenants[t as usize];
-            tn.lim.refill(now);
-            if !tn.lim.has(len) {
+            if !tn.lim.has(len, now) {
                 self.x_list.pop(&self.x_next);
                 tn.in_x = false;
                 self.schedule(t, now);
@@ -488,11 +540,15 @@ impl Scheduler {
             }
             tn.deficit -= len as i64;
             let d = self.send(t, len, now);
-            if self.tenants[t as usize].backlog == 0 {
+            let tn = &mut self.tenants[t as usize];
+            if tn.backlog == 0 {
                 self.x_list.pop(&self.x_next);
-                let tn = &mut self.tenants[t as usize];
                 tn.in_x = false;
                 tn.deficit = 0;
+            } else if tn.has_guarantee && !tn.in_g {
+                // A new head frame: it may be within the guarantee already (the wheel only
+                // knows when the previous head would have been).
+                self.schedule(t, now);
             }
             return d;
         }
@@ -504,13 +560,13 @@ impl Scheduler {
     fn send(&mut self, t: u32, len: u64, now: u64) -> Option<Desc> {
         let tn = &mut self.tenants[t as usize];
         let f = tn.flows.pop(&self.flow_next)?;
-        let d = self.flow_q[f as usize].pop();
-        if self.flow_q[f as usize].len > 0 {
+        let d = self.flow_q.pop(f as usize);
+        if self.flow_q.len[f as usize] > 0 {
             tn.flows.push(&mut self.flow_next, f); // flows of a tenant take turns
         } else {
             self.flow_in[f as usize] = false;
         }
-        tn.lim.take(len);
+        tn.lim.take(len, now);
         tn.backlog -= 1;
         tn.stats.packets += 1;
         tn.stats.bytes += len;
@@ -518,7 +574,9 @@ impl Scheduler {
         // The link keeps up to LINK_SLACK_NS of time it was not given (a late poll), so a
         // forwarding loop's jitter does not cost capacity; beyond that, idle time is lost.
         let start = self.link_free_at.max(now.saturating_sub(LINK_SLACK_NS));
-        self.link_free_at = start + (u128::from(len) * 8_000_000_000 / u128::from(self.link_bps)) as u64;
+        let fine = cost_fp(len, self.link_npb, self.link_frac);
+        self.link_free_at = start + (fine >> FP) as u64;
+        self.link_frac = fine as u64 & FRAC_MASK;
         d
     }
 }

@@ -160,7 +160,9 @@ fn plot_sweep(path: &Path, sums: &[(&str, &Summary)], ceiling: Option<f64>) -> R
         .y_label_area_size(60)
         .build_cartesian_2d(0.0..max, 0.0..max)?;
     c.configure_mesh().x_desc("offered, kpps").y_desc("delivered, kpps").draw()?;
-    c.draw_series(LineSeries::new([(0.0, 0.0), (max, max)], BLACK.mix(0.3)))?.label("no loss");
+    c.draw_series(LineSeries::new([(0.0, 0.0), (max, max)], BLACK.mix(0.3)))?
+        .label("no loss")
+        .legend(|(x, y)| PathElement::new([(x, y), (x + 20, y)], BLACK.mix(0.3)));
     for (i, (name, s)) in sums.iter().enumerate() {
         let col = Palette99::pick(i).to_rgba();
         let pts: Vec<(f64, f64)> = s.sweep.iter().map(|(o, d)| (o / 1000.0, d / 1000.0)).collect();
