@@ -173,6 +173,10 @@ pub struct QosRow {
 pub struct CoreLoad {
     /// CPU the core runs on.
     pub cpu: usize,
+    /// When these counters were taken: nanoseconds on the core's clock (from its start). The
+    /// difference of two readings is the exact interval between them, whatever the delay of
+    /// the stats file or the control socket.
+    pub at_ns: u64,
     /// Nanoseconds spent in polls that received frames.
     pub busy_ns: u64,
     /// Nanoseconds spent in polls that found nothing (spinning before sleeping).
@@ -614,7 +618,7 @@ fn publish(
             .iter()
             .map(|(ip, n)| (ip.to_string(), n.mac.map_or("incomplete".to_string(), |m| mac_str(&m))))
             .collect(),
-        core: load.clone(),
+        core: CoreLoad { at_ns: now, ..load.clone() },
         afxdp: core
             .ports
             .iter()

@@ -413,33 +413,34 @@ impl Scheduler {
     }
 
     /// Puts a backlogged tenant in the lists it is eligible for, or in the wheel.
+    #[inline]
     fn schedule(&mut self, tenant: u32, now: u64) {
         let Some(len) = self.head_len(tenant) else { return };
         let t = &mut self.tenants[tenant as usize];
-        let lim_ok = t.lim.has(len, now);
-        let guar_ok = t.has_guarantee && t.guar.has(len, now);
+        // Each bucket's ready time is computed once: it says both whether the tenant may send
+        // now and, if not, when to look again.
+        let lim_at = t.lim.ready_at(len, now);
+        let lim_ok = lim_at <= now;
+        let guar_at = if t.has_guarantee { t.guar.ready_at(len, now) } else { u64::MAX };
+        let guar_ok = guar_at <= now;
         if lim_ok && guar_ok && !t.in_g {
             t.in_g = true;
             self.g_list.push(&mut self.g_next, tenant);
         }
-        let t = &mut self.tenants[tenant as usize];
         if lim_ok && !t.in_x {
             t.in_x = true;
             self.x_list.push(&mut self.x_next, tenant);
         }
-        let t = &self.tenants[tenant as usize];
         // Wake up when the limit allows again, or when the guarantee is due.
         let wake = if !lim_ok {
-            Some(t.lim.ready_at(len, now))
+            lim_at
         } else if t.has_guarantee && !guar_ok {
-            Some(t.guar.ready_at(len, now))
+            guar_at
         } else {
-            None
+            return;
         };
-        if let Some(at) = wake
-            && !t.in_wheel
-        {
-            self.wheel_insert(tenant, at, now);
+        if !t.in_wheel {
+            self.wheel_insert(tenant, wake, now);
         }
     }
 
