@@ -124,7 +124,8 @@ fn ratio(a: Option<f64>, b: Option<f64>) -> String {
 /// Per-core profile of xvsd on both hosts during the last flat-out run.
 fn profile(runs: &[Value], kind: &str, sw: &str) -> Vec<String> {
     let Some(r) = runs.iter().rev().find(|r| r["switch"] == sw && r["kind"] == kind) else { return vec![] };
-    let mhz = r["mhz"].as_f64().unwrap_or(0.0);
+    // The CPU clock, from this record or, in older raw data, any record that has it.
+    let mhz = r["mhz"].as_f64().or_else(|| runs.iter().find_map(|x| x["mhz"].as_f64())).unwrap_or(0.0);
     let mut rows = Vec::new();
     for h in ["h1", "h2"] {
         let Some(cores) = r[h]["per_core"].as_array() else { continue };
