@@ -31,7 +31,7 @@ RAW=$OUT/qos-runs.jsonl
 P=xq$$; P=${P:0:6}
 TMP=$(mktemp -d)
 XPIDS=()
-stop_xvsd() { for p in "${XPIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done; XPIDS=(); }
+. scripts/xvsd-pair.sh
 cleanup() { stop_xvsd; ./scripts/testbed.sh down "$P" >/dev/null 2>&1 || true; rm -rf "$TMP"; }
 trap cleanup EXIT
 log() { echo "bench-qos: $*" >&2; }
@@ -44,15 +44,7 @@ up_xvs() {
     > "$TMP/h1.toml"
   ./scripts/testbed.sh config "$P" 2 1 > "$TMP/h2.toml"
   grep -q "guarantee = \"${G1}M\"" "$TMP/h1.toml" || { log "could not write the QoS config"; exit 1; }
-  for h in 1 2; do
-    ns "h$h" ./target/release/xvsd --config "$TMP/h$h.toml" --stats-file "$TMP/h$h.json" \
-      --state "$TMP/h$h-state.toml" --socket "$TMP/h$h.sock" 2>"$TMP/h$h.log" &
-    XPIDS+=($!)
-  done
-  for h in 1 2; do
-    for _ in $(seq 100); do [ -s "$TMP/h$h.json" ] && break; sleep 0.1; done
-    [ -s "$TMP/h$h.json" ] || { log "xvsd h$h did not start: $(cat "$TMP/h$h.log")"; exit 1; }
-  done
+  start_xvsd_pair
 }
 
 up_kernel() {

@@ -46,7 +46,7 @@ P=${XVS_BENCH_PREFIX:-xh$$}
 P=${P:0:6}
 TMP=$(mktemp -d)
 XPIDS=()
-stop_xvsd() { for p in "${XPIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done; XPIDS=(); }
+. scripts/xvsd-pair.sh
 cleanup() {
   stop_xvsd
   ./scripts/testbed.sh down "$P" >/dev/null 2>&1 || true
@@ -158,17 +158,8 @@ EOF
   record tcp "$1" -- tcp="$TMP/tcp.json"
 }
 start_xvs() { # start_xvs CORES
-  for h in 1 2; do
-    ./scripts/testbed.sh config "$P" $h "$1" > "$TMP/h$h.toml"
-    rm -f "$TMP/h$h.json" "$TMP/h$h-state.toml"
-    ip netns exec "$P-h$h" ./target/release/xvsd --config "$TMP/h$h.toml" --stats-file "$TMP/h$h.json" \
-      --state "$TMP/h$h-state.toml" --socket "$TMP/h$h.sock" 2>"$TMP/h$h.log" &
-    XPIDS+=($!)
-  done
-  for h in 1 2; do
-    for _ in $(seq 100); do [ -s "$TMP/h$h.json" ] && break; sleep 0.1; done
-    [ -s "$TMP/h$h.json" ] || { log "xvsd on h$h did not start: $(cat "$TMP/h$h.log")"; exit 1; }
-  done
+  for h in 1 2; do ./scripts/testbed.sh config "$P" $h "$1" > "$TMP/h$h.toml"; done
+  start_xvsd_pair
 }
 up() { # up SWITCH [CORES]
   case $1 in

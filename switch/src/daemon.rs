@@ -195,6 +195,23 @@ pub struct CoreLoad {
     pub cycles_per_packet: f64,
 }
 
+impl CoreLoad {
+    /// The load as published at `now`: the raw times and counts with the figures derived
+    /// from them (per frame, busy share) and the core's stage profile.
+    fn taken(&self, profile: &crate::datapath::StageCycles, now: u64) -> CoreLoad {
+        let per_frame = |x: f64| if self.packets > 0 { x / self.packets as f64 } else { 0.0 };
+        let all = (self.busy_ns + self.spin_ns + self.idle_ns).max(1);
+        CoreLoad {
+            at_ns: now,
+            ns_per_packet: per_frame(self.busy_ns as f64),
+            busy_share: self.busy_ns as f64 / all as f64,
+            stage_cycles: *profile,
+            cycles_per_packet: per_frame(profile.total() as f64),
+            ..self.clone()
+        }
+    }
+}
+
 /// One port as shown in status.
 #[derive(Debug, Clone, Serialize)]
 pub struct PortStatus {
@@ -556,13 +573,6 @@ fn core_loop(
                 load.idle_ns += t1.elapsed().as_nanos() as u64;
             }
         }
-        if load.packets > 0 {
-            load.ns_per_packet = load.busy_ns as f64 / load.packets as f64;
-            load.cycles_per_packet = core.profile.total() as f64 / load.packets as f64;
-        }
-        load.stage_cycles = core.profile;
-        let all = (load.busy_ns + load.spin_ns + load.idle_ns).max(1);
-        load.busy_share = load.busy_ns as f64 / all as f64;
     }
     publish(&core, &host, &load, &report, &mut rates, now_ns());
     for id in 0..core.ports.len() {
@@ -618,7 +628,7 @@ fn publish(
             .iter()
             .map(|(ip, n)| (ip.to_string(), n.mac.map_or("incomplete".to_string(), |m| mac_str(&m))))
             .collect(),
-        core: CoreLoad { at_ns: now, ..load.clone() },
+        core: load.taken(&core.profile, now),
         afxdp: core
             .ports
             .iter()

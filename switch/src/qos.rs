@@ -106,6 +106,12 @@ impl Bucket {
         Bucket { ns_per_byte: npb, t: if full { now.saturating_sub(burst_ns) } else { now }, frac: 0, burst_ns }
     }
 
+    /// Whether the bucket has a rate (a guarantee bucket without one guarantees nothing).
+    #[inline]
+    fn is_limited(&self) -> bool {
+        self.ns_per_byte != 0
+    }
+
     /// Where spending starts at `now`: unused time beyond the depth is lost.
     #[inline]
     fn base(&self, now: u64) -> u64 {
@@ -115,7 +121,7 @@ impl Bucket {
     /// When the bucket holds `n` bytes (`now` or earlier if it does already).
     #[inline]
     fn ready_at(&self, n: u64, now: u64) -> u64 {
-        if self.ns_per_byte == 0 {
+        if !self.is_limited() {
             return now;
         }
         let need = (cost_fp(n, self.ns_per_byte, self.frac) >> FP).min(u128::from(u64::MAX / 4)) as u64;
@@ -129,7 +135,7 @@ impl Bucket {
 
     #[inline]
     fn take(&mut self, n: u64, now: u64) {
-        if self.ns_per_byte == 0 {
+        if !self.is_limited() {
             return;
         }
         let fine = cost_fp(n, self.ns_per_byte, self.frac);
@@ -243,7 +249,6 @@ struct Tenant {
     in_g: bool,
     in_x: bool,
     in_wheel: bool,
-    has_guarantee: bool,
     stats: TenantQosStats,
 }
 
@@ -314,7 +319,6 @@ impl Scheduler {
         Tenant {
             guar: Bucket::new(qos.guarantee, burst(qos.guarantee, 200), now, false),
             lim: Bucket::new(limit, burst(limit, 20_000), now, true),
-            has_guarantee: qos.guarantee > 0,
             quantum: 1538 * i64::from(qos.weight.max(1)),
             deficit: 0,
             flows: List::EMPTY,
@@ -421,7 +425,7 @@ impl Scheduler {
         // now and, if not, when to look again.
         let lim_at = t.lim.ready_at(len, now);
         let lim_ok = lim_at <= now;
-        let guar_at = if t.has_guarantee { t.guar.ready_at(len, now) } else { u64::MAX };
+        let guar_at = if t.guar.is_limited() { t.guar.ready_at(len, now) } else { u64::MAX };
         let guar_ok = guar_at <= now;
         if lim_ok && guar_ok && !t.in_g {
             t.in_g = true;
@@ -434,7 +438,7 @@ impl Scheduler {
         // Wake up when the limit allows again, or when the guarantee is due.
         let wake = if !lim_ok {
             lim_at
-        } else if t.has_guarantee && !guar_ok {
+        } else if t.guar.is_limited() && !guar_ok {
             guar_at
         } else {
             return;
@@ -546,7 +550,7 @@ impl Scheduler {
                 self.x_list.pop(&self.x_next);
                 tn.in_x = false;
                 tn.deficit = 0;
-            } else if tn.has_guarantee && !tn.in_g {
+            } else if tn.guar.is_limited() && !tn.in_g {
                 // A new head frame: it may be within the guarantee already (the wheel only
                 // knows when the previous head would have been).
                 self.schedule(t, now);

@@ -114,11 +114,13 @@ fn kpps(v: Option<f64>) -> String {
     v.map_or("–".into(), |x| format!("{:.0}k", x / 1000.0))
 }
 
+/// a / b, where both were measured and b is not zero.
+fn quotient(a: Option<f64>, b: Option<f64>) -> Option<f64> {
+    a.zip(b).filter(|(_, b)| *b > 0.0).map(|(a, b)| a / b)
+}
+
 fn ratio(a: Option<f64>, b: Option<f64>) -> String {
-    match (a, b) {
-        (Some(a), Some(b)) if b > 0.0 => format!("{:.2}×", a / b),
-        _ => "–".into(),
-    }
+    quotient(a, b).map_or("–".into(), |x| format!("{x:.2}×"))
 }
 
 /// Per-core profile of xvsd on both hosts during the last flat-out run.
@@ -351,46 +353,33 @@ fn main() -> Result<()> {
         Some(false) => "**missed**",
         None => "not measured",
     };
-    let r = |a: Option<f64>, b: Option<f64>| a.zip(b).filter(|(_, b)| *b > 0.0).map(|(a, b)| a / b);
     let k = get("kernel");
     let o = get("ovs");
-    let fk = r(xvs.and_then(|s| s.flat), k.and_then(|s| s.flat));
-    let fo = r(xvs.and_then(|s| s.flat), o.and_then(|s| s.flat));
-    let lk = r(xvs.and_then(|s| s.rtt_low[1]), k.and_then(|s| s.rtt_low[1]));
-    let to = r(xvs.and_then(|s| s.tcp), o.and_then(|s| s.tcp));
+    let fk = quotient(xvs.and_then(|s| s.flat), k.and_then(|s| s.flat));
+    let fo = quotient(xvs.and_then(|s| s.flat), o.and_then(|s| s.flat));
+    let lk = quotient(xvs.and_then(|s| s.rtt_low[1]), k.and_then(|s| s.rtt_low[1]));
+    let to = quotient(xvs.and_then(|s| s.tcp), o.and_then(|s| s.tcp));
     let idle = xvs.and_then(|s| s.idle_sw_cpu).map(|x| x / 2.0);
     writeln!(md, "| target | measured | verdict |\n|---|---|---|")?;
-    writeln!(
-        md,
-        "| 64-byte rate ≥ 2× kernel | {} | {} |",
-        fk.map_or("–".into(), |x| format!("{x:.2}×")),
-        verdict(fk.map(|x| x >= 2.0))
-    )?;
-    writeln!(
-        md,
-        "| 64-byte rate ≥ 2× OVS (AF_XDP) | {} | {} |",
-        fo.map_or("–".into(), |x| format!("{x:.2}×")),
-        verdict(fo.map(|x| x >= 2.0))
-    )?;
-    writeln!(
-        md,
-        "| p99 RTT at low load ≤ kernel's | {} | {} |",
-        lk.map_or("–".into(), |x| format!("{x:.2}× the kernel's")),
-        verdict(lk.map(|x| x <= 1.0))
-    )?;
-    writeln!(
-        md,
-        "| idle CPU < 2 % of a core (per xvsd); OVS's PMD burns a core | xvs {} per xvsd, OVS {} | {} |",
-        idle.map_or("–".into(), |x| format!("{x:.2} %")),
-        o.and_then(|s| s.idle_sw_cpu).map_or("–".into(), |x| format!("{x:.0} %")),
-        verdict(idle.map(|x| x < 2.0))
-    )?;
-    writeln!(
-        md,
-        "| TCP ≥ OVS (AF_XDP) | {} | {} |",
-        to.map_or("–".into(), |x| format!("{x:.2}×")),
-        verdict(to.map(|x| x >= 1.0))
-    )?;
+    let times = |x: Option<f64>, unit: &str| x.map_or("–".into(), |x| format!("{x:.2}×{unit}"));
+    let rows = [
+        ("64-byte rate ≥ 2× kernel", times(fk, ""), fk.map(|x| x >= 2.0)),
+        ("64-byte rate ≥ 2× OVS (AF_XDP)", times(fo, ""), fo.map(|x| x >= 2.0)),
+        ("p99 RTT at low load ≤ kernel's", times(lk, " the kernel's"), lk.map(|x| x <= 1.0)),
+        (
+            "idle CPU < 2 % of a core (per xvsd); OVS's PMD burns a core",
+            format!(
+                "xvs {} per xvsd, OVS {}",
+                idle.map_or("–".into(), |x| format!("{x:.2} %")),
+                o.and_then(|s| s.idle_sw_cpu).map_or("–".into(), |x| format!("{x:.0} %"))
+            ),
+            idle.map(|x| x < 2.0),
+        ),
+        ("TCP ≥ OVS (AF_XDP)", times(to, ""), to.map(|x| x >= 1.0)),
+    ];
+    for (target, measured, ok) in rows {
+        writeln!(md, "| {target} | {measured} | {} |", verdict(ok))?;
+    }
 
     let prof = profile(&runs, "flat", "xvs");
     if !prof.is_empty() {

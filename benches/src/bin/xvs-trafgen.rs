@@ -190,6 +190,14 @@ fn parse(f: &[u8]) -> Option<(u64, u64, u16, u16)> {
     Some((seq, ts, sport, dport))
 }
 
+/// Writes our payload (magic, sequence number, transmit time) into frame `f`.
+fn stamp(f: &mut [u8], seq: u64, tx_ns: u64) {
+    let p = &mut f[PAYLOAD..PAYLOAD + 18];
+    p[0..2].copy_from_slice(&MAGIC.to_be_bytes());
+    p[2..10].copy_from_slice(&seq.to_be_bytes());
+    p[10..18].copy_from_slice(&tx_ns.to_be_bytes());
+}
+
 /// Turns a received frame around: swaps MACs, IPs and ports (checksums stay valid: the IPv4
 /// header sum does not depend on the order of its words, and the UDP checksum is zero).
 fn reflect(f: &mut [u8]) {
@@ -232,15 +240,16 @@ fn send(
     let mut batch = [Desc::default(); BATCH];
     let mut rxd = [Desc::default(); BATCH];
     let mut rtt = histogram();
-    let (mut sent, mut replies, mut seq) = (0u64, 0u64, 0u64);
+    let (mut sent, mut replies) = (0u64, 0u64);
     let start = Instant::now();
     let end = start + Duration::from_secs_f64(secs);
+    // Replies still on their way are waited for this long after the last frame.
+    let done = end + Duration::from_millis(if rtt_every > 0 { 300 } else { 0 });
     let mut next_report = start + Duration::from_secs(1);
     let mut last_sent = 0u64;
-    let drain_until = |now: Instant| now >= end + Duration::from_millis(if rtt_every > 0 { 300 } else { 0 });
     loop {
         let now = Instant::now();
-        if drain_until(now) || stop.load(Ordering::Relaxed) {
+        if now >= done || stop.load(Ordering::Relaxed) {
             break;
         }
         port.reclaim(&mut free);
@@ -270,7 +279,7 @@ fn send(
             if rate > 0 && rate < 200_000 {
                 // Sleep until the next frame is due, waking at once for a reply.
                 let next = start + Duration::from_secs_f64((sent + 1) as f64 / rate as f64);
-                let wait = next.min(end + Duration::from_millis(300)).saturating_duration_since(Instant::now());
+                let wait = next.min(done).saturating_duration_since(Instant::now());
                 if rtt_every > 0 {
                     wait_readable_for(&fds, wait.min(Duration::from_millis(1)));
                 } else {
@@ -283,18 +292,16 @@ fn send(
         let ts = now_ns();
         while k < want as usize {
             let Some(id) = free.alloc() else { break };
+            // Frames are numbered in the order they are taken; what the ring refuses now is
+            // built again under the same numbers.
+            let seq = sent + k as u64;
             let buf = mem.buf_mut(id);
             buf[..template.len()].copy_from_slice(&template);
-            let reflect_me = rtt_every > 0 && seq.is_multiple_of(rtt_every);
-            if reflect_me {
+            if rtt_every > 0 && seq.is_multiple_of(rtt_every) {
                 buf[36..38].copy_from_slice(&DPORT_REFLECT.to_be_bytes());
             }
-            let p = &mut buf[PAYLOAD..PAYLOAD + 18];
-            p[0..2].copy_from_slice(&MAGIC.to_be_bytes());
-            p[2..10].copy_from_slice(&seq.to_be_bytes());
-            p[10..18].copy_from_slice(&ts.to_be_bytes());
+            stamp(buf, seq, ts);
             batch[k] = Desc { id, len: template.len() as u32 };
-            seq += 1;
             k += 1;
         }
         let taken = port.tx(&batch[..k]);
@@ -302,8 +309,6 @@ fn send(
         for d in &batch[taken..k] {
             free.free(d.id);
         }
-        // Frames not taken are retried under the same numbers.
-        seq -= (k - taken) as u64;
         sent += taken as u64;
         if now >= next_report {
             eprintln!(
@@ -453,9 +458,7 @@ mod tests {
             &[0u8; 18],
         );
         assert_eq!(f.len(), 60);
-        f[PAYLOAD..PAYLOAD + 2].copy_from_slice(&MAGIC.to_be_bytes());
-        f[PAYLOAD + 2..PAYLOAD + 10].copy_from_slice(&7u64.to_be_bytes());
-        f[PAYLOAD + 10..PAYLOAD + 18].copy_from_slice(&99u64.to_be_bytes());
+        stamp(&mut f, 7, 99);
         assert_eq!(parse(&f), Some((7, 99, SPORT, DPORT_REFLECT)));
         let before = f.clone();
         reflect(&mut f);

@@ -441,10 +441,7 @@ impl Port for QueueSet {
 
 /// Sleeps until one of the sockets has something to receive, or `timeout_ms` passes.
 pub fn wait_readable(fds: &[RawFd], timeout_ms: u16) {
-    let mut pfds: Vec<libc::pollfd> =
-        fds.iter().map(|fd| libc::pollfd { fd: *fd, events: libc::POLLIN, revents: 0 }).collect();
-    // SAFETY: `pfds` is a valid array of pollfd for the duration of the call.
-    let _ = unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, i32::from(timeout_ms)) };
+    wait_readable_for(fds, std::time::Duration::from_millis(u64::from(timeout_ms)));
 }
 
 /// Sleeps until one of the sockets has something to receive, or `timeout` passes (with
