@@ -1,43 +1,111 @@
 //! Scheduler cost per packet (enqueue + dequeue) with 10, 1,000 and 100,000 backlogged
 //! tenants, each with a guarantee, sharing a 100 Gbit/s link. Time is simulated: the clock
-//! advances to when the link is free, so the measured cost is the scheduler's alone.
+//! advances with the link, so the measured cost is the scheduler's alone.
+//!
+//! Frame sizes are the same at every tenant count, so only the number of tenants varies:
+//! either all 64 bytes (on the wire, with FCS) or the simple IMIX (seven 64-byte, four
+//! 594-byte and one 1518-byte frame in every twelve). Two arrival patterns:
+//! * `qos_burst_*`: what the forwarding core does. Each poll, one VM port's receive batch
+//!   (32 frames of one tenant, tenants in turn) is queued with `enqueue_burst`, and what the
+//!   link can take since the previous poll is released with `dequeue_burst`.
+//! * `qos_interleaved_imix`: the worst case for caches. One frame in (each from the next
+//!   tenant), one frame out, so with many tenants every frame touches two cold tenants.
 #![allow(missing_docs)]
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use std::hint::black_box;
 use xvs_switch::port::Desc;
-use xvs_switch::qos::{Scheduler, TenantQos};
+use xvs_switch::qos::{Scheduler, TenantQos, WIRE_OVERHEAD};
 
-const BATCH: u64 = 1024;
+const LINK: u64 = 100_000_000_000;
+const SIZES: [usize; 3] = [10, 1_000, 100_000];
 
-fn bench(c: &mut Criterion) {
-    let mut g = c.benchmark_group("qos");
-    g.throughput(Throughput::Elements(BATCH));
-    for tenants in [10usize, 1_000, 100_000] {
-        let link = 100_000_000_000u64;
-        let mut s = Scheduler::new(link, tenants, tenants, 8);
-        for t in 0..tenants {
-            let qos = TenantQos { guarantee: link / 2 / tenants as u64, limit: None, weight: 1 + (t as u32 % 4) };
-            s.set_tenant(t as u32, qos, 0);
+/// Frame data lengths (without FCS) of the simple IMIX, in the order frames are generated.
+const IMIX: [u32; 12] = [60, 590, 60, 60, 590, 60, 1514, 60, 590, 60, 60, 590];
+
+/// A scheduler with `tenants` tenants (one flow each), guarantees adding up to half the
+/// link, weights 1..4, and `fill` frames queued per tenant.
+fn scheduler(tenants: usize, queue: usize, fill: u32, sizes: &[u32]) -> Scheduler {
+    let mut s = Scheduler::new(LINK, tenants, tenants, queue);
+    for t in 0..tenants {
+        let qos = TenantQos { guarantee: LINK / 2 / tenants as u64, limit: None, weight: 1 + (t as u32 % 4) };
+        s.set_tenant(t as u32, qos, 0);
+    }
+    for t in 0..tenants {
+        for k in 0..fill {
+            let _ = s.enqueue(t as u32, t as u32, Desc { id: k, len: sizes[k as usize % sizes.len()] }, 0);
         }
+    }
+    s
+}
+
+fn burst(c: &mut Criterion, name: &str, sizes: &[u32]) {
+    const BURST: usize = 32;
+    const POLLS: usize = 32;
+    let mut g = c.benchmark_group(name);
+    g.throughput(Throughput::Elements((BURST * POLLS) as u64));
+    // Every burst carries the same frames: the sizes in turn.
+    let batch: Vec<Desc> = (0..BURST as u32).map(|id| Desc { id, len: sizes[id as usize % sizes.len()] }).collect();
+    let wire: u64 = batch.iter().map(|d| u64::from(d.len) + WIRE_OVERHEAD).sum();
+    // The link time of one burst: the clock moves on by that much each poll.
+    let burst_ns = (wire as f64 * 8e9 / LINK as f64) as u64;
+    for tenants in SIZES {
+        let mut s = scheduler(tenants, 64, 16, sizes);
+        let mut meta = vec![(0u32, 0u32); BURST];
+        let mut out = Vec::with_capacity(4 * BURST);
         let mut now = 0u64;
         let mut next = 0usize;
-        // Frame sizes per tenant, computed once: the loop below should time the scheduler,
-        // not a division of its own.
-        let lens: Vec<u32> = (0..tenants).map(|t| 60 + (t as u32 % 1400)).collect();
-        // fill every queue halfway
-        for t in 0..tenants {
-            for k in 0..4 {
-                let _ = s.enqueue(t as u32, t as u32, Desc { id: k, len: 60 + (t as u32 % 1400) }, now);
-            }
-        }
+        let (mut queued, mut sent, mut refused) = (0u64, 0u64, 0u64);
         g.bench_function(BenchmarkId::new("enqueue_dequeue", tenants), |b| {
             b.iter(|| {
-                for _ in 0..BATCH {
+                for _ in 0..POLLS {
+                    let t = next as u32;
+                    next = if next + 1 == tenants { 0 } else { next + 1 };
+                    meta.fill((t, t));
+                    s.enqueue_burst(&batch, &meta, now, |_, _, _| refused += 1);
+                    queued += BURST as u64;
+                    now = (now + burst_ns).max(s.next_send_at());
+                    out.clear();
+                    sent += s.dequeue_burst(now, &mut out, 4 * BURST) as u64;
+                    black_box(&out);
+                }
+            })
+        });
+        // The figure is only the steady-state cost if what goes in comes out.
+        println!(
+            "{name}/{tenants}: queued {queued}, released {sent} ({:.2} %), refused {refused}, backlog {}",
+            100.0 * sent as f64 / queued.max(1) as f64,
+            s.backlog()
+        );
+    }
+    g.finish();
+}
+
+fn burst_64(c: &mut Criterion) {
+    burst(c, "qos_burst_64", &[60]);
+}
+
+fn burst_imix(c: &mut Criterion) {
+    burst(c, "qos_burst_imix", &IMIX);
+}
+
+fn interleaved(c: &mut Criterion) {
+    const N: u64 = 1024;
+    let mut g = c.benchmark_group("qos_interleaved_imix");
+    g.throughput(Throughput::Elements(N));
+    for tenants in SIZES {
+        let mut s = scheduler(tenants, 8, 4, &IMIX);
+        let mut now = 0u64;
+        let mut next = 0usize;
+        let mut k = 0usize;
+        g.bench_function(BenchmarkId::new("enqueue_dequeue", tenants), |b| {
+            b.iter(|| {
+                for _ in 0..N {
                     // one frame in (round robin over tenants), one frame out
                     let t = next;
                     next = if next + 1 == tenants { 0 } else { next + 1 };
-                    let _ = s.enqueue(t as u32, t as u32, Desc { id: 1, len: lens[t] }, now);
+                    k = if k + 1 == IMIX.len() { 0 } else { k + 1 };
+                    let _ = s.enqueue(t as u32, t as u32, Desc { id: 1, len: IMIX[k] }, now);
                     now = now.max(s.next_send_at());
                     black_box(s.dequeue(now));
                 }
@@ -50,6 +118,6 @@ fn bench(c: &mut Criterion) {
 criterion_group! {
     name = benches;
     config = Criterion::default().sample_size(30).warm_up_time(std::time::Duration::from_secs(1)).measurement_time(std::time::Duration::from_secs(3));
-    targets = bench
+    targets = burst_64, burst_imix, interleaved
 }
 criterion_main!(benches);

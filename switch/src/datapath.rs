@@ -172,30 +172,27 @@ impl<P: Port, M: FrameMem> Core<P, M> {
         let meta = std::mem::take(&mut self.stage.uplink_meta);
         let mut staged = std::mem::take(self.stage.staged(crate::tables::UPLINK));
         self.out.clear();
-        for (d, (tenant, flow)) in staged.drain(..).zip(meta.iter().copied()) {
+        let (out, stats, free) = (&mut self.out, &mut self.pipeline.stats, &mut self.free);
+        // Frames of the host stack carry no tenant (u32::MAX): the scheduler gives them back
+        // and they go out unscheduled; anything else it gives back met a full queue.
+        s.enqueue_burst(&staged, &meta, now, |d, tenant, flow| {
             if tenant == u32::MAX {
-                self.out.push(d); // the host stack's own frames are not scheduled
-                continue;
+                out.push(d);
+                return;
             }
-            if s.enqueue(tenant, flow, d, now).is_err() {
-                let c = &mut self.pipeline.stats;
-                if let Some(p) = c.ports.get_mut(flow as usize) {
-                    p.drops[DropReason::QosQueueFull as usize] += 1;
-                }
-                if let Some(t) = c.tenants.get_mut(tenant as usize) {
-                    t.drops[DropReason::QosQueueFull as usize] += 1;
-                }
-                self.free.free(d.id);
+            if let Some(p) = stats.ports.get_mut(flow as usize) {
+                p.drops[DropReason::QosQueueFull as usize] += 1;
             }
-        }
+            if let Some(t) = stats.tenants.get_mut(tenant as usize) {
+                t.drops[DropReason::QosQueueFull as usize] += 1;
+            }
+            free.free(d.id);
+        });
+        staged.clear();
         self.stage.uplink_meta = meta;
         self.stage.uplink_meta.clear();
-        while self.out.len() < self.out.capacity() {
-            match s.dequeue(now) {
-                Some(d) => self.out.push(d),
-                None => break,
-            }
-        }
+        let room = self.out.capacity().saturating_sub(self.out.len());
+        s.dequeue_burst(now, &mut self.out, room);
         staged.extend_from_slice(&self.out);
         *self.stage.staged(crate::tables::UPLINK) = staged;
     }

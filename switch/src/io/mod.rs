@@ -19,3 +19,38 @@ pub fn cycles() -> u64 {
         0
     }
 }
+
+/// Asks the CPU to bring the cache line holding `r` into its caches, ahead of use: a hint
+/// with no effect on what the program computes (a no-op off x86_64). Batched packet code
+/// calls it a few items ahead so that cache misses overlap instead of stalling one by one.
+#[allow(unsafe_code)]
+#[inline(always)]
+pub fn prefetch<T>(r: &T) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        // SAFETY: PREFETCHT0 is a hint: it never faults, writes nothing and changes no
+        // architectural state; the pointer comes from a live reference in any case.
+        unsafe { core::arch::x86_64::_mm_prefetch::<{ core::arch::x86_64::_MM_HINT_T0 }>((r as *const T).cast::<i8>()) }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = r;
+}
+
+/// Asks the kernel to back the memory `v` holds (its whole capacity) with transparent huge
+/// pages, so that large tables cost a handful of TLB entries instead of thousands. Call it
+/// before filling `v`: the advice applies to pages faulted in afterwards. A hint: where
+/// huge pages are off or the range is too small, nothing changes.
+#[allow(unsafe_code)]
+pub fn advise_huge_pages<T>(v: &Vec<T>) {
+    const HUGE: usize = 2 << 20;
+    let start = v.as_ptr() as usize;
+    let end = start + v.capacity() * std::mem::size_of::<T>();
+    let (from, to) = (start.next_multiple_of(HUGE), end / HUGE * HUGE);
+    if to > from {
+        // SAFETY: the range lies inside the allocation `v` owns; MADV_HUGEPAGE changes how
+        // the kernel backs it, never its contents or its mapping, and fails harmlessly.
+        unsafe {
+            libc::madvise(from as *mut libc::c_void, to - from, libc::MADV_HUGEPAGE);
+        }
+    }
+}
