@@ -229,7 +229,7 @@ const AHEAD_FLOW: usize = 4;
 /// Bytes a tenant sends in one turn of the guaranteed tier (at least one frame).
 const G_TURN_BYTES: u64 = 1538;
 /// Prefetching pays once the tenants' state outgrows the core's own caches.
-const PREFETCH_FROM_BYTES: usize = 1 << 16;
+const PREFETCH_FROM_BYTES: usize = 2 << 20;
 
 /// The egress scheduler of one uplink.
 #[derive(Debug)]
