@@ -1,21 +1,23 @@
 //! Bandwidth guarantees on the uplink: a two-tier, work-conserving egress scheduler with
 //! pacing, O(1) per packet in the number of tenants.
 //!
-//! * Guaranteed tier: every backlogged tenant whose guarantee token bucket (filled at its
-//!   guarantee) holds its head frame is served round-robin before anything else. The
-//!   guarantees add up to at most the link rate (admission control), so this tier always
-//!   keeps up.
+//! * Guaranteed tier: every backlogged tenant whose guarantee is due (its guarantee bucket,
+//!   filled at the guarantee and kept as an earliest departure time, is not in debt) is
+//!   served in turn before anything else. The guarantees add up to at most the link rate
+//!   (admission control), so this tier always keeps up.
 //! * Excess tier: when no tenant is eligible for its guarantee, backlogged tenants share what
 //!   is left by deficit round robin with quanta proportional to their weights.
-//! * Every frame also takes tokens from the tenant's limit bucket (filled at its limit); a
-//!   tenant out of limit tokens waits.
+//! * Every frame also charges the tenant's limit bucket (filled at its limit); a tenant in
+//!   debt there waits.
 //! * Pacing: the scheduler releases frames at the link rate, so queues build here (where they
 //!   are scheduled) and not in the NIC.
 //!
 //! Tenants waiting for tokens sit in a timing wheel (1 µs slots, as in Carousel) instead of
 //! being rescanned, so no operation walks the tenant list. Within a tenant, its flows (VM
 //! ports) are served round-robin. Queues are bounded; a full queue refuses the frame (the
-//! caller drops and counts it). Time is passed in (ns); nothing here reads a clock.
+//! caller drops and counts it). Time is passed in (ns); nothing here reads a clock. The
+//! forwarding core queues and releases a poll's frames at once (`enqueue_burst`,
+//! `dequeue_burst`), which release exactly what frame-by-frame calls would.
 
 use crate::port::Desc;
 use serde::Serialize;
