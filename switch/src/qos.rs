@@ -272,12 +272,6 @@ impl Scheduler {
     /// `queue` frames of room per flow. Everything is allocated here.
     pub fn new(link_bps: u64, tenants: usize, flows: usize, queue: usize) -> Scheduler {
         let cap = queue.max(1).next_power_of_two();
-        // The large tables on huge pages (advised before they are first written).
-        let huge = |n: usize| -> Vec<Tenant> {
-            let v = Vec::with_capacity(n);
-            crate::io::advise_huge_pages(&v);
-            v
-        };
         let idle = Tenant {
             guar: Bucket::new(0, 0, 0, false),
             lim: Bucket::new(0, 0, 0, true),
@@ -296,10 +290,10 @@ impl Scheduler {
             link_npb: 0,
             link_frac: 0,
             link_bpn: 0,
-            tenants: huge(tenants),
+            tenants: crate::io::huge_vec(tenants, idle),
             qos: vec![TenantQos::default(); tenants],
             flows: vec![Flow { head: 0, len: 0, next: NIL, tenant: NIL }; flows],
-            buf: Vec::with_capacity(flows * cap),
+            buf: crate::io::huge_vec(flows * cap, Desc::default()),
             shift: cap.trailing_zeros(),
             g_ring: Ring::new(tenants),
             g_turn: 0,
@@ -315,9 +309,6 @@ impl Scheduler {
                 > PREFETCH_FROM_BYTES,
             one: Vec::with_capacity(1),
         };
-        crate::io::advise_huge_pages(&s.buf);
-        s.buf.resize(flows * cap, Desc::default());
-        s.tenants.resize(tenants, idle);
         s.set_link(link_bps);
         for t in 0..tenants {
             s.set_tenant(t as u32, TenantQos::default(), 0);
@@ -333,12 +324,12 @@ impl Scheduler {
     /// Takes every queued frame out, ignoring rates (when the scheduler is replaced); the
     /// scheduler is left empty.
     pub fn drain(&mut self, out: &mut Vec<Desc>) {
-        let mask = self.mask();
-        for (f, fl) in self.flows.iter_mut().enumerate() {
+        for f in 0..self.flows.len() {
+            let fl = self.flows[f];
             for k in 0..fl.len {
-                out.push(self.buf[(f << self.shift) | ((fl.head + k) & mask) as usize]);
+                out.push(self.buf[self.slot(f as u32, fl.head + k)]);
             }
-            *fl = Flow { head: 0, len: 0, next: NIL, tenant: NIL };
+            self.flows[f] = Flow { head: 0, len: 0, next: NIL, tenant: NIL };
         }
         for t in &mut self.tenants {
             (t.flow_head, t.flow_tail, t.backlog, t.deficit) = (NIL, NIL, 0, 0);
@@ -398,6 +389,12 @@ impl Scheduler {
         (1u32 << self.shift) - 1
     }
 
+    /// Index in `buf` of place `i` (taken modulo the queue size) of flow `flow`'s queue.
+    #[inline(always)]
+    fn slot(&self, flow: u32, i: u32) -> usize {
+        ((flow as usize) << self.shift) | (i & self.mask()) as usize
+    }
+
     /// Queues frame `d` of `flow` (a VM port) of `tenant`; gives it back when the queue is
     /// full or the tenant or flow is out of range. While a flow holds frames they are
     /// accounted to the tenant it started filling for.
@@ -453,9 +450,9 @@ impl Scheduler {
         let fl = self.flows[fi];
         let owner = if fl.len > 0 { fl.tenant } else { tenant };
         let took = descs.len().min((mask + 1 - fl.len) as usize);
-        let base = fi << self.shift;
         for (k, d) in descs[..took].iter().enumerate() {
-            self.buf[base | ((fl.head + fl.len + k as u32) & mask) as usize] = *d;
+            let i = self.slot(flow, fl.head + fl.len + k as u32);
+            self.buf[i] = *d;
         }
         let t = &mut self.tenants[owner as usize];
         t.stats.drops += (descs.len() - took) as u64;
@@ -486,9 +483,8 @@ impl Scheduler {
     /// Prefetches a tenant's state and a flow's.
     #[inline]
     fn prefetch_state(&self, tenant: u32, flow: u32) {
-        if let Some(t) = self.tenants.get(tenant as usize) {
-            crate::io::prefetch(&t.guar);
-            crate::io::prefetch(&t.stats);
+        if (tenant as usize) < self.tenants.len() {
+            self.prefetch_tenant(tenant);
         }
         if let Some(f) = self.flows.get(flow as usize) {
             crate::io::prefetch(f);
@@ -499,8 +495,7 @@ impl Scheduler {
     #[inline]
     fn prefetch_tail(&self, flow: u32) {
         if let Some(f) = self.flows.get(flow as usize) {
-            let i = ((flow as usize) << self.shift) | ((f.head + f.len) & self.mask()) as usize;
-            crate::io::prefetch(&self.buf[i]);
+            crate::io::prefetch(&self.buf[self.slot(flow, f.head + f.len)]);
         }
     }
 
@@ -531,7 +526,7 @@ impl Scheduler {
         if let Some(t) = ring.peek(AHEAD_FLOW as u32) {
             let f = self.tenants[t as usize].flow_head;
             if let Some(fl) = self.flows.get(f as usize) {
-                crate::io::prefetch(&self.buf[((f as usize) << self.shift) | fl.head as usize]);
+                crate::io::prefetch(&self.buf[self.slot(f, fl.head)]);
             }
         }
     }
@@ -541,7 +536,7 @@ impl Scheduler {
     fn head_len(&self, tenant: u32) -> Option<u64> {
         let f = self.tenants[tenant as usize].flow_head;
         let fl = self.flows.get(f as usize)?;
-        Some(u64::from(self.buf[((f as usize) << self.shift) | fl.head as usize].len) + WIRE_OVERHEAD)
+        Some(u64::from(self.buf[self.slot(f, fl.head)].len) + WIRE_OVERHEAD)
     }
 
     /// Puts a backlogged tenant in the rings it is eligible for, and in the wheel if it
@@ -736,11 +731,12 @@ impl Scheduler {
     #[inline(always)]
     fn send(&mut self, t: u32, len: u64, now: u64, out: &mut Vec<Desc>) {
         let mask = self.mask();
+        let f = self.tenants[t as usize].flow_head;
+        let Some(head) = self.flows.get(f as usize).map(|fl| fl.head) else { return };
+        out.push(self.buf[self.slot(f, head)]);
         let tn = &mut self.tenants[t as usize];
-        let f = tn.flow_head;
-        let Some(fl) = self.flows.get_mut(f as usize) else { return };
-        out.push(self.buf[((f as usize) << self.shift) | fl.head as usize]);
-        fl.head = (fl.head + 1) & mask;
+        let fl = &mut self.flows[f as usize];
+        fl.head = (head + 1) & mask;
         fl.len -= 1;
         if tn.flow_head != tn.flow_tail {
             // more than one flow: this one goes to the back if it has more

@@ -152,15 +152,28 @@ fn profile(runs: &[Value], kind: &str, sw: &str) -> Vec<String> {
     rows
 }
 
+/// A white 800-pixel-wide SVG canvas at `path`.
+fn canvas(path: &Path, height: u32) -> Result<DrawingArea<SVGBackend<'_>, plotters::coord::Shift>> {
+    let root = SVGBackend::new(path, (800, height)).into_drawing_area();
+    root.fill(&WHITE)?;
+    Ok(root)
+}
+
+/// The frame every chart shares: title, margin and label areas (`y_labels` wide).
+fn frame<'a, 'b>(
+    root: &'a DrawingArea<SVGBackend<'b>, plotters::coord::Shift>,
+    title: &str,
+    y_labels: u32,
+) -> ChartBuilder<'a, 'b, SVGBackend<'b>> {
+    let mut b = ChartBuilder::on(root);
+    b.caption(title, ("sans-serif", 20)).margin(15).x_label_area_size(45).y_label_area_size(y_labels);
+    b
+}
+
 fn plot_sweep(path: &Path, sums: &[(&str, &Summary)], ceiling: Option<f64>) -> Result<()> {
     let max = sums.iter().flat_map(|(_, s)| s.sweep.iter().map(|p| p.0.max(p.1))).fold(1.0f64, f64::max) * 1.1 / 1000.0;
-    let root = SVGBackend::new(path, (800, 500)).into_drawing_area();
-    root.fill(&WHITE)?;
-    let mut c = ChartBuilder::on(&root)
-        .caption("64-byte frames VM to VM across VXLAN: delivered vs offered", ("sans-serif", 20))
-        .margin(15)
-        .x_label_area_size(45)
-        .y_label_area_size(60)
+    let root = canvas(path, 500)?;
+    let mut c = frame(&root, "64-byte frames VM to VM across VXLAN: delivered vs offered", 60)
         .build_cartesian_2d(0.0..max, 0.0..max)?;
     c.configure_mesh().x_desc("offered, kpps").y_desc("delivered, kpps").draw()?;
     c.draw_series(LineSeries::new([(0.0, 0.0), (max, max)], BLACK.mix(0.3)))?
@@ -189,14 +202,8 @@ fn plot_sweep(path: &Path, sums: &[(&str, &Summary)], ceiling: Option<f64>) -> R
 
 fn plot_bars(path: &Path, title: &str, unit: &str, bars: &[(String, f64)]) -> Result<()> {
     let max = bars.iter().map(|b| b.1).fold(1e-9, f64::max) * 1.15;
-    let root = SVGBackend::new(path, (800, 450)).into_drawing_area();
-    root.fill(&WHITE)?;
-    let mut c = ChartBuilder::on(&root)
-        .caption(title, ("sans-serif", 20))
-        .margin(15)
-        .x_label_area_size(45)
-        .y_label_area_size(70)
-        .build_cartesian_2d(0.0..bars.len() as f64, 0.0..max)?;
+    let root = canvas(path, 450)?;
+    let mut c = frame(&root, title, 70).build_cartesian_2d(0.0..bars.len() as f64, 0.0..max)?;
     let names: Vec<String> = bars.iter().map(|b| b.0.clone()).collect();
     c.configure_mesh()
         .disable_x_mesh()
@@ -222,14 +229,8 @@ fn plot_bars(path: &Path, title: &str, unit: &str, bars: &[(String, f64)]) -> Re
 
 fn plot_cdf(path: &Path, title: &str, curves: &[(String, Vec<(f64, f64)>)]) -> Result<()> {
     let max_us = curves.iter().flat_map(|c| c.1.iter().map(|p| p.1)).fold(1.0f64, f64::max);
-    let root = SVGBackend::new(path, (800, 500)).into_drawing_area();
-    root.fill(&WHITE)?;
-    let mut c = ChartBuilder::on(&root)
-        .caption(title, ("sans-serif", 20))
-        .margin(15)
-        .x_label_area_size(45)
-        .y_label_area_size(60)
-        .build_cartesian_2d((1.0..max_us * 1.5).log_scale(), 0.0..100.0)?;
+    let root = canvas(path, 500)?;
+    let mut c = frame(&root, title, 60).build_cartesian_2d((1.0..max_us * 1.5).log_scale(), 0.0..100.0)?;
     c.configure_mesh().x_desc("round-trip time, µs (log)").y_desc("percent of frames").draw()?;
     for (i, (name, pts)) in curves.iter().enumerate() {
         let col = Palette99::pick(i).to_rgba();

@@ -36,13 +36,14 @@ pub fn prefetch<T>(r: &T) {
     let _ = r;
 }
 
-/// Asks the kernel to back the memory `v` holds (its whole capacity) with transparent huge
-/// pages, so that large tables cost a handful of TLB entries instead of thousands. Call it
-/// before filling `v`: the advice applies to pages faulted in afterwards. A hint: where
-/// huge pages are off or the range is too small, nothing changes.
+/// A vector of `n` copies of `value` on transparent huge pages where the kernel has them, so
+/// that a large table costs a handful of TLB entries instead of thousands: the memory is
+/// advised before it is first written (the advice applies to pages faulted in afterwards).
+/// Where huge pages are off or the table is too small, it is an ordinary vector.
 #[allow(unsafe_code)]
-pub fn advise_huge_pages<T>(v: &Vec<T>) {
+pub fn huge_vec<T: Clone>(n: usize, value: T) -> Vec<T> {
     const HUGE: usize = 2 << 20;
+    let mut v = Vec::with_capacity(n);
     let start = v.as_ptr() as usize;
     let end = start + v.capacity() * std::mem::size_of::<T>();
     let (from, to) = (start.next_multiple_of(HUGE), end / HUGE * HUGE);
@@ -53,4 +54,6 @@ pub fn advise_huge_pages<T>(v: &Vec<T>) {
             libc::madvise(from as *mut libc::c_void, to - from, libc::MADV_HUGEPAGE);
         }
     }
+    v.resize(n, value);
+    v
 }
