@@ -2,6 +2,12 @@
 //! tenants, each with a guarantee, sharing a 100 Gbit/s link. Time is simulated: the clock
 //! advances with the link, so the measured cost is the scheduler's alone.
 //!
+//! The scheduler has room for 32,768 frames, the frame memory of one of xvsd's forwarding
+//! cores (all it can ever queue); each tenant starts with up to 16 frames queued, as far as
+//! half of that room goes (none at 100,000 tenants). `qos_deep_64` gives the scheduler room
+//! for every tenant to keep 16 frames queued (1.6 million frames at 100,000 tenants), more
+//! than a core can hold, to show what a backlog far beyond the caches costs.
+//!
 //! Frame sizes are the same at every tenant count, so only the number of tenants varies:
 //! either all 64 bytes (on the wire, with FCS) or the simple IMIX (seven 64-byte, four
 //! 594-byte and one 1518-byte frame in every twelve). Two arrival patterns:
@@ -19,14 +25,18 @@ use xvs_switch::qos::{Scheduler, TenantQos, WIRE_OVERHEAD};
 
 const LINK: u64 = 100_000_000_000;
 const SIZES: [usize; 3] = [10, 1_000, 100_000];
+/// Frames one of xvsd's forwarding cores has (its UMEM), so all it can queue.
+const CORE_FRAMES: usize = xvs_switch::io::afxdp::DEFAULT_UMEM_FRAMES as usize;
 
 /// Frame data lengths (without FCS) of the simple IMIX, in the order frames are generated.
 const IMIX: [u32; 12] = [60, 590, 60, 60, 590, 60, 1514, 60, 590, 60, 60, 590];
 
-/// A scheduler with `tenants` tenants (one flow each), guarantees adding up to half the
-/// link, weights 1..4, and `fill` frames queued per tenant.
-fn scheduler(tenants: usize, queue: usize, fill: u32, sizes: &[u32]) -> Scheduler {
-    let mut s = Scheduler::new(LINK, tenants, tenants, queue);
+/// A scheduler with `tenants` tenants (one flow each) and room for `frames` frames,
+/// guarantees adding up to half the link, weights 1..4, and up to `fill` frames queued per
+/// tenant (as many as half the room allows).
+fn scheduler(tenants: usize, queue: usize, frames: usize, fill: u32, sizes: &[u32]) -> Scheduler {
+    let mut s = Scheduler::new(LINK, tenants, tenants, queue, frames);
+    let fill = fill.min((frames / 2 / tenants) as u32);
     for t in 0..tenants {
         let qos = TenantQos { guarantee: LINK / 2 / tenants as u64, limit: None, weight: 1 + (t as u32 % 4) };
         s.set_tenant(t as u32, qos, 0);
@@ -39,7 +49,7 @@ fn scheduler(tenants: usize, queue: usize, fill: u32, sizes: &[u32]) -> Schedule
     s
 }
 
-fn burst(c: &mut Criterion, name: &str, sizes: &[u32]) {
+fn burst(c: &mut Criterion, name: &str, sizes: &[u32], frames: impl Fn(usize) -> usize) {
     const BURST: usize = 32;
     const POLLS: usize = 32;
     let mut g = c.benchmark_group(name);
@@ -50,7 +60,7 @@ fn burst(c: &mut Criterion, name: &str, sizes: &[u32]) {
     // The link time of one burst: the clock moves on by that much each poll.
     let burst_ns = (wire as f64 * 8e9 / LINK as f64) as u64;
     for tenants in SIZES {
-        let mut s = scheduler(tenants, 64, 16, sizes);
+        let mut s = scheduler(tenants, 64, frames(tenants), 16, sizes);
         let mut meta = vec![(0u32, 0u32); BURST];
         let mut out = Vec::with_capacity(4 * BURST);
         let mut now = 0u64;
@@ -82,11 +92,15 @@ fn burst(c: &mut Criterion, name: &str, sizes: &[u32]) {
 }
 
 fn burst_64(c: &mut Criterion) {
-    burst(c, "qos_burst_64", &[60]);
+    burst(c, "qos_burst_64", &[60], |_| CORE_FRAMES);
 }
 
 fn burst_imix(c: &mut Criterion) {
-    burst(c, "qos_burst_imix", &IMIX);
+    burst(c, "qos_burst_imix", &IMIX, |_| CORE_FRAMES);
+}
+
+fn deep_64(c: &mut Criterion) {
+    burst(c, "qos_deep_64", &[60], |tenants| 2 * 16 * tenants + 4096);
 }
 
 fn interleaved(c: &mut Criterion) {
@@ -94,7 +108,7 @@ fn interleaved(c: &mut Criterion) {
     let mut g = c.benchmark_group("qos_interleaved_imix");
     g.throughput(Throughput::Elements(N));
     for tenants in SIZES {
-        let mut s = scheduler(tenants, 8, 4, &IMIX);
+        let mut s = scheduler(tenants, 8, CORE_FRAMES, 4, &IMIX);
         let mut now = 0u64;
         let mut next = 0usize;
         let mut k = 0usize;
@@ -118,6 +132,6 @@ fn interleaved(c: &mut Criterion) {
 criterion_group! {
     name = benches;
     config = Criterion::default().sample_size(30).warm_up_time(std::time::Duration::from_secs(1)).measurement_time(std::time::Duration::from_secs(3));
-    targets = burst_64, burst_imix, interleaved
+    targets = burst_64, burst_imix, interleaved, deep_64
 }
 criterion_main!(benches);

@@ -63,9 +63,12 @@ fn no_cycles() -> u64 {
 /// Frames of room per flow (VM port) in the uplink scheduler.
 pub const QOS_QUEUE: usize = 512;
 
-fn new_scheduler(t: &Tables, now: u64) -> Option<Scheduler> {
+/// The uplink scheduler for `t`, if the uplink has a rate. It has room for every frame of the
+/// core's frame memory (`frames`), which is all a core can ever queue.
+fn new_scheduler(t: &Tables, frames: u32, now: u64) -> Option<Scheduler> {
     let rate = t.underlay.rate?;
-    let mut s = Scheduler::new(rate, t.tenants.len().max(16) * 2, t.ports.len().max(16) * 2, QOS_QUEUE);
+    let (tenants, ports) = (t.tenants.len().max(16) * 2, t.ports.len().max(16) * 2);
+    let mut s = Scheduler::new(rate, tenants, ports, QOS_QUEUE, frames as usize);
     for (id, tn) in t.live_tenants() {
         s.set_tenant(u32::from(id.0), tn.qos, now);
     }
@@ -77,7 +80,7 @@ impl<P: Port, M: FrameMem> Core<P, M> {
     pub fn new(tables: Arc<Tables>, mem: M) -> Core<P, M> {
         let n = tables.ports.len();
         let free = FreeList::new(mem.frames());
-        let qos = new_scheduler(&tables, 0);
+        let qos = new_scheduler(&tables, mem.frames(), 0);
         Core {
             qos,
             out: Vec::with_capacity(UPLINK_STAGE),
@@ -132,7 +135,7 @@ impl<P: Port, M: FrameMem> Core<P, M> {
                         self.stage.push(crate::tables::UPLINK, d);
                     }
                 }
-                self.qos = new_scheduler(&tables, now);
+                self.qos = new_scheduler(&tables, self.mem.frames(), now);
             }
         }
         self.pipeline.set_tables(tables, change);

@@ -5,8 +5,14 @@
 //!   filled at the guarantee and kept as an earliest departure time, is not in debt) is
 //!   served in turn before anything else. The guarantees add up to at most the link rate
 //!   (admission control), so this tier always keeps up.
+//!   A tenant whose guarantee is spent waits a little past its due time (the time two full
+//!   frames take at its guarantee, at most 250 µs), so a turn sends a few small frames
+//!   instead of one: no credit is lost, the bucket keeps it.
 //! * Excess tier: when no tenant is eligible for its guarantee, backlogged tenants share what
-//!   is left by deficit round robin with quanta proportional to their weights.
+//!   is left by deficit round robin with quanta proportional to their weights. The quantum
+//!   is half a full frame per unit of weight: a round over many tenants stays short enough
+//!   that each gets its share in every 10 ms window, and a large frame takes at most two
+//!   turns.
 //! * Every frame also charges the tenant's limit bucket (filled at its limit); a tenant in
 //!   debt there waits.
 //! * Pacing: the scheduler releases frames at the link rate, so queues build here (where they
@@ -15,7 +21,9 @@
 //! Tenants waiting for tokens sit in a timing wheel (1 µs slots, as in Carousel) instead of
 //! being rescanned, so no operation walks the tenant list. Within a tenant, its flows (VM
 //! ports) are served round-robin. Queues are bounded; a full queue refuses the frame (the
-//! caller drops and counts it). Time is passed in (ns); nothing here reads a clock. The
+//! caller drops and counts it), and so is a frame beyond the scheduler's total room, which
+//! the forwarding core sets to its frame memory, all it can ever queue. Time is passed in
+//! (ns); nothing here reads a clock. The
 //! forwarding core queues and releases a poll's frames at once (`enqueue_burst`,
 //! `dequeue_burst`), which release exactly what frame-by-frame calls would.
 
@@ -214,22 +222,31 @@ struct Tenant {
     lim: Bucket,
     deficit: i32,
     quantum: u32,
+    /// How long the tenant waits past its guarantee's due time (ns), so that its next turn
+    /// in the guaranteed tier sends more than one small frame.
+    g_wait: u32,
     /// Flows of this tenant with frames, round-robin (`NIL`: none).
     flow_head: u32,
     flow_tail: u32,
-    backlog: u32,
     in_g: bool,
     in_x: bool,
     in_wheel: bool,
     stats: TenantQosStats,
 }
 
+const _: () = assert!(std::mem::size_of::<Tenant>() == 128, "a tenant's state is two cache lines");
+
 /// How many places ahead (in a ring, a burst or the wheel's due list) a tenant's state is
 /// prefetched, and how many its flow's head frame.
 const AHEAD_TENANT: usize = 8;
 const AHEAD_FLOW: usize = 4;
-/// Bytes a tenant sends in one turn of the guaranteed tier (at least one frame).
-const G_TURN_BYTES: u64 = 1538;
+/// Bytes a tenant sends in one turn of the guaranteed tier (at least one frame): two full
+/// frames.
+const G_TURN_BYTES: u64 = 3076;
+/// The longest a tenant waits past its guarantee's due time (2.5% of a 10 ms window).
+const G_WAIT_NS: u64 = 250_000;
+/// Deficit round robin quantum per unit of weight: half a full frame.
+const X_QUANTUM: u32 = 769;
 /// Prefetching pays once the tenants' state outgrows the core's own caches.
 const PREFETCH_FROM_BYTES: usize = 2 << 20;
 
@@ -261,6 +278,8 @@ pub struct Scheduler {
     wheel_count: u32,
     link_free_at: u64,
     backlog: u64,
+    /// Frames it may hold in all.
+    frames: u64,
     due: Vec<u32>,
     prefetch: bool,
     /// Room for one frame, for `dequeue`.
@@ -268,18 +287,19 @@ pub struct Scheduler {
 }
 
 impl Scheduler {
-    /// A scheduler for a link of `link_bps` with `tenants` tenants, `flows` flows and
-    /// `queue` frames of room per flow. Everything is allocated here.
-    pub fn new(link_bps: u64, tenants: usize, flows: usize, queue: usize) -> Scheduler {
+    /// A scheduler for a link of `link_bps` with `tenants` tenants, `flows` flows, `queue`
+    /// frames of room per flow and `frames` in all (the forwarding core passes the size of
+    /// its frame memory). Everything is allocated here.
+    pub fn new(link_bps: u64, tenants: usize, flows: usize, queue: usize, frames: usize) -> Scheduler {
         let cap = queue.max(1).next_power_of_two();
         let idle = Tenant {
             guar: Bucket::new(0, 0, 0, false),
             lim: Bucket::new(0, 0, 0, true),
             deficit: 0,
             quantum: 0,
+            g_wait: 0,
             flow_head: NIL,
             flow_tail: NIL,
-            backlog: 0,
             in_g: false,
             in_x: false,
             in_wheel: false,
@@ -304,6 +324,7 @@ impl Scheduler {
             wheel_count: 0,
             link_free_at: 0,
             backlog: 0,
+            frames: frames as u64,
             due: Vec::with_capacity(tenants),
             prefetch: tenants * std::mem::size_of::<Tenant>() + flows * cap * std::mem::size_of::<Desc>()
                 > PREFETCH_FROM_BYTES,
@@ -332,7 +353,7 @@ impl Scheduler {
             self.flows[f] = Flow { head: 0, len: 0, next: NIL, tenant: NIL };
         }
         for t in &mut self.tenants {
-            (t.flow_head, t.flow_tail, t.backlog, t.deficit) = (NIL, NIL, 0, 0);
+            (t.flow_head, t.flow_tail, t.stats.backlog, t.deficit) = (NIL, NIL, 0, 0);
             (t.in_g, t.in_x, t.in_wheel) = (false, false, false);
         }
         self.g_ring.clear();
@@ -366,9 +387,9 @@ impl Scheduler {
         let limit = qos.limit.unwrap_or(0);
         t.guar = Bucket::new(qos.guarantee, burst(qos.guarantee, 200), now, false);
         t.lim = Bucket::new(limit, burst(limit, 20_000), now, true);
-        // A full frame per unit of weight, so every turn sends. Weights are at most 1,000
-        // (configuration).
-        t.quantum = 1538 * qos.weight.clamp(1, 1_000_000);
+        // Weights are at most 1,000 (configuration).
+        t.quantum = X_QUANTUM * qos.weight.clamp(1, 1_000_000);
+        t.g_wait = ((cost_fp(G_TURN_BYTES, t.guar.ns_per_byte, 0) >> FP) as u64).min(G_WAIT_NS) as u32;
         t.deficit = 0;
         self.qos[tenant as usize] = qos;
     }
@@ -376,7 +397,7 @@ impl Scheduler {
     /// A tenant's settings and counters.
     pub fn tenant(&self, tenant: u32) -> Option<(TenantQos, TenantQosStats)> {
         let t = self.tenants.get(tenant as usize)?;
-        Some((self.qos[tenant as usize], TenantQosStats { backlog: t.backlog, ..t.stats }))
+        Some((self.qos[tenant as usize], t.stats))
     }
 
     /// Frames queued in all.
@@ -395,8 +416,9 @@ impl Scheduler {
         ((flow as usize) << self.shift) | (i & self.mask()) as usize
     }
 
-    /// Queues frame `d` of `flow` (a VM port) of `tenant`; gives it back when the queue is
-    /// full or the tenant or flow is out of range. While a flow holds frames they are
+    /// Queues frame `d` of `flow` (a VM port) of `tenant`; gives it back when the flow's
+    /// queue is full, the scheduler holds `frames` frames, or the tenant or flow is out of
+    /// range. While a flow holds frames they are
     /// accounted to the tenant it started filling for.
     #[inline]
     pub fn enqueue(&mut self, tenant: u32, flow: u32, d: Desc, now: u64) -> Result<(), Desc> {
@@ -439,7 +461,7 @@ impl Scheduler {
     }
 
     /// Queues `descs` of one flow; returns how many it took (the first ones). Frames refused
-    /// for a full queue count as the tenant's drops.
+    /// for want of room count as the tenant's drops.
     #[inline]
     fn queue(&mut self, tenant: u32, flow: u32, descs: &[Desc], now: u64) -> usize {
         let (ti, fi) = (tenant as usize, flow as usize);
@@ -449,7 +471,8 @@ impl Scheduler {
         let mask = self.mask();
         let fl = self.flows[fi];
         let owner = if fl.len > 0 { fl.tenant } else { tenant };
-        let took = descs.len().min((mask + 1 - fl.len) as usize);
+        let room = (mask + 1 - fl.len).min(self.frames.saturating_sub(self.backlog).min(u64::from(NIL)) as u32);
+        let took = descs.len().min(room as usize);
         for (k, d) in descs[..took].iter().enumerate() {
             let i = self.slot(flow, fl.head + fl.len + k as u32);
             self.buf[i] = *d;
@@ -461,8 +484,8 @@ impl Scheduler {
         }
         self.flows[fi].len = fl.len + took as u32;
         self.backlog += took as u64;
-        let was_idle = t.backlog == 0;
-        t.backlog += took as u32;
+        let was_idle = t.stats.backlog == 0;
+        t.stats.backlog += took as u32;
         if fl.len == 0 {
             // the flow joins its tenant's round-robin
             self.flows[fi].tenant = owner;
@@ -544,7 +567,7 @@ impl Scheduler {
     #[inline]
     fn schedule(&mut self, tenant: u32, now: u64) {
         let t = &mut self.tenants[tenant as usize];
-        if t.backlog == 0 {
+        if t.stats.backlog == 0 {
             return;
         }
         let lim_ok = t.lim.ready(now);
@@ -562,7 +585,7 @@ impl Scheduler {
         let wake = if !lim_ok {
             t.lim.t
         } else if guar && !guar_ok {
-            t.guar.t
+            t.guar.t + u64::from(t.g_wait)
         } else {
             return;
         };
@@ -751,7 +774,7 @@ impl Scheduler {
             tn.flow_tail = NIL;
         }
         tn.lim.take(len, now);
-        tn.backlog -= 1;
+        tn.stats.backlog -= 1;
         tn.stats.packets += 1;
         tn.stats.bytes += len;
         self.backlog -= 1;
@@ -770,7 +793,7 @@ mod tests {
 
     #[test]
     fn paces_to_the_link_rate() {
-        let mut s = Scheduler::new(G, 1, 1, 64);
+        let mut s = Scheduler::new(G, 1, 1, 64, 64);
         for i in 0..10 {
             s.enqueue(0, 0, frame(i, 1226), 0).unwrap(); // 1250 wire bytes = 10 µs at 1G
         }
@@ -782,7 +805,7 @@ mod tests {
 
     #[test]
     fn full_queue_refuses_and_counts() {
-        let mut s = Scheduler::new(G, 1, 1, 2);
+        let mut s = Scheduler::new(G, 1, 1, 2, 2);
         assert!(s.enqueue(0, 0, frame(1, 60), 0).is_ok());
         assert!(s.enqueue(0, 0, frame(2, 60), 0).is_ok());
         assert_eq!(s.enqueue(0, 0, frame(3, 60), 0), Err(frame(3, 60)));
@@ -790,8 +813,25 @@ mod tests {
     }
 
     #[test]
+    fn total_room_refuses_and_counts() {
+        // room for 3 frames in all, across two flows of 4
+        let mut s = Scheduler::new(G, 2, 2, 4, 3);
+        let mut refused = Vec::new();
+        let descs: Vec<Desc> = (1..=4).map(|i| frame(i, 60)).collect();
+        s.enqueue_burst(&descs[..2], &[(0, 0); 2], 0, |d, t, f| refused.push((d.id, t, f)));
+        s.enqueue_burst(&descs[2..], &[(1, 1); 2], 0, |d, t, f| refused.push((d.id, t, f)));
+        assert_eq!(refused, vec![(4, 1, 1)]);
+        assert_eq!((s.backlog(), s.tenant(1).unwrap().1.drops), (3, 1));
+        // once a frame has left, there is room again
+        let mut out = Vec::new();
+        s.dequeue_burst(1_000, &mut out, 1);
+        assert_eq!(out.len(), 1);
+        assert!(s.enqueue(1, 1, frame(5, 60), 1_000).is_ok());
+    }
+
+    #[test]
     fn limit_caps_a_lone_tenant() {
-        let mut s = Scheduler::new(10 * G, 1, 1, 4096);
+        let mut s = Scheduler::new(10 * G, 1, 1, 4096, 4096);
         s.set_tenant(0, TenantQos { guarantee: 0, limit: Some(G), weight: 1 }, 0);
         let mut now = 0;
         let mut id = 0;
@@ -819,7 +859,7 @@ mod tests {
             TenantQos { guarantee: 100_000_000, limit: Some(400_000_000), weight: 2 },
         ];
         let mk = || {
-            let mut s = Scheduler::new(G, 3, 6, 64);
+            let mut s = Scheduler::new(G, 3, 6, 64, 6 * 64);
             for (t, q) in qos.iter().enumerate() {
                 s.set_tenant(t as u32, *q, 0);
             }
@@ -860,7 +900,7 @@ mod tests {
 
     #[test]
     fn a_flow_keeps_its_tenant_while_it_holds_frames() {
-        let mut s = Scheduler::new(G, 2, 1, 8);
+        let mut s = Scheduler::new(G, 2, 1, 8, 8);
         s.enqueue(0, 0, frame(1, 100), 0).unwrap();
         // the port moved to tenant 1 while a frame of tenant 0 waits: accounted to tenant 0
         s.enqueue(1, 0, frame(2, 100), 0).unwrap();

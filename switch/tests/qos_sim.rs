@@ -59,7 +59,7 @@ fn guarantees_limits_utilisation_and_work_conservation() {
         TenantQos { guarantee: GBIT, limit: Some(1_200_000_000), weight: 2 },
         TenantQos { guarantee: 0, limit: None, weight: 1 }, // best effort
     ];
-    let mut s = Scheduler::new(link, 4, 8, 64);
+    let mut s = Scheduler::new(link, 4, 8, 64, 8 * 64);
     for (i, q) in qos.iter().enumerate() {
         s.set_tenant(i as u32, *q, 0);
     }
@@ -104,11 +104,11 @@ fn guarantees_limits_utilisation_and_work_conservation() {
     assert!(rate(got[3], 10 * MS) > 3e9, "best effort takes what is left: {}", rate(got[3], 10 * MS));
 }
 
-#[test]
-fn a_thousand_tenants_each_get_their_guarantee() {
+/// 1,000 tenants with 4 Mbit/s guarantees, kept backlogged with frame sizes from `seed`.
+fn a_thousand_tenants(seed: u64) {
     let link = 10 * GBIT;
     let n = 1000;
-    let mut s = Scheduler::new(link, n, 2 * n, 16);
+    let mut s = Scheduler::new(link, n, 2 * n, 16, 2 * n * 16);
     for t in 0..n {
         // 4 Mbit/s each (4 Gbit/s guaranteed in all), weights 1..4. At 10 Gbit/s a tenant's
         // fair share is 10 Mbit/s, about 12.5 kB per 10 ms window: eight or so frames, so a
@@ -116,31 +116,44 @@ fn a_thousand_tenants_each_get_their_guarantee() {
         // for that in the excess.
         s.set_tenant(t as u32, TenantQos { guarantee: 4_000_000, limit: None, weight: 1 + (t as u32 % 4) }, 0);
     }
-    let mut sizes = Sizes(11);
+    let mut sizes = Sizes(seed);
     let mut id = 0;
     let all = vec![true; n];
     run(&mut s, &mut sizes, &all, 0, 10 * MS, &mut id);
     for w in 1..=3u64 {
         let got = run(&mut s, &mut sizes, &all, w * 10 * MS, (w + 1) * 10 * MS, &mut id);
         let total: u64 = got.iter().sum();
-        assert!(rate(total, 10 * MS) >= 0.99 * link as f64, "link {:.3} Gbit/s", rate(total, 10 * MS) / 1e9);
+        assert!(
+            rate(total, 10 * MS) >= 0.99 * link as f64,
+            "seed {seed}: link {:.3} Gbit/s",
+            rate(total, 10 * MS) / 1e9
+        );
         for (t, b) in got.iter().enumerate() {
             let r = rate(*b, 10 * MS);
-            assert!(r >= 0.99 * 4e6, "window {w}: tenant {t} got {r:.0} bit/s");
+            assert!(r >= 0.99 * 4e6, "seed {seed}, window {w}: tenant {t} got {r:.0} bit/s");
         }
         // excess is shared by weight: weight-4 tenants get more than weight-1 tenants
         let w1: u64 = got.iter().step_by(4).sum();
         let w4: u64 = got.iter().skip(3).step_by(4).sum();
-        assert!(w4 > w1, "weights matter: {w4} vs {w1}");
+        assert!(w4 > w1, "seed {seed}: weights matter: {w4} vs {w1}");
     }
     let _ = WIRE_OVERHEAD;
+}
+
+/// Several sequences of frame sizes: with one, a tenant's share of a window depends on
+/// where its large frames fall, and a scheduler can pass by luck.
+#[test]
+fn a_thousand_tenants_each_get_their_guarantee() {
+    for seed in [11, 1, 2, 3, 4, 5] {
+        a_thousand_tenants(seed);
+    }
 }
 
 #[test]
 fn jittery_polling_still_fills_the_link() {
     // the forwarding core calls the scheduler every 100 µs, not at each frame's time
     let link = 400_000_000;
-    let mut s = Scheduler::new(link, 2, 4, 512);
+    let mut s = Scheduler::new(link, 2, 4, 512, 4 * 512);
     s.set_tenant(0, TenantQos { guarantee: 280_000_000, limit: None, weight: 1 }, 0);
     s.set_tenant(1, TenantQos { guarantee: 120_000_000, limit: None, weight: 1 }, 0);
     let mut sizes = Sizes(3);
