@@ -23,9 +23,9 @@
 //! ports) are served round-robin. Queues are bounded; a full queue refuses the frame (the
 //! caller drops and counts it), and so is a frame beyond the scheduler's total room, which
 //! the forwarding core sets to its frame memory, all it can ever queue. Time is passed in
-//! (ns); nothing here reads a clock. The
-//! forwarding core queues and releases a poll's frames at once (`enqueue_burst`,
-//! `dequeue_burst`), which release exactly what frame-by-frame calls would.
+//! (ns); nothing here reads a clock. The forwarding core queues and releases a poll's
+//! frames at once (`enqueue_burst`, `dequeue_burst`), which release exactly what
+//! frame-by-frame calls would.
 
 use crate::port::Desc;
 use serde::Serialize;
@@ -418,8 +418,8 @@ impl Scheduler {
 
     /// Queues frame `d` of `flow` (a VM port) of `tenant`; gives it back when the flow's
     /// queue is full, the scheduler holds `frames` frames, or the tenant or flow is out of
-    /// range. While a flow holds frames they are
-    /// accounted to the tenant it started filling for.
+    /// range. While a flow holds frames they are accounted to the tenant it started filling
+    /// for.
     #[inline]
     pub fn enqueue(&mut self, tenant: u32, flow: u32, d: Desc, now: u64) -> Result<(), Desc> {
         if self.queue(tenant, flow, std::slice::from_ref(&d), now) == 1 { Ok(()) } else { Err(d) }
@@ -581,7 +581,8 @@ impl Scheduler {
             t.in_x = true;
             self.x_ring.push(tenant);
         }
-        // Wake up when the limit allows again, or when the guarantee is due.
+        // Wake up when the limit allows again, or when the guarantee is due (plus the wait
+        // that lets the next turn carry more than one small frame).
         let wake = if !lim_ok {
             t.lim.t
         } else if guar && !guar_ok {
