@@ -154,6 +154,11 @@ struct Flow {
     tenant: u32,
 }
 
+impl Flow {
+    /// A flow with no frames queued.
+    const EMPTY: Flow = Flow { head: 0, len: 0, next: NIL, tenant: NIL };
+}
+
 /// A FIFO of tenant ids in a ring; a tenant is in it at most once (the caller keeps a flag),
 /// so it never overflows. Unlike a linked list, the ids a few turns ahead can be read to
 /// prefetch their state.
@@ -240,13 +245,14 @@ const _: () = assert!(std::mem::size_of::<Tenant>() == 128, "a tenant's state is
 /// prefetched, and how many its flow's head frame.
 const AHEAD_TENANT: usize = 8;
 const AHEAD_FLOW: usize = 4;
-/// Bytes a tenant sends in one turn of the guaranteed tier (at least one frame): two full
-/// frames.
-const G_TURN_BYTES: u64 = 3076;
+/// A full-size frame on the wire: 1514 bytes of data plus the overhead.
+const FULL_FRAME: u64 = 1514 + WIRE_OVERHEAD;
+/// Bytes a tenant sends in one turn of the guaranteed tier (at least one frame).
+const G_TURN_BYTES: u64 = 2 * FULL_FRAME;
 /// The longest a tenant waits past its guarantee's due time (2.5% of a 10 ms window).
 const G_WAIT_NS: u64 = 250_000;
-/// Deficit round robin quantum per unit of weight: half a full frame.
-const X_QUANTUM: u32 = 769;
+/// Deficit round robin quantum per unit of weight: half a full frame (769 bytes).
+const X_QUANTUM: u32 = FULL_FRAME.div_ceil(2) as u32;
 /// Prefetching pays once the tenants' state outgrows the core's own caches.
 const PREFETCH_FROM_BYTES: usize = 2 << 20;
 
@@ -312,7 +318,7 @@ impl Scheduler {
             link_bpn: 0,
             tenants: crate::io::huge_vec(tenants, idle),
             qos: vec![TenantQos::default(); tenants],
-            flows: vec![Flow { head: 0, len: 0, next: NIL, tenant: NIL }; flows],
+            flows: vec![Flow::EMPTY; flows],
             buf: crate::io::huge_vec(flows * cap, Desc::default()),
             shift: cap.trailing_zeros(),
             g_ring: Ring::new(tenants),
@@ -350,7 +356,7 @@ impl Scheduler {
             for k in 0..fl.len {
                 out.push(self.buf[self.slot(f as u32, fl.head + k)]);
             }
-            self.flows[f] = Flow { head: 0, len: 0, next: NIL, tenant: NIL };
+            self.flows[f] = Flow::EMPTY;
         }
         for t in &mut self.tenants {
             (t.flow_head, t.flow_tail, t.stats.backlog, t.deficit) = (NIL, NIL, 0, 0);
@@ -383,7 +389,7 @@ impl Scheduler {
         // The guarantee bucket holds up to 5 ms at its rate (a tenant held back, by others or
         // by a late poll, catches up that much at priority); the limit bucket only 50 µs, so
         // a limit holds within 1% over 10 ms; both at least two full frames.
-        let burst = |rate: u64, per_sec: u64| (rate / 8 / per_sec).max(2 * 1538);
+        let burst = |rate: u64, per_sec: u64| (rate / 8 / per_sec).max(2 * FULL_FRAME);
         let limit = qos.limit.unwrap_or(0);
         t.guar = Bucket::new(qos.guarantee, burst(qos.guarantee, 200), now, false);
         t.lim = Bucket::new(limit, burst(limit, 20_000), now, true);

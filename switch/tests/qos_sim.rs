@@ -2,7 +2,7 @@
 //! limits, link utilisation and work conservation, with 4 and with 1,000 tenants.
 
 use xvs_switch::port::Desc;
-use xvs_switch::qos::{Scheduler, TenantQos, WIRE_OVERHEAD};
+use xvs_switch::qos::{Scheduler, TenantQos};
 
 const GBIT: u64 = 1_000_000_000;
 const MS: u64 = 1_000_000;
@@ -137,7 +137,6 @@ fn a_thousand_tenants(seed: u64) {
         let w4: u64 = got.iter().skip(3).step_by(4).sum();
         assert!(w4 > w1, "seed {seed}: weights matter: {w4} vs {w1}");
     }
-    let _ = WIRE_OVERHEAD;
 }
 
 /// Several sequences of frame sizes: with one, a tenant's share of a window depends on
