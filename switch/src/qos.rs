@@ -10,9 +10,11 @@
 //!   instead of one: no credit is lost, the bucket keeps it.
 //! * Excess tier: when no tenant is eligible for its guarantee, backlogged tenants share what
 //!   is left by deficit round robin with quanta proportional to their weights. The quantum
-//!   is half a full frame per unit of weight: a round over many tenants stays short enough
-//!   that each gets its share in every 10 ms window, and a large frame takes at most two
-//!   turns.
+//!   per unit of weight is as large as keeps a round, with every tenant backlogged, within
+//!   2 ms of what the guarantees leave of the link, so each tenant gets its share in every
+//!   10 ms window; but at least half a full frame (a large frame takes at most two turns)
+//!   and at most four. With few tenants or a fast link a turn sends many frames, with many
+//!   tenants few.
 //! * Every frame also charges the tenant's limit bucket (filled at its limit); a tenant in
 //!   debt there waits.
 //! * Pacing: the scheduler releases frames at the link rate, so queues build here (where they
@@ -25,7 +27,8 @@
 //! the forwarding core sets to its frame memory, all it can ever queue. Time is passed in
 //! (ns); nothing here reads a clock. The forwarding core queues and releases a poll's
 //! frames at once (`enqueue_burst`, `dequeue_burst`), which release exactly what
-//! frame-by-frame calls would.
+//! frame-by-frame calls would. A turn checks each frame against the tenant's buckets and
+//! deficit, then takes the frames of a flow out as one run and accounts for them once.
 
 use crate::port::Desc;
 use serde::Serialize;
@@ -226,7 +229,8 @@ struct Tenant {
     guar: Bucket,
     lim: Bucket,
     deficit: i32,
-    quantum: u32,
+    /// Its weight in the excess tier (its quantum is the scheduler's `x_quantum` times this).
+    weight: u32,
     /// How long the tenant waits past its guarantee's due time (ns), so that its next turn
     /// in the guaranteed tier sends more than one small frame.
     g_wait: u32,
@@ -251,8 +255,15 @@ const FULL_FRAME: u64 = 1514 + WIRE_OVERHEAD;
 const G_TURN_BYTES: u64 = 2 * FULL_FRAME;
 /// The longest a tenant waits past its guarantee's due time (2.5% of a 10 ms window).
 const G_WAIT_NS: u64 = 250_000;
-/// Deficit round robin quantum per unit of weight: half a full frame (769 bytes).
-const X_QUANTUM: u32 = FULL_FRAME.div_ceil(2) as u32;
+/// Deficit round robin quantum per unit of weight, at least half a full frame (769 bytes: a
+/// large frame takes at most two turns) and at most four full frames: as large as keeps a
+/// round of the excess tier, with every tenant backlogged, within X_ROUND_NS.
+const X_QUANTUM_MIN: u64 = FULL_FRAME.div_ceil(2);
+const X_QUANTUM_MAX: u64 = 4 * FULL_FRAME;
+/// The longest a round of the excess tier should take, every tenant backlogged and the
+/// excess only what the guarantees leave of the link: short enough that every tenant gets
+/// its share of the excess in every 10 ms.
+const X_ROUND_NS: u64 = 2_000_000;
 /// Prefetching pays once the tenants' state outgrows the core's own caches.
 const PREFETCH_FROM_BYTES: usize = 2 << 20;
 
@@ -265,6 +276,11 @@ pub struct Scheduler {
     link_frac: u64,
     /// 2^-FP bytes per ns on the link.
     link_bpn: u64,
+    /// Sums over all tenants of the guarantees (bits/s) and of the weights, and the excess
+    /// tier's quantum per unit of weight they give (bytes).
+    guarantees: u128,
+    weights: u64,
+    x_quantum: u32,
     tenants: Vec<Tenant>,
     qos: Vec<TenantQos>,
     flows: Vec<Flow>,
@@ -302,7 +318,7 @@ impl Scheduler {
             guar: Bucket::new(0, 0, 0, false),
             lim: Bucket::new(0, 0, 0, true),
             deficit: 0,
-            quantum: 0,
+            weight: 1,
             g_wait: 0,
             flow_head: NIL,
             flow_tail: NIL,
@@ -316,6 +332,9 @@ impl Scheduler {
             link_npb: 0,
             link_frac: 0,
             link_bpn: 0,
+            guarantees: 0,
+            weights: tenants as u64,
+            x_quantum: X_QUANTUM_MIN as u32,
             tenants: crate::io::huge_vec(tenants, idle),
             qos: vec![TenantQos::default(); tenants],
             flows: vec![Flow::EMPTY; flows],
@@ -381,11 +400,31 @@ impl Scheduler {
         self.link_bps = bps.max(1);
         self.link_npb = ns_per_byte(self.link_bps);
         self.link_bpn = ((u128::from(self.link_bps) << FP) / 8_000_000_000).min(u128::from(u64::MAX >> 8)) as u64;
+        self.size_quantum();
+    }
+
+    /// Sizes the excess tier's quantum per unit of weight from the link rate, the sum of the
+    /// guarantees and the sum of the weights (of every tenant, as any may be backlogged).
+    fn size_quantum(&mut self) {
+        let excess = u128::from(self.link_bps).saturating_sub(self.guarantees);
+        let round = excess * u128::from(X_ROUND_NS) / 8_000_000_000;
+        let q = (round / u128::from(self.weights.max(1))).clamp(u128::from(X_QUANTUM_MIN), u128::from(X_QUANTUM_MAX));
+        self.x_quantum = q as u32;
+    }
+
+    /// The excess tier's quantum per unit of weight, in wire bytes.
+    pub fn quantum(&self) -> u32 {
+        self.x_quantum
     }
 
     /// Sets (or changes, live) a tenant's QoS; its queued frames and counters stay.
     pub fn set_tenant(&mut self, tenant: u32, qos: TenantQos, now: u64) {
         let Some(t) = self.tenants.get_mut(tenant as usize) else { return };
+        let old = &mut self.qos[tenant as usize];
+        self.guarantees = self.guarantees - u128::from(old.guarantee) + u128::from(qos.guarantee);
+        // Weights are at most 1,000 (configuration).
+        let weight = qos.weight.clamp(1, 1_000_000);
+        self.weights = self.weights - u64::from(t.weight) + u64::from(weight);
         // The guarantee bucket holds up to 5 ms at its rate (a tenant held back, by others or
         // by a late poll, catches up that much at priority); the limit bucket only 50 µs, so
         // a limit holds within 1% over 10 ms; both at least two full frames.
@@ -393,11 +432,11 @@ impl Scheduler {
         let limit = qos.limit.unwrap_or(0);
         t.guar = Bucket::new(qos.guarantee, burst(qos.guarantee, 200), now, false);
         t.lim = Bucket::new(limit, burst(limit, 20_000), now, true);
-        // Weights are at most 1,000 (configuration).
-        t.quantum = X_QUANTUM * qos.weight.clamp(1, 1_000_000);
+        t.weight = weight;
         t.g_wait = ((cost_fp(G_TURN_BYTES, t.guar.ns_per_byte, 0) >> FP) as u64).min(G_WAIT_NS) as u32;
         t.deficit = 0;
-        self.qos[tenant as usize] = qos;
+        *old = qos;
+        self.size_quantum();
     }
 
     /// A tenant's settings and counters.
@@ -560,14 +599,6 @@ impl Scheduler {
         }
     }
 
-    /// Size on the wire of the tenant's next frame.
-    #[inline(always)]
-    fn head_len(&self, tenant: u32) -> Option<u64> {
-        let f = self.tenants[tenant as usize].flow_head;
-        let fl = self.flows.get(f as usize)?;
-        Some(u64::from(self.buf[self.slot(f, fl.head)].len) + WIRE_OVERHEAD)
-    }
-
     /// Puts a backlogged tenant in the rings it is eligible for, and in the wheel if it
     /// waits for its limit or its guarantee.
     #[inline]
@@ -689,24 +720,7 @@ impl Scheduler {
         // Guaranteed tier: eligible tenants in turn. A turn sends while the guarantee is due
         // (each frame overdraws it by at most itself), up to G_TURN_BYTES.
         while let Some(t) = self.g_ring.front() {
-            loop {
-                if out.len() >= stop || sent > fits {
-                    break;
-                }
-                let tn = &self.tenants[t as usize];
-                let turn = self.g_turn;
-                if turn >= G_TURN_BYTES || !(tn.guar.ready(now) && tn.lim.ready(now)) {
-                    break;
-                }
-                let Some(len) = self.head_len(t) else { break };
-                let tn = &mut self.tenants[t as usize];
-                tn.guar.take(len, now);
-                tn.stats.guaranteed_bytes += len;
-                self.send(t, len, now, out);
-                sent += len;
-                self.g_turn += len;
-            }
-            if out.len() >= stop || sent > fits {
+            if self.turn::<true>(t, now, out, stop, fits, &mut sent) == TurnEnd::Call {
                 break; // the turn goes on at the next call
             }
             self.g_ring.pop();
@@ -719,13 +733,10 @@ impl Scheduler {
         // covers its next frame. Sending here spends no guarantee, so it changes no
         // tenant's place in the guaranteed tier.
         if self.g_ring.len == 0 {
-            'turns: while let Some(t) = self.x_ring.front() {
-                loop {
-                    if out.len() >= stop || sent > fits {
-                        break 'turns; // the turn goes on at the next call
-                    }
-                    let tn = &self.tenants[t as usize];
-                    let Some(len) = self.head_len(t).filter(|_| tn.lim.ready(now)) else {
+            while let Some(t) = self.x_ring.front() {
+                match self.turn::<false>(t, now, out, stop, fits, &mut sent) {
+                    TurnEnd::Call => break, // the turn goes on at the next call
+                    TurnEnd::Idle => {
                         // empty, or out of limit tokens (then it waits in the wheel)
                         let tn = &mut self.tenants[t as usize];
                         tn.in_x = false;
@@ -733,19 +744,14 @@ impl Scheduler {
                         self.x_ring.pop();
                         self.prefetch_ring(&self.x_ring);
                         self.schedule(t, now);
-                        break;
-                    };
-                    let tn = &mut self.tenants[t as usize];
-                    if i64::from(tn.deficit) < len as i64 {
-                        // Its turn is over: next round it gets another quantum.
-                        tn.deficit = tn.deficit.saturating_add_unsigned(tn.quantum);
+                    }
+                    TurnEnd::Over => {
+                        // next round it gets another quantum
+                        let tn = &mut self.tenants[t as usize];
+                        tn.deficit = tn.deficit.saturating_add_unsigned(tn.weight.saturating_mul(self.x_quantum));
                         self.x_ring.rotate();
                         self.prefetch_ring(&self.x_ring);
-                        break;
                     }
-                    tn.deficit -= len as i32;
-                    self.send(t, len, now, out);
-                    sent += len;
                 }
             }
         }
@@ -756,36 +762,126 @@ impl Scheduler {
         }
     }
 
-    /// Takes the head frame of tenant `t`'s current flow, accounts for it and appends it to
-    /// `out`. The tenant's flows take turns.
+    /// Sends frames of tenant `t` in its turn in the guaranteed tier (`GUARANTEED`) or the
+    /// excess tier while the tier lets it, and says why the turn stopped. Before each frame,
+    /// in this order: the call's room and link time (else `Call`), the tenant's queue (else
+    /// `Idle`), its limit (else `Idle`, or `Over` in the guaranteed tier, where the turn's
+    /// bytes and the guarantee are checked too), and in the excess tier its deficit (else
+    /// `Over`). The per-frame loop reads only the frame's length and moves the tenant's
+    /// buckets (kept in registers) on; a run of frames of one flow is then taken out and
+    /// accounted at once. The tenant's flows take turns frame by frame.
     #[inline(always)]
-    fn send(&mut self, t: u32, len: u64, now: u64, out: &mut Vec<Desc>) {
-        let mask = self.mask();
-        let f = self.tenants[t as usize].flow_head;
-        let Some(head) = self.flows.get(f as usize).map(|fl| fl.head) else { return };
-        out.push(self.buf[self.slot(f, head)]);
+    fn turn<const GUARANTEED: bool>(
+        &mut self,
+        t: u32,
+        now: u64,
+        out: &mut Vec<Desc>,
+        stop: usize,
+        fits: u64,
+        sent: &mut u64,
+    ) -> TurnEnd {
+        let tn = &self.tenants[t as usize];
+        let (mut guar, mut lim, mut deficit) = (tn.guar, tn.lim, i64::from(tn.deficit));
+        let (mut g_turn, mut turn_bytes) = (self.g_turn, 0);
+        let end = loop {
+            let tn = &self.tenants[t as usize];
+            let f = tn.flow_head;
+            let fl = self.flows.get(f as usize).copied().unwrap_or(Flow::EMPTY);
+            // With several flows queued, the run is one frame, then the next flow's turn.
+            let run = if tn.flow_head == tn.flow_tail { fl.len } else { fl.len.min(1) };
+            let (mut n, mut bytes) = (0u32, 0u64);
+            let end = loop {
+                if out.len() + n as usize >= stop || *sent > fits {
+                    break Some(TurnEnd::Call);
+                }
+                if n == run {
+                    break (run == 0).then_some(TurnEnd::Idle);
+                }
+                if GUARANTEED {
+                    if g_turn >= G_TURN_BYTES || !guar.ready(now) || !lim.ready(now) {
+                        break Some(TurnEnd::Over);
+                    }
+                } else if !lim.ready(now) {
+                    break Some(TurnEnd::Idle);
+                }
+                let len = u64::from(self.buf[self.slot(f, fl.head + n)].len) + WIRE_OVERHEAD;
+                if GUARANTEED {
+                    guar.take(len, now);
+                    g_turn += len;
+                } else if deficit < len as i64 {
+                    break Some(TurnEnd::Over);
+                } else {
+                    deficit -= len as i64;
+                }
+                lim.take(len, now);
+                *sent += len;
+                bytes += len;
+                n += 1;
+            };
+            if n > 0 {
+                self.take_run(t, f, n, bytes, out);
+                turn_bytes += bytes;
+            }
+            if let Some(end) = end {
+                break end;
+            }
+        };
         let tn = &mut self.tenants[t as usize];
-        let fl = &mut self.flows[f as usize];
-        fl.head = (head + 1) & mask;
-        fl.len -= 1;
+        (tn.guar, tn.lim) = (guar, lim);
+        if GUARANTEED {
+            self.g_turn = g_turn;
+            tn.stats.guaranteed_bytes += turn_bytes;
+        } else {
+            tn.deficit = deficit as i32;
+        }
+        end
+    }
+
+    /// Takes the `n` head frames (`bytes` on the wire) of flow `f` of tenant `t` out and
+    /// appends them to `out`; with other flows of the tenant queued (then `n` is 1), the flow
+    /// goes to the back of the tenant's round-robin if it has more.
+    #[inline(always)]
+    fn take_run(&mut self, t: u32, f: u32, n: u32, bytes: u64, out: &mut Vec<Desc>) {
+        let mask = self.mask();
+        let fl = self.flows[f as usize];
+        let first = (fl.head & mask) as usize;
+        let wrap = (first + n as usize).saturating_sub(mask as usize + 1);
+        let base = self.slot(f, 0);
+        out.extend_from_slice(&self.buf[base + first..base + first + n as usize - wrap]);
+        out.extend_from_slice(&self.buf[base..base + wrap]);
+        let len = fl.len - n;
+        self.flows[f as usize].head = (fl.head + n) & mask;
+        self.flows[f as usize].len = len;
+        let tn = &mut self.tenants[t as usize];
         if tn.flow_head != tn.flow_tail {
-            // more than one flow: this one goes to the back if it has more
             tn.flow_head = fl.next;
-            if fl.len > 0 {
-                fl.next = NIL;
+            if len > 0 {
+                self.flows[f as usize].next = NIL;
                 self.flows[tn.flow_tail as usize].next = f;
                 tn.flow_tail = f;
             }
-        } else if fl.len == 0 {
+        } else if len == 0 {
             tn.flow_head = NIL;
             tn.flow_tail = NIL;
         }
-        tn.lim.take(len, now);
-        tn.stats.backlog -= 1;
-        tn.stats.packets += 1;
-        tn.stats.bytes += len;
-        self.backlog -= 1;
+        tn.stats.backlog -= n;
+        tn.stats.packets += u64::from(n);
+        tn.stats.bytes += bytes;
+        self.backlog -= u64::from(n);
     }
+}
+
+/// Why a tenant's turn stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TurnEnd {
+    /// The call has released all it may (`max` frames, or the link time up to now); the turn
+    /// goes on at the next call.
+    Call,
+    /// Nothing more to send now: the tenant's queue is empty, or (excess tier) its limit is
+    /// spent.
+    Idle,
+    /// The tier's share for this turn is used up.
+    Over,
 }
 
 #[cfg(test)]
@@ -834,6 +930,24 @@ mod tests {
         s.dequeue_burst(1_000, &mut out, 1);
         assert_eq!(out.len(), 1);
         assert!(s.enqueue(1, 1, frame(5, 60), 1_000).is_ok());
+    }
+
+    #[test]
+    fn excess_quantum_keeps_a_round_within_its_time() {
+        // 1,000 tenants, weights 1..4 (2,500 units), half of 100 Gbit/s guaranteed: a round
+        // of 2 ms of the other half is 12.5 MB, 5,000 bytes per unit of weight.
+        let mut s = Scheduler::new(100 * G, 1_000, 1_000, 4, 4);
+        for t in 0..1_000 {
+            s.set_tenant(t, TenantQos { guarantee: 50 * G / 1_000, limit: None, weight: 1 + t % 4 }, 0);
+        }
+        assert_eq!(s.quantum(), 5_000);
+        // more guaranteed, less excess: a smaller quantum, never below half a full frame
+        s.set_tenant(0, TenantQos { guarantee: 40 * G, limit: None, weight: 1 }, 0);
+        assert_eq!(s.quantum(), ((10 * G + 50 * G / 1_000) / 4_000 / 2_500) as u32);
+        s.set_tenant(0, TenantQos { guarantee: 50 * G, limit: None, weight: 1 }, 0);
+        assert_eq!(s.quantum() as u64, FULL_FRAME.div_ceil(2));
+        // few tenants: at most four full frames
+        assert_eq!(Scheduler::new(100 * G, 10, 10, 4, 4).quantum() as u64, 4 * FULL_FRAME);
     }
 
     #[test]
