@@ -847,8 +847,12 @@ impl Scheduler {
         let first = (fl.head & mask) as usize;
         let wrap = (first + n as usize).saturating_sub(mask as usize + 1);
         let base = self.slot(f, 0);
-        out.extend_from_slice(&self.buf[base + first..base + first + n as usize - wrap]);
-        out.extend_from_slice(&self.buf[base..base + wrap]);
+        if n == 1 {
+            out.push(self.buf[base + first]);
+        } else {
+            out.extend_from_slice(&self.buf[base + first..base + first + n as usize - wrap]);
+            out.extend_from_slice(&self.buf[base..base + wrap]);
+        }
         let len = fl.len - n;
         self.flows[f as usize].head = (fl.head + n) & mask;
         self.flows[f as usize].len = len;
