@@ -412,11 +412,6 @@ impl Scheduler {
         self.x_quantum = q as u32;
     }
 
-    /// The excess tier's quantum per unit of weight, in wire bytes.
-    pub fn quantum(&self) -> u32 {
-        self.x_quantum
-    }
-
     /// Sets (or changes, live) a tenant's QoS; its queued frames and counters stay.
     pub fn set_tenant(&mut self, tenant: u32, qos: TenantQos, now: u64) {
         let Some(t) = self.tenants.get_mut(tenant as usize) else { return };
@@ -944,14 +939,14 @@ mod tests {
         for t in 0..1_000 {
             s.set_tenant(t, TenantQos { guarantee: 50 * G / 1_000, limit: None, weight: 1 + t % 4 }, 0);
         }
-        assert_eq!(s.quantum(), 5_000);
+        assert_eq!(s.x_quantum, 5_000);
         // more guaranteed, less excess: a smaller quantum, never below half a full frame
         s.set_tenant(0, TenantQos { guarantee: 40 * G, limit: None, weight: 1 }, 0);
-        assert_eq!(s.quantum(), ((10 * G + 50 * G / 1_000) / 4_000 / 2_500) as u32);
+        assert_eq!(s.x_quantum, ((10 * G + 50 * G / 1_000) / 4_000 / 2_500) as u32);
         s.set_tenant(0, TenantQos { guarantee: 50 * G, limit: None, weight: 1 }, 0);
-        assert_eq!(s.quantum() as u64, FULL_FRAME.div_ceil(2));
+        assert_eq!(s.x_quantum as u64, FULL_FRAME.div_ceil(2));
         // few tenants: at most four full frames
-        assert_eq!(Scheduler::new(100 * G, 10, 10, 4, 4).quantum() as u64, 4 * FULL_FRAME);
+        assert_eq!(Scheduler::new(100 * G, 10, 10, 4, 4).x_quantum as u64, 4 * FULL_FRAME);
     }
 
     #[test]
