@@ -103,7 +103,12 @@ fn two_tenants_get_their_guarantees_and_the_rest_is_shared() {
     let s3 = h1.stats();
     let alone = rate(0, &qos_bytes(&s2, &ids), &qos_bytes(&s3, &ids), taken_at(&s3) - taken_at(&s2));
     eprintln!("QOS blue alone: {:.1} Mbit/s", alone / 1e6);
-    assert!(alone >= 0.95 * LINK_MBIT * 1e6, "blue alone got {:.0} Mbit/s of the {LINK_MBIT} Mbit/s link", alone / 1e6);
+    assert!(
+        alone >= 0.95 * LINK_MBIT * 1e6,
+        "blue alone got {:.0} Mbit/s of the {LINK_MBIT} Mbit/s link; {}",
+        alone / 1e6,
+        s3["qos"]
+    );
     for c in &mut blue {
         let _ = c.kill();
     }
