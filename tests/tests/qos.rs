@@ -99,8 +99,28 @@ fn two_tenants_get_their_guarantees_and_the_rest_is_shared() {
         std::thread::sleep(Duration::from_millis(20));
         s2 = h1.stats();
     }
-    std::thread::sleep(Duration::from_secs(1));
-    let s3 = h1.stats();
+    // Blue's rate and queue at each stats snapshot over that second, to tell where a
+    // shortfall lies: a sender that stalled (queue empty) or link time lost (queue full).
+    let mut series = Vec::new();
+    let mut prev = s2.clone();
+    let mut s3 = s2.clone();
+    for _ in 0..100 {
+        std::thread::sleep(Duration::from_millis(20));
+        let s = h1.stats();
+        if taken_at(&s) > taken_at(&prev) {
+            series.push(format!(
+                "{:.0} (queue {})",
+                rate(0, &qos_bytes(&prev, &ids), &qos_bytes(&s, &ids), taken_at(&s) - taken_at(&prev)) / 1e6,
+                s["qos"][1][0]["stats"]["backlog"]
+            ));
+            prev = s.clone();
+        }
+        s3 = s;
+        if taken_at(&s3) - taken_at(&s2) >= 1.0 {
+            break;
+        }
+    }
+    eprintln!("QOS blue alone, Mbit/s per snapshot: {}", series.join(", "));
     let alone = rate(0, &qos_bytes(&s2, &ids), &qos_bytes(&s3, &ids), taken_at(&s3) - taken_at(&s2));
     eprintln!("QOS blue alone: {:.1} Mbit/s", alone / 1e6);
     assert!(
