@@ -11,17 +11,23 @@ fn taken_at(stats: &Value) -> f64 {
     stats["core"]["at_ns"].as_u64().expect("core.at_ns") as f64 / 1e9
 }
 
-/// (tenant name -> scheduler wire bytes) from a stats snapshot.
-fn qos_bytes(stats: &Value, tenant_ids: &[(&str, u64)]) -> Vec<u64> {
+/// One scheduler counter (`field` of a tenant's QoS stats) per tenant of `tenant_ids`, from
+/// a stats snapshot.
+fn qos_stat(stats: &Value, tenant_ids: &[(&str, u64)], field: &str) -> Vec<u64> {
     let rows = stats["qos"][1].as_array().cloned().unwrap_or_default();
     tenant_ids
         .iter()
         .map(|(_, id)| {
             rows.iter()
                 .find(|r| r["tenant"].as_u64() == Some(*id))
-                .map_or(0, |r| r["stats"]["bytes"].as_u64().unwrap_or(0))
+                .map_or(0, |r| r["stats"][field].as_u64().unwrap_or(0))
         })
         .collect()
+}
+
+/// (tenant name -> scheduler wire bytes) from a stats snapshot.
+fn qos_bytes(stats: &Value, tenant_ids: &[(&str, u64)]) -> Vec<u64> {
+    qos_stat(stats, tenant_ids, "bytes")
 }
 
 fn iperf_client(bed: &Bed, vm: &str, args: &str) -> Child {
@@ -111,7 +117,7 @@ fn two_tenants_get_their_guarantees_and_the_rest_is_shared() {
             series.push(format!(
                 "{:.0} (queue {})",
                 rate(0, &qos_bytes(&prev, &ids), &qos_bytes(&s, &ids), taken_at(&s) - taken_at(&prev)) / 1e6,
-                s["qos"][1][0]["stats"]["backlog"]
+                qos_stat(&s, &ids, "backlog")[0]
             ));
             prev = s.clone();
         }
