@@ -10,8 +10,11 @@ log() { echo "setup: $*" >&2; }
 # clang/llvm/libelf/zlib/m4/pkg-config: xsk-rs builds libxdp/libbpf from source (use_cc_build).
 # iproute2/iputils-ping/iperf3/tcpdump/ethtool/socat: the namespace testbed and system tests;
 # openvswitch-switch: the performance harness runs OVS (userspace datapath) beside xvs.
+# qemu-system-x86/busybox-static/cpio: the real-VM tests boot Debian's kernel (extracted from
+# linux-image-amd64 by tests/vm/build-guest.sh, not installed) with a busybox initramfs.
 APT_PKGS=(clang llvm libelf-dev zlib1g-dev m4 pkg-config make gcc iproute2 iputils-ping
-          iperf3 tcpdump ethtool socat procps python3 util-linux openvswitch-switch)
+          iperf3 tcpdump ethtool socat procps python3 util-linux openvswitch-switch
+          qemu-system-x86 busybox-static cpio)
 missing=()
 for p in "${APT_PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

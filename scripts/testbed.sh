@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The standard two-host, two-tenant testbed in network namespaces.
 #
-#   usage: testbed.sh up PREFIX [xvs|kernel|kernel2|ovs] | down PREFIX | config PREFIX HOST [CORES]
+#   usage: testbed.sh up PREFIX [xvs|kernel|kernel2|ovs|bare] | down PREFIX | config PREFIX HOST [CORES] [veth|tap]
 #
 #   PREFIX-vm1 [10.0.0.1 02:..:01] -- PREFIX-p1 \                      / PREFIX-p2 -- [10.0.0.2 02:..:02] PREFIX-vm2   tenant blue, VNI 100
 #   PREFIX-vm3 [10.0.0.1 02:..:01] -- PREFIX-p3  PREFIX-h1 ==== PREFIX-h2  PREFIX-p4 -- [10.0.0.2 02:..:02] PREFIX-vm4   tenant red,  VNI 200
@@ -13,6 +13,9 @@
 # "kernel2" both hosts are (the kernel switch of shared/PEERS.md, for comparisons). With "ovs"
 # each host runs its own Open vSwitch (userspace datapath, AF_XDP ports, VXLAN ports per
 # tenant; database, sockets and logs under /tmp/xvs-ovs-PREFIX), its PMD thread on CPU1.
+# With "bare" only the two hosts and the underlay are made: the VMs are real qemu guests on
+# taps PREFIX-t1..t4 in the host namespaces (tests/vm, scripts/bench-vm.sh), and "config ...
+# tap" names those taps as the VM ports.
 # "up" tears down whatever was there first, so it is idempotent, and so is "down".
 # Every name starts with PREFIX (keep it short: interface names are at most 15 characters).
 # XVS_QUEUES=N gives every veth N queues (for more than one forwarding core).
@@ -59,6 +62,7 @@ up() {
   for h in h1 h2; do
     ns "$P-$h" ethtool -K "$P-u${h#h}" tx off tso off gso off >/dev/null 2>&1 || true
   done
+  [ "$peer" = bare ] && return 0
   vm "$P-vm1" "$P-h1" "$P-p1" 10.0.0.1 02:00:00:00:00:01
   vm "$P-vm3" "$P-h1" "$P-p3" 10.0.0.1 02:00:00:00:00:01
   vm "$P-vm2" "$P-h2" "$P-p2" 10.0.0.2 02:00:00:00:00:02
@@ -134,10 +138,11 @@ down() {
   rm -rf "$OVSDIR"
 }
 
-config() { # config HOST(1|2) [cores, e.g. "1" or "0, 1"]
-  local h=$1 core=${2:-1} other=$(( 3 - $1 ))
+config() { # config HOST(1|2) [cores, e.g. "1" or "0, 1"] [veth|tap]
+  local h=$1 core=${2:-1} other=$(( 3 - $1 )) kind=${3:-veth}
   local a b
   if [ "$h" = 1 ]; then a=p1; b=p3; else a=p2; b=p4; fi
+  if [ "$kind" = tap ]; then a=t${a#p}; b=t${b#p}; fi
   cat <<CFG
 # xvsd on host $h of testbed $P
 [uplink]
@@ -174,6 +179,6 @@ CFG
 case "$cmd" in
   up) down; up "${3:-xvs}" ;;
   down) down ;;
-  config) config "${3:?HOST}" "${4:-1}" ;;
+  config) config "${3:?HOST}" "${4:-1}" "${5:-veth}" ;;
   *) echo "usage: testbed.sh up|down|config PREFIX" >&2; exit 2 ;;
 esac

@@ -450,10 +450,20 @@ fn print_human(cmd: &Cmd, v: &Value) {
                 .as_array()
                 .into_iter()
                 .flatten()
-                .map(|p| vec![s(&p["name"]), s(&p["kind"]), s(&p["tenant"]), s(&p["xdp_mode"]), s(&p["afxdp_mode"])])
+                .map(|p| {
+                    vec![
+                        s(&p["name"]),
+                        s(&p["kind"]),
+                        s(&p["tenant"]),
+                        s(&p["state"]),
+                        s(&p["io"]),
+                        s(&p["xdp_mode"]),
+                        s(&p["afxdp_mode"]),
+                    ]
+                })
                 .collect();
             println!();
-            table(&["port", "kind", "tenant", "xdp", "af_xdp"], &rows);
+            table(&["port", "kind", "tenant", "state", "io", "program", "af_xdp"], &rows);
         }
         Cmd::TenantList {} => {
             let rows: Vec<Vec<String>> = v
@@ -470,10 +480,19 @@ fn print_human(cmd: &Cmd, v: &Value) {
                 .into_iter()
                 .flatten()
                 .map(|p| {
-                    vec![s(&p["name"]), s(&p["kind"]), s(&p["tenant"]), s(&p["mac"]), s(&p["ips"]), s(&p["afxdp_mode"])]
+                    vec![
+                        s(&p["name"]),
+                        s(&p["kind"]),
+                        s(&p["tenant"]),
+                        s(&p["mac"]),
+                        s(&p["ips"]),
+                        s(&p["state"]),
+                        s(&p["io"]),
+                        format!("{}/{}", s(&p["lost"]), s(&p["reattached"])),
+                    ]
                 })
                 .collect();
-            table(&["port", "kind", "tenant", "mac", "ips", "af_xdp"], &rows);
+            table(&["port", "kind", "tenant", "mac", "ips", "state", "io", "lost/back"], &rows);
         }
         Cmd::VtepList { .. } => {
             let rows: Vec<Vec<String>> = v

@@ -6,8 +6,9 @@ use crate::control::server::{self, ControlState, PortIo};
 use crate::datapath::Core;
 use crate::fdb::Origin;
 use crate::host::{HostCounters, HostStack};
-use crate::io::afxdp::{DEFAULT_UMEM_FRAMES, QueueSet, UmemFrames, Waker, XskMode, wait_readable};
+use crate::io::afxdp::{DEFAULT_UMEM_FRAMES, UmemFrames, Waker, XskMode, wait_readable};
 use crate::io::netdev;
+use crate::io::ports::IoPort;
 use crate::io::xdp::AttachMode;
 use crate::pipeline::{Action, Change};
 use crate::stats::Stats;
@@ -59,11 +60,8 @@ pub fn preflight(cfg: &Config, prev: Option<&Tables>) -> anyhow::Result<Tables> 
     if !netdev::exists(up) {
         bail!("uplink interface {up:?} not found");
     }
-    for p in &cfg.ports {
-        if !netdev::exists(&p.interface) {
-            bail!("port interface {:?} not found", p.interface);
-        }
-    }
+    // A VM port whose interface is missing is not an error: it waits for its interface (a
+    // stopped VM must not keep the host's other VMs off the network).
     let (vtep_ip, _) = cfg.vtep_cidr()?;
     if !netdev::has_addr(up, IpAddr::V4(vtep_ip)) {
         bail!("VTEP IP {vtep_ip} is not configured on uplink {up:?} (add it with `ip addr add`)");
@@ -81,7 +79,8 @@ pub fn preflight(cfg: &Config, prev: Option<&Tables>) -> anyhow::Result<Tables> 
     }
     if n > 1 {
         // Each core owns one queue of every port, so frames never change cores.
-        for name in std::iter::once(up).chain(cfg.ports.iter().map(|p| &p.interface)) {
+        let queued = cfg.ports.iter().map(|p| &p.interface).filter(|n| netdev::exists(n) && !netdev::is_tap(n));
+        for name in std::iter::once(up).chain(queued) {
             let q = netdev::rx_queues(name);
             if (q as usize) < n {
                 bail!("daemon: {n} cores need {n} queues on every port, but {name:?} has {q}");
@@ -91,7 +90,18 @@ pub fn preflight(cfg: &Config, prev: Option<&Tables>) -> anyhow::Result<Tables> 
             bail!("daemon: QoS (uplink.rate) needs a single forwarding core in this version");
         }
     }
-    Ok(cfg.build_after(prev, netdev::mac(up), netdev::mtu(up))?)
+    let tables = cfg.build_after(prev, netdev::mac(up), netdev::mtu(up))?;
+    // Frames are not split across buffers: refuse an underlay MTU whose frames would not fit
+    // one (the kernel would drop them on receive).
+    let cap = crate::io::afxdp::FRAME_CAPACITY;
+    if usize::from(tables.underlay.mtu) + crate::wire::ETHERNET_HEADER_LEN > cap {
+        bail!(
+            "uplink MTU {} does not fit a frame buffer of {cap} bytes (at most {})",
+            tables.underlay.mtu,
+            cap - crate::wire::ETHERNET_HEADER_LEN
+        );
+    }
+    Ok(tables)
 }
 
 /// Messages from the control plane to the forwarding core. The core never blocks on them.
@@ -103,7 +113,7 @@ pub enum CoreMsg {
         /// FDB changes.
         change: Change,
         /// New ports' sockets.
-        attach: Vec<(PortId, QueueSet)>,
+        attach: Vec<(PortId, IoPort)>,
         /// Ports to close.
         detach: Vec<PortId>,
         /// Told once the core runs on the new snapshot.
@@ -227,8 +237,16 @@ pub struct PortStatus {
     pub ips: Vec<String>,
     /// AF_XDP binding of each queue.
     pub afxdp_mode: Vec<XskMode>,
-    /// XDP attach mode.
+    /// XDP attach mode (`tc_ingress` for taps read through a packet socket).
     pub xdp_mode: Option<AttachMode>,
+    /// `attached`, or `waiting` while its interface is missing or down.
+    pub state: &'static str,
+    /// How frames are read and written: `af_xdp` or `af_packet` (taps); none while waiting.
+    pub io: Option<&'static str>,
+    /// Times the interface went away or down while attached.
+    pub lost: u64,
+    /// Times the port was attached again by itself after that (or after starting without it).
+    pub reattached: u64,
 }
 
 /// Status and counters, as the stats file, `xvsctl stats --json` and the metrics show them.
@@ -382,9 +400,14 @@ pub fn run(cfg: Config, opts: Options, stop: Arc<AtomicBool>) -> anyhow::Result<
 
     // Attach every port (on failure, what was attached detaches as it drops).
     let mut ports_io = std::collections::HashMap::new();
-    let mut sets: Vec<Vec<(PortId, QueueSet)>> = (0..cpus.len()).map(|_| Vec::new()).collect();
+    let mut sets: Vec<Vec<(PortId, IoPort)>> = (0..cpus.len()).map(|_| Vec::new()).collect();
     for (id, p) in tables.live_ports() {
-        let (io, per_core) = PortIo::open(p, &tables, &cores, opts.force_copy)?;
+        if p.name != tables.underlay.interface && !netdev::exists(&p.name) {
+            tracing::warn!(port = %p.name, "interface not found: the port waits for it");
+            continue;
+        }
+        let (io, per_core) = PortIo::open(p, &tables, &cores, opts.force_copy)
+            .map_err(|e| anyhow::anyhow!("port {:?}: {e:#}", p.name))?;
         ports_io.insert(p.name.clone(), io);
         for (k, set) in per_core.into_iter().enumerate() {
             sets[k].push((id, set));
@@ -413,6 +436,19 @@ pub fn run(cfg: Config, opts: Options, stop: Arc<AtomicBool>) -> anyhow::Result<
     }
     if let Some(addr) = opts.metrics {
         crate::metrics::serve(addr, Arc::clone(&state))?;
+    }
+    {
+        // VM ports follow their interfaces; one check at once catches what changed between
+        // opening the ports and subscribing.
+        let state = Arc::clone(&state);
+        crate::io::links::watch(Arc::clone(&stop), move |names| {
+            if let Ok(mut s) = state.lock() {
+                s.reconcile(names);
+            }
+        })?;
+    }
+    if let Ok(mut s) = state.lock() {
+        s.reconcile(&[]);
     }
     // Wait for the first report, then keep the stats file fresh until stopped.
     let mut last_write = Instant::now() - Duration::from_secs(1);
@@ -457,7 +493,7 @@ fn core_loop(
     cpu: usize,
     tables: Arc<Tables>,
     umem: UmemFrames,
-    sets: Vec<(PortId, QueueSet)>,
+    sets: Vec<(PortId, IoPort)>,
     rx: Receiver<CoreMsg>,
     report: Arc<Mutex<Option<CoreReport>>>,
     stop: Arc<AtomicBool>,
@@ -465,7 +501,7 @@ fn core_loop(
     spin_ns: u64,
 ) {
     pin_to(cpu);
-    let mut core: Core<QueueSet, UmemFrames> = Core::new(Arc::clone(&tables), umem);
+    let mut core: Core<IoPort, UmemFrames> = Core::new(Arc::clone(&tables), umem);
     core.cycle_counter = crate::io::cycles;
     for (id, s) in sets {
         core.attach(id, s);
@@ -542,6 +578,7 @@ fn core_loop(
                 last_age = now;
                 core.pipeline.fdb.age(now);
             }
+            core.sample_kernel_drops();
             publish(&core, &host, &load, &report, &mut rates, now);
             if stop.load(Ordering::Relaxed) {
                 break;
@@ -582,8 +619,8 @@ fn core_loop(
     }
 }
 
-fn poll_fds(core: &Core<QueueSet, UmemFrames>, waker: &Waker) -> Vec<RawFd> {
-    let mut v: Vec<RawFd> = core.ports.iter().flatten().flat_map(|s| s.fds().collect::<Vec<_>>()).collect();
+fn poll_fds(core: &Core<IoPort, UmemFrames>, waker: &Waker) -> Vec<RawFd> {
+    let mut v: Vec<RawFd> = core.ports.iter().flatten().flat_map(IoPort::fds).collect();
     v.push(waker.raw());
     v
 }
@@ -596,7 +633,7 @@ struct Rates {
 }
 
 fn publish(
-    core: &Core<QueueSet, UmemFrames>,
+    core: &Core<IoPort, UmemFrames>,
     host: &HostStack,
     load: &CoreLoad,
     report: &Mutex<Option<CoreReport>>,
@@ -629,12 +666,7 @@ fn publish(
             .map(|(ip, n)| (ip.to_string(), n.mac.map_or("incomplete".to_string(), |m| mac_str(&m))))
             .collect(),
         core: load.taken(&core.profile, now),
-        afxdp: core
-            .ports
-            .iter()
-            .enumerate()
-            .filter_map(|(i, p)| p.as_ref().map(|s| (i as u16, s.queues.iter().map(|q| q.mode).collect())))
-            .collect(),
+        afxdp: core.ports.iter().enumerate().filter_map(|(i, p)| p.as_ref().map(|s| (i as u16, s.modes()))).collect(),
     };
     if let Ok(mut g) = report.lock() {
         *g = Some(r);
@@ -642,7 +674,7 @@ fn publish(
 }
 
 /// Every decision the pipeline takes for `frame` arriving on `port`.
-fn trace(core: &Core<QueueSet, UmemFrames>, port: PortId, frame: &[u8], now: u64) -> Value {
+fn trace(core: &Core<IoPort, UmemFrames>, port: PortId, frame: &[u8], now: u64) -> Value {
     use crate::wire::{EthernetFrame, Ipv4Packet};
     let t = core.pipeline.tables();
     let mut steps: Vec<String> = Vec::new();
@@ -748,6 +780,10 @@ fn trace(core: &Core<QueueSet, UmemFrames>, port: PortId, frame: &[u8], now: u64
             (format!("flood to ports [{}] and VTEPs [{}]", ports.join(", "), vteps.join(", ")), None)
         }
         Action::Host => ("hand to the VTEP host stack".to_string(), None),
+        Action::TooBig { mtu } => (
+            format!("too big for the overlay: drop, answer ICMP fragmentation needed / packet too big (MTU {mtu})"),
+            Some(crate::pipeline::DropReason::MtuExceeded.name()),
+        ),
     };
     if let Some(r) = reason {
         steps.push(format!("drop: {r}"));
@@ -770,7 +806,7 @@ fn origin_str(o: Origin) -> &'static str {
     }
 }
 
-fn fdb_dump(core: &Core<QueueSet, UmemFrames>, tenant: Option<TenantId>, now: u64) -> Vec<Value> {
+fn fdb_dump(core: &Core<IoPort, UmemFrames>, tenant: Option<TenantId>, now: u64) -> Vec<Value> {
     let t = core.pipeline.tables();
     let mut rows: Vec<Value> = core
         .pipeline

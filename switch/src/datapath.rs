@@ -3,7 +3,7 @@
 //! in-memory ports in tests and benchmarks and AF_XDP sockets in xvsd.
 
 use crate::pipeline::{Change, DropReason, Pipeline};
-use crate::port::{BATCH, Desc, FrameMem, FreeList, Port, TxStage};
+use crate::port::{BATCH, Desc, FrameMem, FreeList, KernelDrops, Port, RxTally, TxStage};
 use crate::qos::Scheduler;
 use crate::tables::Tables;
 use crate::types::PortId;
@@ -34,6 +34,8 @@ pub struct Core<P: Port, M: FrameMem> {
     pub cycle_counter: fn() -> u64,
     rx: [Desc; BATCH],
     out: Vec<Desc>,
+    /// Each port's kernel drop counters at the last [`Core::sample_kernel_drops`].
+    kernel_seen: Vec<KernelDrops>,
 }
 
 /// Cycles a core spent per stage of its poll loop, cumulative.
@@ -92,6 +94,7 @@ impl<P: Port, M: FrameMem> Core<P, M> {
             profile: StageCycles::default(),
             cycle_counter: no_cycles,
             rx: [Desc::default(); BATCH],
+            kernel_seen: vec![KernelDrops::default(); n],
         }
     }
 
@@ -102,11 +105,32 @@ impl<P: Port, M: FrameMem> Core<P, M> {
         }
         self.stage.resize(self.ports.len(), UPLINK_STAGE);
         self.ports[id.index()] = Some(port);
+        self.kernel_seen.resize(self.ports.len(), KernelDrops::default());
+        self.kernel_seen[id.index()] = KernelDrops::default();
     }
 
-    /// Detaches port `id`.
+    /// Detaches port `id`, first counting what its kernel side dropped.
     pub fn detach(&mut self, id: PortId) -> Option<P> {
+        self.sample_kernel_drops();
         self.ports.get_mut(id.index()).and_then(Option::take)
+    }
+
+    /// Adds what the kernel dropped on each port's behalf since the last call to the port's
+    /// drop counters (reads kernel counters: once per publishing interval, not per poll).
+    pub fn sample_kernel_drops(&mut self) {
+        self.kernel_seen.resize(self.ports.len(), KernelDrops::default());
+        for (i, port) in self.ports.iter_mut().enumerate() {
+            let Some(port) = port else { continue };
+            let now = port.kernel_drops();
+            let last = std::mem::replace(&mut self.kernel_seen[i], now);
+            // Counters restart from zero when a socket is replaced.
+            let delta = |n: u64, l: u64| if n >= l { n - l } else { n };
+            let Some(c) = self.pipeline.stats.ports.get_mut(i) else { continue };
+            c.drops[DropReason::KernelRxDropped as usize] += delta(now.rx_dropped, last.rx_dropped);
+            c.drops[DropReason::KernelRxRingFull as usize] += delta(now.rx_ring_full, last.rx_ring_full);
+            c.drops[DropReason::KernelInvalidDesc as usize] += delta(now.invalid_desc, last.invalid_desc);
+            c.drops[DropReason::KernelTxDropped as usize] += delta(now.tx_dropped, last.tx_dropped);
+        }
     }
 
     /// Switches to a new table snapshot (QoS settings apply at once, queued frames stay).
@@ -151,6 +175,10 @@ impl<P: Port, M: FrameMem> Core<P, M> {
             let Some(port) = self.ports[i].as_mut() else { continue };
             let c0 = cycles();
             let n = port.rx(&mut self.mem, &mut self.rx);
+            let tally = port.take_tally();
+            if tally != RxTally::default() {
+                self.count_tally(i, &tally);
+            }
             let c1 = cycles();
             self.profile.rx += c1.wrapping_sub(c0);
             if n == 0 {
@@ -163,6 +191,21 @@ impl<P: Port, M: FrameMem> Core<P, M> {
         }
         self.transmit(now);
         total
+    }
+
+    /// Adds what port `i` counted while receiving.
+    fn count_tally(&mut self, i: usize, t: &RxTally) {
+        let stats = &mut self.pipeline.stats;
+        stats.events.csum_completed += t.csum_completed;
+        stats.events.tso_frames += t.tso_frames;
+        stats.events.tso_segments += t.tso_segments;
+        if let Some(c) = stats.ports.get_mut(i) {
+            c.drops[DropReason::FrameTooBig as usize] += t.too_big;
+            c.drops[DropReason::MalformedEthernet as usize] += t.malformed;
+            c.drops[DropReason::BadOffload as usize] += t.bad_offload;
+            c.drops[DropReason::GsoUnsupported as usize] += t.gso_unsupported;
+            c.drops[DropReason::NoBuffer as usize] += t.no_buffer;
+        }
     }
 
     /// Moves the uplink's staged tenant frames into the scheduler and what it releases at
@@ -212,13 +255,14 @@ impl<P: Port, M: FrameMem> Core<P, M> {
             if staged.is_empty() {
                 continue;
             }
-            let sent = match self.ports.get_mut(i).and_then(Option::as_mut) {
+            let (sent, unsent) = match self.ports.get_mut(i).and_then(Option::as_mut) {
                 Some(port) => {
                     let n = port.tx(staged);
                     port.flush();
-                    n
+                    (n, DropReason::TxFull)
                 }
-                None => 0,
+                // The port is configured but its interface is missing or down.
+                None => (0, DropReason::PortWaiting),
             };
             let c = &mut self.pipeline.stats.ports[i];
             for d in &staged[..sent] {
@@ -226,7 +270,7 @@ impl<P: Port, M: FrameMem> Core<P, M> {
                 c.tx_bytes += u64::from(d.len);
             }
             for d in &staged[sent..] {
-                c.drops[DropReason::TxFull as usize] += 1;
+                c.drops[unsent as usize] += 1;
                 self.free.free(d.id);
             }
             staged.clear();

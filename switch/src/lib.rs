@@ -16,6 +16,7 @@ pub mod io;
 pub mod memport;
 pub mod metrics;
 pub mod neigh;
+pub mod offload;
 pub mod pipeline;
 pub mod port;
 pub mod qos;

@@ -77,6 +77,41 @@ impl FreeList {
     }
 }
 
+/// What a port counted itself while receiving (frames it could not hand on, offloads it did),
+/// since the last [`Port::take_tally`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RxTally {
+    /// Frames larger than a frame buffer (and not TCP super-frames).
+    pub too_big: u64,
+    /// Frames shorter than an Ethernet header.
+    pub malformed: u64,
+    /// Offload headers that do not match their frame.
+    pub bad_offload: u64,
+    /// Segmentation offloads other than TCP.
+    pub gso_unsupported: u64,
+    /// Frames (or segments) with no free frame buffer to go into.
+    pub no_buffer: u64,
+    /// Partial checksums completed.
+    pub csum_completed: u64,
+    /// TCP super-frames segmented.
+    pub tso_frames: u64,
+    /// Segments made of them.
+    pub tso_segments: u64,
+}
+
+/// Frames the kernel dropped on a port's behalf, cumulative since the port was opened.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct KernelDrops {
+    /// Dropped on receive (no buffer, socket full, too large for a buffer).
+    pub rx_dropped: u64,
+    /// AF_XDP receive ring full.
+    pub rx_ring_full: u64,
+    /// Invalid AF_XDP descriptors (receive and transmit).
+    pub invalid_desc: u64,
+    /// Dropped by the interface on transmit.
+    pub tx_dropped: u64,
+}
+
 /// A network port as the forwarding core sees it.
 pub trait Port {
     /// Receives up to `out.len()` frames; returns how many were written to `out`.
@@ -89,6 +124,15 @@ pub trait Port {
     fn reclaim(&mut self, free: &mut FreeList);
     /// Gives the port empty frames from `free` to receive into.
     fn refill(&mut self, free: &mut FreeList);
+    /// What the port counted while receiving since the last call.
+    fn take_tally(&mut self) -> RxTally {
+        RxTally::default()
+    }
+    /// What the kernel dropped on this port's behalf so far (reads kernel counters: call it
+    /// when publishing, not per batch).
+    fn kernel_drops(&mut self) -> KernelDrops {
+        KernelDrops::default()
+    }
 }
 
 /// Frames staged for transmission during one poll, per egress port, with fixed capacities.

@@ -74,6 +74,14 @@ pub struct Events {
     pub fdb_full: u64,
     /// Frames handed to the VTEP host stack.
     pub to_host: u64,
+    /// Partial checksums of VM frames completed (checksum offload).
+    pub csum_completed: u64,
+    /// TCP super-frames from VMs segmented (TSO/GSO).
+    pub tso_frames: u64,
+    /// Segments made of them.
+    pub tso_segments: u64,
+    /// ICMP "fragmentation needed" / ICMPv6 "packet too big" sent back to VMs.
+    pub icmp_too_big: u64,
 }
 
 /// All counters of one core.
@@ -121,6 +129,10 @@ impl Stats {
         e.fdb_moved += f.fdb_moved;
         e.fdb_full += f.fdb_full;
         e.to_host += f.to_host;
+        e.csum_completed += f.csum_completed;
+        e.tso_frames += f.tso_frames;
+        e.tso_segments += f.tso_segments;
+        e.icmp_too_big += f.icmp_too_big;
         self.batches += o.batches;
     }
 }

@@ -2,6 +2,8 @@
 //! prefix and guaranteed teardown, commands inside namespaces with time limits, and xvsd
 //! processes that are always stopped.
 
+pub mod vm;
+
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -101,6 +103,15 @@ impl Bed {
     pub fn config_cores(&self, h: u8, cores: &str) -> String {
         let out = Command::new(root().join("scripts/testbed.sh"))
             .args(["config", &self.p, &h.to_string(), cores])
+            .output()
+            .unwrap();
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// The xvsd config for host `h` whose VM ports are the taps `{p}-t1`..`t4` of real VMs.
+    pub fn config_taps(&self, h: u8) -> String {
+        let out = Command::new(root().join("scripts/testbed.sh"))
+            .args(["config", &self.p, &h.to_string(), "1", "tap"])
             .output()
             .unwrap();
         String::from_utf8(out.stdout).unwrap()

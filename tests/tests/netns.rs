@@ -184,7 +184,10 @@ fn bad_configs_are_refused_without_touching_interfaces() {
     let cases = [
         (good.replace("vni = 100", "vni = 0"), "VNI 0 out of range"),
         (good.replace("vni = 200", "vni = 16777216"), "VNI 16777216 out of range"),
-        (good.replace(&format!("\"{p}-p3\""), "\"nope0\""), "port interface \"nope0\" not found"),
+        (
+            good.replace("vtep_ip = \"192.168.77.1/24\"", "vtep_ip = \"192.168.77.1/24\"\nmtu = 9000"),
+            "uplink MTU 9000 does not fit a frame buffer",
+        ),
         (good.replace(&format!("\"{p}-u1\""), "\"nope1\""), "uplink interface \"nope1\" not found"),
         (good.replace("tenant = \"red\"", "tenant = \"blue\""), "duplicate MAC 02:00:00:00:00:01"),
         (good.replace("192.168.77.1/24", "192.168.77.9/24"), "VTEP IP 192.168.77.9 is not configured on uplink"),
@@ -259,4 +262,60 @@ fn two_forwarding_cores_each_own_a_queue_of_every_port() {
         .output()
         .unwrap();
     assert!(String::from_utf8_lossy(&o.stderr).contains("listed twice"), "{}", String::from_utf8_lossy(&o.stderr));
+}
+
+#[test]
+fn vm_ports_follow_their_interfaces_without_commands() {
+    let bed = Bed::up("l", "xvs");
+    let p = bed.p.clone();
+    // red's VM on host 1 is gone before xvsd starts: xvsd starts anyway, its port waits.
+    bed.ok("h1", 5, &format!("ip link del {p}-p3"));
+    let h1 = bed.xvsd(1, &bed.config(1));
+    let _h2 = bed.xvsd(2, &bed.config(2));
+    let state = |name: &str| {
+        let v = bed.ctl_json(1, &["port", "list"]);
+        v.as_array().unwrap().iter().find(|x| x["name"] == name).map(|x| x["state"].clone()).unwrap()
+    };
+    let wait = |name: &str, want: &str| {
+        let t = std::time::Instant::now();
+        while state(name) != want {
+            assert!(t.elapsed() < Duration::from_secs(3), "{name} not {want} within 3 s: {}", state(name));
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        t.elapsed()
+    };
+    assert_eq!(state(&format!("{p}-p3")), "waiting");
+    bed.ok("vm1", 20, "ping -c 3 -i 0.2 -W 2 10.0.0.2");
+    // The VM comes back (a new veth pair under the same name): attached with no command.
+    bed.ok("h1", 5, &format!("ip link add {p}-p3 type veth peer name {p}-p3v && ip link set {p}-p3v netns {p}-vm3"));
+    bed.ok(
+        "vm3",
+        5,
+        &format!(
+            "ip link set {p}-p3v name eth0 && ip link set eth0 address 02:00:00:00:00:01 up && \
+             ip addr add 10.0.0.1/24 dev eth0 && ethtool -K eth0 tx off tso off gso off >/dev/null"
+        ),
+    );
+    bed.ok("h1", 5, &format!("ethtool -K {p}-p3 tx off tso off gso off >/dev/null"));
+    let took = wait(&format!("{p}-p3"), "attached");
+    assert!(took < Duration::from_secs(1) + Duration::from_millis(500), "re-attached in {took:?}");
+    bed.ok("vm3", 20, "ping -c 3 -i 0.2 -W 2 10.0.0.2");
+    // Link down and up again: waits, then forwards again.
+    bed.ok("h1", 5, &format!("ip link set {p}-p1 down"));
+    wait(&format!("{p}-p1"), "waiting");
+    bed.ok("vm3", 20, "ping -c 2 -i 0.2 -W 2 10.0.0.2");
+    bed.ok("h1", 5, &format!("ip link set {p}-p1 up"));
+    wait(&format!("{p}-p1"), "attached");
+    bed.ok("vm1", 20, "ping -c 3 -i 0.2 -W 2 10.0.0.2");
+    // Changes go through while a port waits.
+    bed.ok("h1", 5, &format!("ip link del {p}-p3"));
+    wait(&format!("{p}-p3"), "waiting");
+    bed.ctl_ok(1, &["tenant", "add", "green", "--vni", "300"]);
+    bed.ctl_ok(1, &["port", "add", "nosuch0", "--tenant", "green", "--mac", "02:00:00:00:00:09", "--ip", "10.9.0.9"]);
+    assert_eq!(state("nosuch0"), "waiting");
+    let s = h1.fresh_stats();
+    let ports = s["ports"].as_array().unwrap();
+    let p3 = ports.iter().find(|x| x["name"] == format!("{p}-p3")).unwrap();
+    assert!(p3["lost"].as_u64() >= Some(1) && p3["reattached"].as_u64() >= Some(1), "{p3}");
+    assert!(h1.stop());
 }

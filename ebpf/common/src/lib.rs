@@ -17,11 +17,14 @@ pub enum Counter {
     VmRedirected = 4,
     /// VM port: no socket on this queue; dropped (a VM port belongs to the switch).
     VmNoSocket = 5,
+    /// Tap VM port: a frame the VM sent, seen by xvs's packet socket, kept out of the host's
+    /// own stack by the tc ingress program.
+    VmHostBlocked = 6,
 }
 
 impl Counter {
     /// Number of counters.
-    pub const COUNT: u32 = 6;
+    pub const COUNT: u32 = 7;
     /// Every counter, by index.
     pub const ALL: [Counter; Counter::COUNT as usize] = [
         Counter::UplinkRedirected,
@@ -30,6 +33,7 @@ impl Counter {
         Counter::UplinkNoSocket,
         Counter::VmRedirected,
         Counter::VmNoSocket,
+        Counter::VmHostBlocked,
     ];
 
     /// Stable name, as printed by the CLI.
@@ -41,6 +45,7 @@ impl Counter {
             Counter::UplinkNoSocket => "xdp_uplink_no_socket",
             Counter::VmRedirected => "xdp_vm_redirected",
             Counter::VmNoSocket => "xdp_vm_no_socket",
+            Counter::VmHostBlocked => "tc_vm_host_blocked",
         }
     }
 }
@@ -67,6 +72,8 @@ unsafe impl aya::Pod for UplinkConf {}
 pub const PROG_UPLINK: &str = "xvs_uplink";
 /// Name of the XDP program for VM ports.
 pub const PROG_VM: &str = "xvs_vm";
+/// Name of the tc ingress program for tap VM ports.
+pub const PROG_VM_TC: &str = "xvs_vm_ingress";
 /// Name of the XSKMAP (queue id -> AF_XDP socket).
 pub const MAP_XSKS: &str = "XSKS";
 /// Name of the per-CPU counter array.

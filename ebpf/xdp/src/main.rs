@@ -4,7 +4,10 @@
 //!   for it go to the AF_XDP socket of the receiving queue; everything else is `XDP_PASS`, so
 //!   the host keeps its own networking on the same NIC. Frames that claim to be VXLAN to us but
 //!   cannot hold a VXLAN header, or are IP fragments, are dropped here and counted.
-//! * `xvs_vm`, on VM ports: every frame to the port's socket.
+//! * `xvs_vm`, on veth VM ports: every frame to the port's socket.
+//! * `xvs_vm_ingress`, tc ingress on tap VM ports: xvs reads a tap through a packet socket
+//!   (which keeps the virtio-net offload header XDP would lose); packet sockets see a frame
+//!   before tc ingress, so dropping it here keeps every VM frame out of the host's own stack.
 //!
 //! Every read is bounds-checked against `data_end`; redirects fall back to `XDP_PASS` where no
 //! socket is registered for the queue.
@@ -12,9 +15,9 @@
 #![no_main]
 
 use aya_ebpf::bindings::xdp_action;
-use aya_ebpf::macros::{map, xdp};
+use aya_ebpf::macros::{classifier, map, xdp};
 use aya_ebpf::maps::{Array, PerCpuArray, XskMap};
-use aya_ebpf::programs::XdpContext;
+use aya_ebpf::programs::{TcContext, XdpContext};
 use xvs_common::{Counter, MAX_QUEUES, UplinkConf};
 
 #[map(name = "XSKS")]
@@ -141,6 +144,14 @@ fn classify_uplink(ctx: &XdpContext) -> Verdict {
 #[xdp]
 pub fn xvs_vm(ctx: XdpContext) -> u32 {
     redirect(&ctx, Counter::VmRedirected, Counter::VmNoSocket, xdp_action::XDP_DROP)
+}
+
+/// The tap VM-port tc ingress program: xvs has the frame already (its packet socket saw it);
+/// the host's stack never gets it.
+#[classifier]
+pub fn xvs_vm_ingress(_ctx: TcContext) -> i32 {
+    count(Counter::VmHostBlocked);
+    aya_ebpf::bindings::TC_ACT_SHOT as i32
 }
 
 #[cfg(not(test))]

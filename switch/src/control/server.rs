@@ -7,6 +7,8 @@ use crate::config::{Config, DEFAULT_MAC_LIMIT, PolicerConfig, PortConfig, Static
 use crate::daemon::{self, CoreMsg, CoreReport, Cores, Options, PortStatus, Snapshot};
 use crate::io::afxdp::QueueSet;
 use crate::io::netdev;
+use crate::io::packet::PacketPort;
+use crate::io::ports::IoPort;
 use crate::io::xdp::{Attached, Role};
 use crate::pipeline::Change;
 use crate::stats::Counters;
@@ -25,22 +27,42 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use xvs_common::Counter;
 
-/// The kernel side of one port: its XDP program (the sockets live in the core).
+/// The kernel side of one port: its XDP or tc program (the sockets live in the core).
 pub struct PortIo {
     /// The attached program.
     pub attached: Attached,
+    /// The interface index it was opened on (a recreated interface gets a new one).
+    pub ifindex: u32,
+    /// `af_xdp` or `af_packet`.
+    pub io: &'static str,
 }
 
 impl PortIo {
-    /// Attaches the program for `port` and binds one socket per queue, queue `q` on the UMEM
-    /// of core `q % cores`; returns each core's sockets.
-    pub fn open(port: &Port, t: &Tables, cores: &Cores, force_copy: bool) -> anyhow::Result<(PortIo, Vec<QueueSet>)> {
+    /// Attaches the program for `port` and opens its sockets, one per core it is read on;
+    /// returns each core's share. Taps are read through a packet socket that keeps the VM's
+    /// offload header (`af_packet`, with fanout by flow hash across cores); every other port
+    /// binds one AF_XDP socket per queue, queue `q` on the UMEM of core `q % cores`. A VM
+    /// port's interface is set up (xvs owns it, as a bridge port would be).
+    pub fn open(port: &Port, t: &Tables, cores: &Cores, force_copy: bool) -> anyhow::Result<(PortIo, Vec<IoPort>)> {
+        let ifindex = netdev::ifindex(&port.name).ok_or_else(|| anyhow::anyhow!("interface not found"))?;
+        let n = cores.cores.len().max(1);
+        if matches!(port.kind, PortKind::Vm { .. }) && !netdev::is_up(&port.name) {
+            netdev::set_up(&port.name).map_err(|e| anyhow::anyhow!("setting {} up: {e}", port.name))?;
+        }
+        if matches!(port.kind, PortKind::Vm { .. }) && netdev::is_tap(&port.name) {
+            let attached = Attached::attach(&port.name, Role::VmTap)?;
+            let fanout = (n > 1).then_some(ifindex as u16);
+            let mut per = Vec::new();
+            for c in &cores.cores {
+                per.push(IoPort::Packet(Box::new(PacketPort::open(&port.name, c.umem.clone(), fanout)?)));
+            }
+            return Ok((PortIo { attached, ifindex, io: "af_packet" }, per));
+        }
         let role = match port.kind {
             PortKind::Uplink => Role::Uplink { vtep_ip: t.underlay.vtep_ip, udp_port: crate::wire::VXLAN_PORT },
             PortKind::Vm { .. } => Role::Vm,
         };
         let mut attached = Attached::attach(&port.name, role)?;
-        let n = cores.cores.len().max(1);
         let mut socks: Vec<Vec<_>> = (0..n).map(|_| Vec::new()).collect();
         for q in 0..netdev::rx_queues(&port.name) {
             let k = q as usize % n;
@@ -54,8 +76,18 @@ impl PortIo {
             attached.register(q, s.fd())?;
             socks[k].push(s);
         }
-        Ok((PortIo { attached }, socks.into_iter().map(QueueSet::new).collect()))
+        let per = socks.into_iter().map(|q| IoPort::Xsk(QueueSet::new(q))).collect();
+        Ok((PortIo { attached, ifindex, io: "af_xdp" }, per))
     }
+}
+
+/// A VM port's life as its interface comes and goes.
+#[derive(Debug, Clone, Default)]
+struct Lifecycle {
+    /// Times the interface went away or down while attached.
+    lost: u64,
+    /// Times it was attached again by itself.
+    reattached: u64,
 }
 
 /// Everything the control plane owns.
@@ -69,6 +101,11 @@ pub struct ControlState {
     tables: Arc<Tables>,
     store: Box<dyn Store>,
     ports_io: HashMap<String, PortIo>,
+    /// Per VM port name: how often its interface was lost and came back.
+    life: HashMap<String, Lifecycle>,
+    /// VM ports detached because an admin set their interface down: the index it had, so the
+    /// port waits until that interface is set up again (a new interface is set up by xvs).
+    down_at: HashMap<String, u32>,
     cores: Cores,
     opts: Options,
     started: Instant,
@@ -94,6 +131,8 @@ impl ControlState {
             tables,
             store,
             ports_io,
+            life: HashMap::new(),
+            down_at: HashMap::new(),
             cores,
             opts,
             started: Instant::now(),
@@ -232,6 +271,64 @@ impl ControlState {
             return Err("stored, but the forwarding core did not confirm the change within 5 s".into());
         }
         Ok(json!({"applied": true, "live_us": live_us}))
+    }
+
+    /// Follows VM ports' interfaces, on every link event (`names`: the interfaces the events
+    /// were about; empty: check every port). A port whose interface went away, was recreated
+    /// (new index) or was set down is detached and waits; a waiting port whose interface is
+    /// there is attached again, with no command. Other ports keep forwarding throughout.
+    pub fn reconcile(&mut self, names: &[String]) {
+        let t = Arc::clone(&self.tables);
+        let mut detach = Vec::new();
+        let mut opened = Vec::new();
+        let mut attach: Vec<Vec<(PortId, IoPort)>> = (0..self.cores.cores.len()).map(|_| Vec::new()).collect();
+        for (id, p) in t.live_ports() {
+            if !matches!(p.kind, PortKind::Vm { .. }) || (!names.is_empty() && !names.contains(&p.name)) {
+                continue;
+            }
+            let now = netdev::ifindex(&p.name);
+            let up = now.is_some() && netdev::is_up(&p.name);
+            let attached = self.ports_io.get(&p.name).map(|io| io.ifindex);
+            if attached.is_some() && (attached != now || !up) {
+                detach.push(id);
+                self.ports_io.remove(&p.name);
+                self.life.entry(p.name.clone()).or_default().lost += 1;
+                if let (Some(i), false) = (now, up) {
+                    self.down_at.insert(p.name.clone(), i);
+                }
+                tracing::info!(port = %p.name, "interface gone, recreated or down: port waiting");
+            }
+            let Some(index) = now else { continue };
+            if self.ports_io.contains_key(&p.name) || (!up && self.down_at.get(&p.name) == Some(&index)) {
+                continue;
+            }
+            match PortIo::open(p, &t, &self.cores, self.opts.force_copy) {
+                Ok((io, sets)) => {
+                    for (k, s) in sets.into_iter().enumerate() {
+                        attach[k].push((id, s));
+                    }
+                    opened.push((p.name.clone(), io));
+                    self.down_at.remove(&p.name);
+                    self.life.entry(p.name.clone()).or_default().reattached += 1;
+                    tracing::info!(port = %p.name, ifindex = index, "interface is back: port attached");
+                }
+                Err(e) => tracing::warn!(port = %p.name, "cannot attach yet: {e:#}"),
+            }
+        }
+        if detach.is_empty() && opened.is_empty() {
+            return;
+        }
+        let sent = self.cores.send_all_and_wait(|k, done| CoreMsg::Update {
+            tables: Arc::clone(&t),
+            change: Change::default(),
+            attach: std::mem::take(&mut attach[k]),
+            detach: detach.clone(),
+            done,
+        });
+        if let Err(e) = sent {
+            tracing::warn!("port lifecycle change not confirmed: {e}");
+        }
+        self.ports_io.extend(opened);
     }
 
     /// Detaches every XDP program (at shutdown, after the core closed the sockets).
@@ -458,6 +555,9 @@ impl ControlState {
             if self.ports_io.contains_key(&p.name) {
                 continue;
             }
+            if matches!(p.kind, PortKind::Vm { .. }) && netdev::ifindex(&p.name).is_none() {
+                continue; // configured, waiting for its interface (see `reconcile`)
+            }
             match PortIo::open(p, &tables, &self.cores, self.opts.force_copy) {
                 Ok((io, sets)) => {
                     opened.push((p.name.clone(), io));
@@ -476,8 +576,8 @@ impl ControlState {
         let tables = Arc::new(tables);
         let change = Change::between(&self.tables, &tables);
         let detach: Vec<PortId> = removed.iter().map(|(id, _)| *id).collect();
-        let mut attach: Vec<Vec<(PortId, QueueSet)>> = {
-            let mut per: Vec<Vec<(PortId, QueueSet)>> = (0..self.cores.cores.len()).map(|_| Vec::new()).collect();
+        let mut attach: Vec<Vec<(PortId, IoPort)>> = {
+            let mut per: Vec<Vec<(PortId, IoPort)>> = (0..self.cores.cores.len()).map(|_| Vec::new()).collect();
             for (id, sets) in attach {
                 for (k, s) in sets.into_iter().enumerate() {
                     per[k].push((id, s));
@@ -566,6 +666,10 @@ impl ControlState {
                 ips: vec![self.tables.underlay.vtep_ip.to_string()],
                 afxdp_mode: modes,
                 xdp_mode: self.ports_io.get(&p.name).map(|io| io.attached.mode),
+                state: if self.ports_io.contains_key(&p.name) { "attached" } else { "waiting" },
+                io: self.ports_io.get(&p.name).map(|io| io.io),
+                lost: 0,
+                reattached: 0,
             },
             PortKind::Vm { tenant, mac, ipv4, ipv6 } => PortStatus {
                 name: p.name.clone(),
@@ -575,6 +679,10 @@ impl ControlState {
                 ips: ipv4.iter().map(|a| a.to_string()).chain(ipv6.iter().map(|a| a.to_string())).collect(),
                 afxdp_mode: modes,
                 xdp_mode: self.ports_io.get(&p.name).map(|io| io.attached.mode),
+                state: if self.ports_io.contains_key(&p.name) { "attached" } else { "waiting" },
+                io: self.ports_io.get(&p.name).map(|io| io.io),
+                lost: self.life.get(&p.name).map_or(0, |l| l.lost),
+                reattached: self.life.get(&p.name).map_or(0, |l| l.reattached),
             },
         })
     }

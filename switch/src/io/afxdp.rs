@@ -3,7 +3,7 @@
 //! it, copy mode otherwise (veth, tap), chosen automatically; need_wakeup always.
 #![allow(unsafe_code)]
 
-use crate::port::{BATCH, Desc, FrameMem, FreeList, Port};
+use crate::port::{BATCH, Desc, FrameMem, FreeList, KernelDrops, Port};
 use serde::Serialize;
 use std::num::NonZeroU32;
 use std::ops::Range;
@@ -15,6 +15,8 @@ use xsk_rs::{CompQueue, FillQueue, FrameDesc, RxQueue, Socket, TxQueue, Umem};
 
 /// UMEM chunk size: one page, room for jumbo-ish frames plus encapsulation.
 pub const FRAME_SIZE: u32 = 4096;
+/// Data bytes of a frame: the chunk less the kernel's XDP headroom (256 bytes).
+pub const FRAME_CAPACITY: usize = FRAME_SIZE as usize - 256;
 /// Descriptors per ring.
 pub const RING_SIZE: u32 = 2048;
 
@@ -96,6 +98,31 @@ impl UmemHandle {
     /// Data capacity of a frame.
     fn cap(&self) -> usize {
         FRAME_SIZE as usize - self.data_off
+    }
+
+    /// Data capacity of every frame.
+    pub fn capacity(&self) -> usize {
+        self.cap()
+    }
+
+    /// The start of frame `id`'s data area, for handing it to a system call.
+    pub fn frame_ptr(&self, id: u32) -> *mut u8 {
+        self.data_ptr(id)
+    }
+
+    /// Frame `id`'s data area, writable. The caller owns the frame (took it from the free
+    /// list and has not handed it on).
+    pub fn frame_mut(&mut self, id: u32) -> &mut [u8] {
+        // SAFETY: the frame is owned by the caller (see above), so neither the kernel nor any
+        // other reference touches it; the range is inside the mapping.
+        unsafe { std::slice::from_raw_parts_mut(self.data_ptr(id), self.cap()) }
+    }
+
+    /// Copies `data` (at most a frame's capacity) to the start of frame `id`, owned as for
+    /// [`UmemHandle::frame_mut`].
+    pub fn write(&mut self, id: u32, data: &[u8]) {
+        let n = data.len().min(self.cap());
+        self.frame_mut(id)[..n].copy_from_slice(&data[..n]);
     }
 
     /// Binds an AF_XDP socket on `ifname` queue `queue` to this UMEM.
@@ -230,12 +257,6 @@ impl XskPort {
         self.fill_target = frames.clamp(1, RING_SIZE);
     }
 
-    /// Kernel-side statistics: (rx dropped, rx ring full, fill ring empty, tx invalid).
-    pub fn kernel_stats(&self) -> Option<(u64, u64, u64, u64)> {
-        let s = self.rx.fd().xdp_statistics().ok()?;
-        Some((s.rx_dropped(), s.rx_ring_full(), s.rx_fill_ring_empty_descs(), s.tx_invalid_descs()))
-    }
-
     fn id_of(addr: usize) -> (u32, usize) {
         ((addr / FRAME_SIZE as usize) as u32, addr % FRAME_SIZE as usize)
     }
@@ -341,6 +362,18 @@ impl Port for XskPort {
         }
     }
 
+    fn kernel_drops(&mut self) -> KernelDrops {
+        match self.rx.fd().xdp_statistics() {
+            Ok(s) => KernelDrops {
+                rx_dropped: s.rx_dropped(),
+                rx_ring_full: s.rx_ring_full(),
+                invalid_desc: s.rx_invalid_descs() + s.tx_invalid_descs(),
+                tx_dropped: 0,
+            },
+            Err(_) => KernelDrops::default(),
+        }
+    }
+
     fn refill(&mut self, free: &mut FreeList) {
         if self.in_fill >= self.fill_target {
             return;
@@ -436,6 +469,17 @@ impl Port for QueueSet {
         for q in &mut self.queues {
             q.refill(free);
         }
+    }
+
+    fn kernel_drops(&mut self) -> KernelDrops {
+        let mut k = KernelDrops::default();
+        for q in &mut self.queues {
+            let d = q.kernel_drops();
+            k.rx_dropped += d.rx_dropped;
+            k.rx_ring_full += d.rx_ring_full;
+            k.invalid_desc += d.invalid_desc;
+        }
+        k
     }
 }
 

@@ -1,8 +1,12 @@
-//! The I/O layer: XDP programs (aya), AF_XDP sockets (xsk-rs), the UMEM. The only place with
-//! `unsafe` code; everything above it is safe and I/O-free.
+//! The I/O layer: XDP and tc programs (aya), AF_XDP sockets (xsk-rs), the UMEM, packet
+//! sockets on taps, link events (netlink). The only place with `unsafe` code; everything
+//! above it is safe and I/O-free.
 
 pub mod afxdp;
+pub mod links;
 pub mod netdev;
+pub mod packet;
+pub mod ports;
 pub mod xdp;
 
 /// The CPU's cycle counter (the time-stamp counter on x86_64; 0 elsewhere), for the forwarding

@@ -47,3 +47,54 @@ pub fn has_addr(ifname: &str, ip: IpAddr) -> bool {
         IpAddr::V6(_) => false,
     }
 }
+
+/// The interface's index, if it exists.
+pub fn ifindex(ifname: &str) -> Option<u32> {
+    if ifname.contains('/') {
+        return None;
+    }
+    nix::net::if_::if_nametoindex(ifname).ok().filter(|i| *i != 0)
+}
+
+/// Whether the interface is a tap (or tun) device.
+pub fn is_tap(ifname: &str) -> bool {
+    sys(ifname, "tun_flags").is_some()
+}
+
+/// Whether the interface is administratively up.
+pub fn is_up(ifname: &str) -> bool {
+    sys(ifname, "flags")
+        .and_then(|f| u32::from_str_radix(f.trim_start_matches("0x"), 16).ok())
+        .is_some_and(|f| f & 1 != 0)
+}
+
+/// Sets the interface administratively up.
+#[allow(unsafe_code)]
+pub fn set_up(ifname: &str) -> std::io::Result<()> {
+    if ifname.len() >= libc::IFNAMSIZ {
+        return Err(std::io::Error::from(std::io::ErrorKind::InvalidInput));
+    }
+    // SAFETY: plain socket(2) for the ioctl; the result is checked and closed below.
+    let s = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if s < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: an all-zero ifreq is valid; the name fits (checked above) with its NUL.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (d, b) in req.ifr_name.iter_mut().zip(ifname.bytes()) {
+        *d = b as libc::c_char;
+    }
+    // SAFETY: SIOCGIFFLAGS/SIOCSIFFLAGS read and write the flags member of a valid ifreq.
+    let rc = unsafe {
+        let mut rc = libc::ioctl(s, libc::SIOCGIFFLAGS, &raw mut req);
+        if rc == 0 {
+            req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
+            rc = libc::ioctl(s, libc::SIOCSIFFLAGS, &raw mut req);
+        }
+        rc
+    };
+    let err = std::io::Error::last_os_error();
+    // SAFETY: `s` is our descriptor, closed once.
+    unsafe { libc::close(s) };
+    if rc != 0 { Err(err) } else { Ok(()) }
+}

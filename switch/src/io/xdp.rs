@@ -1,13 +1,14 @@
-//! Loading and attaching the XDP programs (aya), registering sockets in the XSKMAP, reading
-//! the per-CPU counters. One program instance, with its own maps, per interface.
+//! Loading and attaching the XDP programs and the tap ingress program (aya), registering
+//! sockets in the XSKMAP, reading the per-CPU counters. One program instance, with its own
+//! maps, per interface.
 #![allow(unsafe_code)]
 
 use aya::Ebpf;
 use aya::maps::{Array, PerCpuArray, XskMap};
-use aya::programs::{Xdp, XdpMode};
+use aya::programs::{SchedClassifier, TcAttachType, Xdp, XdpMode};
 use serde::Serialize;
 use std::os::fd::RawFd;
-use xvs_common::{Counter, MAP_COUNTERS, MAP_UPLINK_CONF, MAP_XSKS, PROG_UPLINK, PROG_VM, UplinkConf};
+use xvs_common::{Counter, MAP_COUNTERS, MAP_UPLINK_CONF, MAP_XSKS, PROG_UPLINK, PROG_VM, PROG_VM_TC, UplinkConf};
 
 /// The XDP object built by build.rs.
 static XDP_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/xvs-xdp"));
@@ -22,8 +23,10 @@ pub enum Role {
         /// VXLAN UDP port.
         udp_port: u16,
     },
-    /// A VM port.
+    /// A VM port read through AF_XDP (veth).
     Vm,
+    /// A tap VM port read through a packet socket: tc ingress keeps its frames from the host.
+    VmTap,
 }
 
 /// How the program is attached.
@@ -34,6 +37,8 @@ pub enum AttachMode {
     Driver,
     /// Generic (skb) XDP.
     Generic,
+    /// No XDP: a tc ingress program (tap ports, read through a packet socket).
+    TcIngress,
 }
 
 /// An XDP program attached to one interface.
@@ -59,6 +64,16 @@ impl Attached {
         let name = match role {
             Role::Uplink { .. } => PROG_UPLINK,
             Role::Vm => PROG_VM,
+            Role::VmTap => {
+                let prog: &mut SchedClassifier = ebpf
+                    .program_mut(PROG_VM_TC)
+                    .ok_or_else(|| anyhow::anyhow!("object lacks program {PROG_VM_TC}"))?
+                    .try_into()?;
+                prog.load().map_err(|e| anyhow::anyhow!("loading tc program {PROG_VM_TC}: {e}"))?;
+                prog.attach(ifname, TcAttachType::Ingress)
+                    .map_err(|e| anyhow::anyhow!("tc ingress attach to {ifname} refused: {e}"))?;
+                return Ok(Attached { ifname: ifname.to_string(), mode: AttachMode::TcIngress, ebpf });
+            }
         };
         let prog: &mut Xdp =
             ebpf.program_mut(name).ok_or_else(|| anyhow::anyhow!("XDP object lacks program {name}"))?.try_into()?;

@@ -68,6 +68,14 @@ reasons! {
     NotVxlan => "not_vxlan", "non-VXLAN frame on the uplink that the host stack does not handle";
     Policed => "policed", "over the VM port's policer rate";
     QosQueueFull => "qos_queue_full", "the tenant's uplink queue is full (QoS)";
+    GsoUnsupported => "gso_unsupported", "VM handed over a segmentation offload other than TCP over IPv4/IPv6";
+    BadOffload => "bad_offload", "VM's offload header does not match its frame (checksum or TCP header out of place)";
+    FrameTooBig => "frame_too_big", "frame larger than a frame buffer (and not a TCP super-frame to segment)";
+    PortWaiting => "port_waiting", "egress port's interface is missing or down (waiting for it)";
+    KernelRxDropped => "kernel_rx_dropped", "the kernel dropped a frame for this port's socket (no buffer, socket full, or too large for a buffer)";
+    KernelRxRingFull => "kernel_rx_ring_full", "the kernel found this port's AF_XDP receive ring full";
+    KernelInvalidDesc => "kernel_invalid_desc", "the kernel refused an AF_XDP descriptor of this port";
+    KernelTxDropped => "kernel_tx_dropped", "the interface dropped a frame xvs sent (its transmit queue was full or it had no reader)";
 }
 
 #[cfg(test)]

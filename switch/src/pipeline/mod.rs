@@ -6,6 +6,7 @@
 
 mod drop;
 pub mod encap;
+pub mod icmp;
 
 pub use drop::DropReason;
 pub use encap::{EncapTemplate, Outer, Underlayer};
@@ -66,6 +67,12 @@ pub enum Action {
     },
     /// Hand it to the VTEP's host stack.
     Host,
+    /// Too big for the overlay: drop it and answer with ICMP "fragmentation needed" (IPv4
+    /// with DF) or ICMPv6 "packet too big", carrying this inner MTU.
+    TooBig {
+        /// Largest inner IP packet that fits.
+        mtu: u16,
+    },
 }
 
 /// What changes between two table snapshots, for the per-core FDB.
@@ -338,6 +345,16 @@ impl Pipeline {
                         now,
                     );
                 }
+                Action::TooBig { mtu } => {
+                    count_drop(out.stats, ingress, tenant, DropReason::MtuExceeded);
+                    match icmp::too_big(mem.buf_mut(d.id), d.len as usize, mtu) {
+                        Some(len) => {
+                            out.stats.events.icmp_too_big += 1;
+                            out.send(ingress, Desc { id: d.id, len: len as u32 });
+                        }
+                        None => out.free.free(d.id),
+                    }
+                }
                 Action::Host => {
                     out.stats.events.to_host += 1;
                     if !out.stage.push_host(*d) {
@@ -567,7 +584,7 @@ fn classify_vm(
         Some(FdbDest::Local(p)) => Action::Forward(p),
         Some(FdbDest::Remote(vtep)) => {
             if len > tmpl.max_inner {
-                return Action::Drop(DropReason::MtuExceeded);
+                return Action::TooBig { mtu: tmpl.max_inner.saturating_sub(ETHERNET_HEADER_LEN) as u16 };
             }
             let Some(dst_mac) = neigh.resolve(t.underlay.next_hop(vtep), now) else {
                 return Action::Drop(DropReason::VtepUnresolved);

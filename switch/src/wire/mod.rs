@@ -26,17 +26,38 @@ pub fn checksum(data: &[u8]) -> u16 {
     !fold(sum_words(data))
 }
 
-/// One's-complement sum of `data` as big-endian 16-bit words, not yet folded.
+/// One's-complement sum of `data` as big-endian 16-bit words (folded to 16 bits, which is
+/// still a sum that can be added to).
 pub fn sum_words(data: &[u8]) -> u32 {
-    let mut sum = 0u32;
-    let mut chunks = data.chunks_exact(2);
+    u32::from(fold_wide(sum_wide(data, 0)))
+}
+
+/// The one's-complement sum of `data` as big-endian 16-bit words added to `init`, unfolded:
+/// eight bytes at a time, for checksums over whole 64 KB frames.
+pub fn sum_wide(data: &[u8], init: u64) -> u64 {
+    let mut acc = init;
+    let mut chunks = data.chunks_exact(8);
     for c in &mut chunks {
-        sum += u32::from(u16::from_be_bytes([c[0], c[1]]));
+        let w = u64::from_be_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]);
+        // Adding the 32-bit halves keeps every carry in the upper bits: folded later.
+        acc += (w >> 32) + (w & 0xffff_ffff);
     }
-    if let [last] = chunks.remainder() {
-        sum += u32::from(*last) << 8;
+    let mut pairs = chunks.remainder().chunks_exact(2);
+    for p in &mut pairs {
+        acc += u64::from(u16::from_be_bytes([p[0], p[1]]));
     }
-    sum
+    if let [b] = pairs.remainder() {
+        acc += u64::from(*b) << 8;
+    }
+    acc
+}
+
+/// Folds a sum from [`sum_wide`] into 16 bits.
+pub fn fold_wide(mut s: u64) -> u16 {
+    while s >> 16 != 0 {
+        s = (s & 0xffff) + (s >> 16);
+    }
+    s as u16
 }
 
 /// Folds a 32-bit one's-complement sum into 16 bits.
