@@ -199,6 +199,8 @@ impl<P: Port, M: FrameMem> Core<P, M> {
         stats.events.csum_completed += t.csum_completed;
         stats.events.tso_frames += t.tso_frames;
         stats.events.tso_segments += t.tso_segments;
+        stats.events.coalesced_segments += t.coalesced_segments;
+        stats.events.coalesced_frames += t.coalesced_frames;
         if let Some(c) = stats.ports.get_mut(i) {
             c.drops[DropReason::FrameTooBig as usize] += t.too_big;
             c.drops[DropReason::MalformedEthernet as usize] += t.malformed;
@@ -255,14 +257,14 @@ impl<P: Port, M: FrameMem> Core<P, M> {
             if staged.is_empty() {
                 continue;
             }
-            let (sent, unsent) = match self.ports.get_mut(i).and_then(Option::as_mut) {
+            let (sent, unsent, tally) = match self.ports.get_mut(i).and_then(Option::as_mut) {
                 Some(port) => {
                     let n = port.tx(staged);
                     port.flush();
-                    (n, DropReason::TxFull)
+                    (n, DropReason::TxFull, port.take_tally())
                 }
                 // The port is configured but its interface is missing or down.
-                None => (0, DropReason::PortWaiting),
+                None => (0, DropReason::PortWaiting, RxTally::default()),
             };
             let c = &mut self.pipeline.stats.ports[i];
             for d in &staged[..sent] {
@@ -274,6 +276,9 @@ impl<P: Port, M: FrameMem> Core<P, M> {
                 self.free.free(d.id);
             }
             staged.clear();
+            if tally != RxTally::default() {
+                self.count_tally(i, &tally);
+            }
         }
         let c1 = cycles();
         for port in self.ports.iter_mut().flatten() {

@@ -226,6 +226,111 @@ impl TsoPlan {
     }
 }
 
+/// One IPv4 TCP segment as receive coalescing sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TcpSegment {
+    /// Length of the headers (Ethernet, IPv4 without options, TCP with options).
+    pub hdr_len: usize,
+    /// Sequence number.
+    pub seq: u32,
+    /// Payload bytes.
+    pub payload: usize,
+    /// TCP flags.
+    pub flags: u8,
+}
+
+/// The segment in `frame`, if it is one receive coalescing may merge: IPv4 without options,
+/// not a fragment, TCP with payload, lengths consistent and checksums correct (a segment
+/// with a bad checksum goes to the guest alone, so the guest counts it).
+pub fn tcp4_segment(frame: &[u8]) -> Option<TcpSegment> {
+    let ip = frame.get(ETH_LEN..)?;
+    if frame[12..14] != [0x08, 0x00] || ip.len() < 40 || ip[0] != 0x45 || ip[9] != 6 {
+        return None;
+    }
+    let total = usize::from(u16::from_be_bytes([ip[2], ip[3]]));
+    if total != ip.len() || ip[6] & 0x3f != 0 || ip[7] != 0 || fold(sum(&ip[..20], 0)) != 0xffff {
+        return None;
+    }
+    let doff = usize::from(ip[32] >> 4) * 4;
+    if doff < 20 || 20 + doff >= total {
+        return None;
+    }
+    let tcp_len = (total - 20) as u64;
+    if fold(sum(&ip[20..], sum(&ip[12..20], 6 + tcp_len))) != 0xffff {
+        return None;
+    }
+    let seq = u32::from_be_bytes([ip[24], ip[25], ip[26], ip[27]]);
+    Some(TcpSegment { hdr_len: ETH_LEN + 20 + doff, seq, payload: total - 20 - doff, flags: ip[33] })
+}
+
+/// Whether `next` continues the run that `first` started and `prev` (the run's last segment
+/// so far) extends, as Linux's GRO decides it: the same flow and headers but for the IP ID,
+/// length and checksum and the TCP sequence number; in order; every segment but the last
+/// full-sized and a bare ACK (the last may carry PSH).
+pub fn continues(first: &[u8], f: &TcpSegment, prev: &TcpSegment, next: &[u8], n: &TcpSegment) -> bool {
+    const ACK: u8 = 0x10;
+    if prev.flags != ACK || (n.flags != ACK && n.flags != ACK | TCP_PSH) {
+        return false;
+    }
+    if n.hdr_len != f.hdr_len || prev.payload != f.payload || n.payload > f.payload || n.payload == 0 {
+        return false;
+    }
+    if prev.seq.wrapping_add(prev.payload as u32) != n.seq {
+        return false;
+    }
+    let (a, b) = (first, next);
+    let ip = ETH_LEN;
+    let t = ETH_LEN + 20;
+    a[..ETH_LEN] == b[..ETH_LEN]
+        && a[ip + 1] == b[ip + 1]
+        && a[ip + 6..ip + 10] == b[ip + 6..ip + 10]
+        && a[ip + 12..ip + 20] == b[ip + 12..ip + 20]
+        && a[t..t + 4] == b[t..t + 4]
+        && a[t + 8..t + 12] == b[t + 8..t + 12]
+        && a[t + 14..t + 16] == b[t + 14..t + 16]
+        && a[t + 18..f.hdr_len] == b[t + 18..f.hdr_len]
+}
+
+/// Writes the super-frame of `segments` (a run [`continues`] accepted, first to last) into
+/// `out` and returns its length and the virtio-net header that hands it to a guest as one
+/// TSO frame: partial TCP checksum (the pseudo-header sum), `gso_size` the first segment's
+/// payload. `None` if `out` is too small or the run is empty.
+pub fn coalesce(segments: &[&[u8]], first: &TcpSegment, out: &mut [u8]) -> Option<(usize, VnetHdr)> {
+    let head = segments.first()?;
+    let h = first.hdr_len;
+    let mut len = h;
+    out.get_mut(..h)?.copy_from_slice(&head[..h]);
+    let mut flags = 0u8;
+    for s in segments {
+        let p = &s[h..];
+        out.get_mut(len..len + p.len())?.copy_from_slice(p);
+        len += p.len();
+        flags = s[ETH_LEN + 20 + 13];
+    }
+    let ip = ETH_LEN;
+    let total = len - ip;
+    if total > usize::from(u16::MAX) {
+        return None;
+    }
+    out[ip + 2..ip + 4].copy_from_slice(&(total as u16).to_be_bytes());
+    out[ip + 10..ip + 12].copy_from_slice(&[0, 0]);
+    let c = !fold(sum(&out[ip..ip + 20], 0));
+    out[ip + 10..ip + 12].copy_from_slice(&c.to_be_bytes());
+    let t = ip + 20;
+    out[t + 13] = flags; // the last segment's PSH
+    let pseudo = fold(sum(&out[ip + 12..ip + 20], 6 + (len - t) as u64));
+    out[t + 16..t + 18].copy_from_slice(&pseudo.to_be_bytes());
+    let hdr = VnetHdr {
+        flags: F_NEEDS_CSUM,
+        gso_type: GSO_TCPV4,
+        hdr_len: h as u16,
+        gso_size: first.payload as u16,
+        csum_start: t as u16,
+        csum_offset: 16,
+    };
+    Some((len, hdr))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -429,5 +534,59 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn segments_coalesce_back_into_the_super_frame() {
+        let f = tcp4(10_000, 0x18); // PSH ACK
+        let plan = TsoPlan::new(&gso(GSO_TCPV4, 1448, 34), &f).unwrap();
+        let segs = segments(&plan, &f);
+        let infos: Vec<TcpSegment> = segs.iter().map(|s| tcp4_segment(s).expect("a valid segment")).collect();
+        for i in 1..segs.len() {
+            assert!(continues(&segs[0], &infos[0], &infos[i - 1], &segs[i], &infos[i]), "segment {i} continues");
+        }
+        let views: Vec<&[u8]> = segs.iter().map(Vec::as_slice).collect();
+        let mut out = vec![0u8; 65_600];
+        let (n, hdr) = coalesce(&views, &infos[0], &mut out).unwrap();
+        assert_eq!(n, f.len());
+        assert_eq!((hdr.gso_type, hdr.gso_size, hdr.csum_start, hdr.csum_offset), (GSO_TCPV4, 1448, 34, 16));
+        // Completing the partial checksum gives a frame a receiver accepts.
+        let mut whole = out[..n].to_vec();
+        complete_checksum(&mut whole, 34, 16).unwrap();
+        let ip = Ipv4Packet::new_checked(&whole[14..]).unwrap();
+        assert!(ip.verify_checksum());
+        let tcp = TcpPacket::new_checked(ip.payload()).unwrap();
+        assert!(tcp.verify_checksum(&IpAddress::Ipv4(ip.src_addr()), &IpAddress::Ipv4(ip.dst_addr())));
+        assert!(tcp.psh());
+        assert_eq!(tcp.payload(), &f[66..]);
+    }
+
+    #[test]
+    fn runs_break_where_gro_would_break_them() {
+        let f = tcp4(4344, 0x10);
+        let plan = TsoPlan::new(&gso(GSO_TCPV4, 1448, 34), &f).unwrap();
+        let segs = segments(&plan, &f);
+        let i: Vec<TcpSegment> = segs.iter().map(|s| tcp4_segment(s).unwrap()).collect();
+        assert!(!continues(&segs[0], &i[0], &i[0], &segs[2], &i[2]), "a gap in the sequence");
+        let mut other = segs[1].clone();
+        other[14 + 20 + 1] ^= 1; // another source port
+        let oi = tcp4_segment(&{
+            let mut o = other.clone();
+            o[14 + 20 + 16..14 + 20 + 18].copy_from_slice(&[0, 0]);
+            let tl = (o.len() - 34) as u64;
+            let c = !fold(sum(&o[34..], sum(&o[26..34], 6 + tl)));
+            o[14 + 20 + 16..14 + 20 + 18].copy_from_slice(&c.to_be_bytes());
+            other = o.clone();
+            o
+        })
+        .unwrap();
+        assert!(!continues(&segs[0], &i[0], &i[0], &other, &oi), "another flow");
+        let mut bad = segs[1].clone();
+        bad[60] ^= 0xff;
+        assert_eq!(tcp4_segment(&bad), None, "a bad checksum is not merged");
+        let mut fin = segs[0].clone();
+        fin[14 + 20 + 13] = 0x11;
+        let fi = TcpSegment { flags: 0x11, ..i[0] };
+        assert!(!continues(&fin, &fi, &fi, &segs[1], &i[1]), "nothing follows a FIN");
     }
 }

@@ -77,8 +77,8 @@ impl FreeList {
     }
 }
 
-/// What a port counted itself while receiving (frames it could not hand on, offloads it did),
-/// since the last [`Port::take_tally`].
+/// What a port counted itself (frames it could not hand on, offloads it did), since the last
+/// [`Port::take_tally`].
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct RxTally {
     /// Frames larger than a frame buffer (and not TCP super-frames).
@@ -97,6 +97,10 @@ pub struct RxTally {
     pub tso_frames: u64,
     /// Segments made of them.
     pub tso_segments: u64,
+    /// Segments sent to the guest coalesced into super-frames.
+    pub coalesced_segments: u64,
+    /// Super-frames they made.
+    pub coalesced_frames: u64,
 }
 
 /// Frames the kernel dropped on a port's behalf, cumulative since the port was opened.

@@ -82,6 +82,10 @@ pub struct Events {
     pub tso_segments: u64,
     /// ICMP "fragmentation needed" / ICMPv6 "packet too big" sent back to VMs.
     pub icmp_too_big: u64,
+    /// TCP segments sent to VMs coalesced into super-frames (receive offload for the guest).
+    pub coalesced_segments: u64,
+    /// Super-frames they made.
+    pub coalesced_frames: u64,
 }
 
 /// All counters of one core.
@@ -133,6 +137,8 @@ impl Stats {
         e.tso_frames += f.tso_frames;
         e.tso_segments += f.tso_segments;
         e.icmp_too_big += f.icmp_too_big;
+        e.coalesced_segments += f.coalesced_segments;
+        e.coalesced_frames += f.coalesced_frames;
         self.batches += o.batches;
     }
 }

@@ -39,6 +39,9 @@ pub struct GuestSpec {
     pub name: String,
     /// Where the serial socket and the qemu log go.
     pub dir: PathBuf,
+    /// qemu's tap scripts (`script=`, `downscript=`) and the environment they read; none:
+    /// `script=no,downscript=no`.
+    pub scripts: Option<(PathBuf, PathBuf, Vec<(String, String)>)>,
 }
 
 /// A running qemu guest; killed on drop.
@@ -58,6 +61,13 @@ impl Guest {
         let _ = std::fs::remove_file(&sock);
         let log = std::fs::File::create(spec.dir.join(format!("{}.qemu.log", spec.tap))).expect("qemu log");
         let append = format!("console=ttyS0 quiet loglevel=1 panic=-1 xvs.ip={} xvs.name={}", spec.ip, spec.name);
+        let (netdev, env) = match &spec.scripts {
+            Some((up, down, env)) => (
+                format!("tap,id=n0,ifname={},script={},downscript={}", spec.tap, up.display(), down.display()),
+                env.clone(),
+            ),
+            None => (format!("tap,id=n0,ifname={},script=no,downscript=no", spec.tap), Vec::new()),
+        };
         let child = Command::new("ip")
             .args(["netns", "exec", &spec.netns, "qemu-system-x86_64", "-accel", "tcg", "-m", "256", "-nodefaults"])
             .args(["-no-user-config", "-display", "none", "-no-reboot"])
@@ -69,7 +79,8 @@ impl Guest {
             .args(["-chardev", &format!("socket,id=c0,path={},server=on,wait=off", sock.display())])
             .args(["-serial", "chardev:c0"])
             // The NIC exactly as qemu makes it by default: a tap with vnet_hdr, virtio-net.
-            .args(["-netdev", &format!("tap,id=n0,ifname={},script=no,downscript=no", spec.tap)])
+            .args(["-netdev", &netdev])
+            .envs(env)
             .args(["-device", &format!("virtio-net-pci,netdev=n0,mac={}", spec.mac)])
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))
@@ -110,6 +121,8 @@ impl Guest {
         self.read_until(&marker, left).unwrap_or_else(|got| {
             panic!("{} did not boot within {timeout:?}; console:\n{got}\nqemu: {}", self.spec.name, self.log())
         });
+        // The console shell greets with a banner: let it pass before the first real command.
+        let _ = self.sh("true", 10);
     }
 
     /// Reads the console until `marker`; returns what came before it (or, on timeout, all).
@@ -167,6 +180,23 @@ impl Guest {
     /// A counter of the guest's ICMP stack from /proc/net/snmp (`InDestUnreachs`).
     pub fn icmp_counter(&mut self, name: &str) -> u64 {
         snmp(&self.ok("cat /proc/net/snmp", 10), "Icmp:", name)
+    }
+
+    /// Stops qemu the way a VM manager does (SIGTERM: qemu runs its down-script) and waits.
+    pub fn stop(&mut self) -> bool {
+        self.conn = None;
+        let Some(mut c) = self.child.take() else { return false };
+        let _ = Command::new("kill").args(["-TERM", &c.id().to_string()]).status();
+        let t = Instant::now();
+        while t.elapsed() < Duration::from_secs(20) {
+            if let Ok(Some(st)) = c.try_wait() {
+                return st.success();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = c.kill();
+        let _ = c.wait();
+        false
     }
 
     /// Kills qemu (the VM stops; its tap disappears with it).

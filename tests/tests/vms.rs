@@ -66,6 +66,7 @@ fn qemu_vms_with_default_offloads_get_tcp_isolation_and_survive_restarts() {
         ip: format!("10.0.0.{h}/24"),
         name: name.to_string(),
         dir: bed.path(""),
+        scripts: None,
     };
     let specs = [spec(1, 1, "blue1"), spec(1, 3, "red1"), spec(2, 2, "blue2"), spec(2, 4, "red2")];
     let mut g: Vec<Guest> = specs.iter().cloned().map(|s| Guest::start(s, &images)).collect();
@@ -153,6 +154,56 @@ fn qemu_vms_with_default_offloads_get_tcp_isolation_and_survive_restarts() {
     assert_eq!(red1.ok("echo | nc -w 5 10.0.0.2 7000", 15).trim(), "red2");
     let t3 = port(&bed, 1, &format!("{p}-t3"));
     assert!(t3["lost"].as_u64() >= Some(1) && t3["reattached"].as_u64() >= Some(2), "lifecycle counted: {t3}");
+
+    // A VM started with xvs's qemu scripts joins its tenant by itself and leaves it when qemu
+    // stops; the libvirt hook does the same from a domain's XML.
+    let root = xvs_systests::root();
+    let env = vec![
+        ("XVS_TENANT".to_string(), "blue".to_string()),
+        ("XVS_MAC".to_string(), "02:00:00:00:00:05".to_string()),
+        ("XVS_IPS".to_string(), "10.0.0.5".to_string()),
+        ("XVS_SOCKET".to_string(), bed.socket(1).display().to_string()),
+        ("XVSCTL".to_string(), xvs_systests::xvsctl_bin().display().to_string()),
+    ];
+    let mut blue5 = Guest::start(
+        GuestSpec {
+            mac: "02:00:00:00:00:05".into(),
+            ip: "10.0.0.5/24".into(),
+            name: "blue5".into(),
+            tap: format!("{p}-t5"),
+            scripts: Some((root.join("scripts/xvs-ifup"), root.join("scripts/xvs-ifdown"), env)),
+            ..specs[0].clone()
+        },
+        &images,
+    );
+    blue5.wait_up(BOOT);
+    wait_state(&bed, 1, &format!("{p}-t5"), "attached", Duration::from_secs(5));
+    assert_eq!(blue5.ok("echo | nc -w 5 10.0.0.2 7000", 15).trim(), "blue2", "blue5 is in blue");
+    assert!(blue5.stop(), "qemu stops cleanly");
+    assert_eq!(port(&bed, 1, &format!("{p}-t5")), Value::Null, "xvs-ifdown removed the port");
+    let xml = format!(
+        "<domain type='kvm'><name>vm6</name><metadata><xvs:ports xmlns:xvs='https://xvs.invalid/libvirt/1'>\
+         <xvs:port dev='{p}-t6' tenant='red' ips='10.0.0.6'/></xvs:ports></metadata><devices>\
+         <interface type='ethernet'><mac address='02:00:00:00:00:06'/><target dev='{p}-t6'/>\
+         <model type='virtio'/></interface></devices></domain>"
+    );
+    let hook = |op: &str| {
+        let mut c = std::process::Command::new(root.join("scripts/xvs-libvirt-hook"))
+            .args(["vm6", op, "begin", "-"])
+            .env("XVS_SOCKET", bed.socket(1))
+            .env("XVSCTL", xvs_systests::xvsctl_bin())
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::io::Write::write_all(c.stdin.as_mut().unwrap(), xml.as_bytes()).unwrap();
+        drop(c.stdin.take());
+        assert!(c.wait().unwrap().success(), "hook {op}");
+    };
+    hook("prepare");
+    let t6 = port(&bed, 1, &format!("{p}-t6"));
+    assert_eq!((t6["tenant"].as_str(), t6["state"].as_str()), (Some("red"), Some("waiting")), "{t6}");
+    hook("release");
+    assert_eq!(port(&bed, 1, &format!("{p}-t6")), Value::Null, "the hook removed the port");
 
     let s = h1.fresh_stats();
     for r in ["bad_offload", "gso_unsupported", "kernel_rx_dropped"] {

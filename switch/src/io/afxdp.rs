@@ -110,6 +110,12 @@ impl UmemHandle {
         self.data_ptr(id)
     }
 
+    /// The first `len` bytes of frame `id`, owned as for [`UmemHandle::frame_mut`].
+    pub fn frame(&self, id: u32, len: usize) -> &[u8] {
+        // SAFETY: as in `frame_mut`; the length is capped at the frame's capacity.
+        unsafe { std::slice::from_raw_parts(self.data_ptr(id), len.min(self.cap())) }
+    }
+
     /// Frame `id`'s data area, writable. The caller owns the frame (took it from the free
     /// list and has not handed it on).
     pub fn frame_mut(&mut self, id: u32) -> &mut [u8] {

@@ -98,3 +98,36 @@ pub fn set_up(ifname: &str) -> std::io::Result<()> {
     unsafe { libc::close(s) };
     if rc != 0 { Err(err) } else { Ok(()) }
 }
+
+/// Whether TCP segmentation offload is on for the interface (for a tap: the guest takes TCP
+/// super-frames). Asks the kernel with `ETHTOOL_GTSO`.
+#[allow(unsafe_code)]
+pub fn tso_on(ifname: &str) -> bool {
+    const ETHTOOL_GTSO: u32 = 0x1e;
+    #[repr(C)]
+    struct EthtoolValue {
+        cmd: u32,
+        data: u32,
+    }
+    if ifname.len() >= libc::IFNAMSIZ {
+        return false;
+    }
+    let mut v = EthtoolValue { cmd: ETHTOOL_GTSO, data: 0 };
+    // SAFETY: plain socket(2) for the ioctl; the result is checked and closed below.
+    let s = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if s < 0 {
+        return false;
+    }
+    // SAFETY: an all-zero ifreq is valid; the name fits (checked above) with its NUL.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (d, b) in req.ifr_name.iter_mut().zip(ifname.bytes()) {
+        *d = b as libc::c_char;
+    }
+    req.ifr_ifru.ifru_data = (&raw mut v).cast();
+    // SAFETY: SIOCETHTOOL with ETHTOOL_GTSO reads and writes the ethtool_value `req` points to,
+    // which lives until the call returns.
+    let rc = unsafe { libc::ioctl(s, libc::SIOCETHTOOL, &raw mut req) };
+    // SAFETY: `s` is our descriptor, closed once.
+    unsafe { libc::close(s) };
+    rc == 0 && v.data != 0
+}

@@ -25,6 +25,10 @@ const RX_MSGS: usize = 16;
 const RX_SLOT: usize = VNET_HDR_LEN + 65_536 + 128;
 /// Frames one `sendmmsg` sends.
 const TX_MSGS: usize = 64;
+/// Super-frames one `sendmmsg` may carry (receive coalescing towards the guest).
+const GRO_BUFS: usize = 4;
+/// Room for one super-frame.
+const GRO_SLOT: usize = 65_536 + 128;
 /// Free frames the port keeps to receive into.
 const POOL: usize = 512;
 /// Socket buffer: a few dozen 64 KB super-frames (the default 212 KB holds three).
@@ -52,6 +56,11 @@ pub struct PacketPort {
     pending: (usize, usize, usize),
     tx_hdrs: Vec<libc::mmsghdr>,
     tx_iov: Vec<[libc::iovec; 2]>,
+    /// Whether the guest takes TCP super-frames (the tap has TSO on: the guest negotiated
+    /// `VIRTIO_NET_F_GUEST_TSO4`), so in-order segments of a flow are coalesced for it.
+    gro: bool,
+    gro_bufs: Vec<u8>,
+    gro_hdrs: [[u8; VNET_HDR_LEN]; GRO_BUFS],
 }
 
 // SAFETY: the raw pointers in the message headers point into buffers this port owns (or the
@@ -140,6 +149,9 @@ impl PacketPort {
             pending: (0, 0, 0),
             tx_hdrs: vec![zero; TX_MSGS],
             tx_iov: vec![[libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 }; 2]; TX_MSGS],
+            gro: crate::io::netdev::tso_on(ifname),
+            gro_bufs: vec![0u8; GRO_BUFS * GRO_SLOT],
+            gro_hdrs: [[0; VNET_HDR_LEN]; GRO_BUFS],
         };
         for i in 0..RX_MSGS {
             // The iovec array does not move after this (its Vec is never resized).
@@ -235,6 +247,42 @@ impl PacketPort {
     }
 }
 
+impl PacketPort {
+    /// How many frames from the start of `descs` form one coalescable TCP run (1: none).
+    fn run_at(&self, descs: &[Desc]) -> usize {
+        let first = self.umem.frame(descs[0].id, descs[0].len as usize);
+        let Some(f) = offload::tcp4_segment(first) else { return 1 };
+        let (mut prev, mut total, mut n) = (f, first.len(), 1);
+        for d in &descs[1..] {
+            let next = self.umem.frame(d.id, d.len as usize);
+            let Some(s) = offload::tcp4_segment(next) else { break };
+            if total + s.payload > GRO_SLOT - 128 || !offload::continues(first, &f, &prev, next, &s) {
+                break;
+            }
+            (prev, total, n) = (s, total + s.payload, n + 1);
+            if s.flags & 0x08 != 0 || n == TX_MSGS {
+                break; // PSH ends a run
+            }
+        }
+        n
+    }
+
+    /// Coalesces `run` into super-frame buffer `slot`; returns its length.
+    fn build_super(&mut self, run: &[Desc], slot: usize) -> Option<usize> {
+        let mut views: [&[u8]; TX_MSGS] = [&[]; TX_MSGS];
+        for (v, d) in views.iter_mut().zip(run) {
+            *v = self.umem.frame(d.id, d.len as usize);
+        }
+        let first = offload::tcp4_segment(views[0])?;
+        let out = &mut self.gro_bufs[slot * GRO_SLOT..(slot + 1) * GRO_SLOT];
+        let (len, hdr) = offload::coalesce(&views[..run.len().min(TX_MSGS)], &first, out)?;
+        self.gro_hdrs[slot] = hdr.emit();
+        self.tally.coalesced_segments += run.len() as u64;
+        self.tally.coalesced_frames += 1;
+        Some(len)
+    }
+}
+
 /// The segmentation plan of a frame already prepared on an earlier call.
 fn plan_again(hdr: &VnetHdr, frame: &[u8]) -> Result<Offload, crate::pipeline::DropReason> {
     offload::TsoPlan::new(hdr, frame).map(Offload::Segment)
@@ -269,31 +317,52 @@ impl Port for PacketPort {
     fn tx(&mut self, descs: &[Desc]) -> usize {
         let mut done = 0;
         while done < descs.len() && self.sent.len() + TX_MSGS <= self.sent.capacity() {
-            let chunk = &descs[done..descs.len().min(done + TX_MSGS)];
-            for (i, d) in chunk.iter().enumerate() {
-                let data = self.umem.frame_ptr(d.id);
-                self.tx_iov[i] = [
-                    libc::iovec { iov_base: ZERO_HDR.as_ptr() as *mut libc::c_void, iov_len: VNET_HDR_LEN },
-                    libc::iovec { iov_base: data.cast(), iov_len: d.len as usize },
-                ];
-                self.tx_hdrs[i].msg_hdr.msg_iov = self.tx_iov[i].as_mut_ptr();
-                self.tx_hdrs[i].msg_hdr.msg_iovlen = 2;
+            // Build up to TX_MSGS messages: single frames, or runs of one TCP flow coalesced
+            // into a super-frame when the guest takes them.
+            let (mut msgs, mut bufs, mut i) = (0, 0, done);
+            let mut ends = [0usize; TX_MSGS];
+            while i < descs.len() && msgs < TX_MSGS {
+                let run = if self.gro && bufs < GRO_BUFS { self.run_at(&descs[i..]) } else { 1 };
+                let built = if run > 1 { self.build_super(&descs[i..i + run], bufs) } else { None };
+                self.tx_iov[msgs] = match built {
+                    Some(len) => {
+                        let iov = [
+                            libc::iovec { iov_base: self.gro_hdrs[bufs].as_mut_ptr().cast(), iov_len: VNET_HDR_LEN },
+                            libc::iovec {
+                                // SAFETY: buffer `bufs` lies inside `gro_bufs` (GRO_BUFS slots).
+                                iov_base: unsafe { self.gro_bufs.as_mut_ptr().add(bufs * GRO_SLOT) }.cast(),
+                                iov_len: len,
+                            },
+                        ];
+                        bufs += 1;
+                        i += run;
+                        iov
+                    }
+                    None => {
+                        let d = descs[i];
+                        i += 1;
+                        [
+                            libc::iovec { iov_base: ZERO_HDR.as_ptr() as *mut libc::c_void, iov_len: VNET_HDR_LEN },
+                            libc::iovec { iov_base: self.umem.frame_ptr(d.id).cast(), iov_len: d.len as usize },
+                        ]
+                    }
+                };
+                self.tx_hdrs[msgs].msg_hdr.msg_iov = self.tx_iov[msgs].as_mut_ptr();
+                self.tx_hdrs[msgs].msg_hdr.msg_iovlen = 2;
+                ends[msgs] = i;
+                msgs += 1;
             }
-            // SAFETY: each header points at two iovecs: the static zero header and a frame of
-            // the UMEM this core owns (length within its capacity); the kernel copies them
-            // before sendmmsg returns.
+            // SAFETY: each header points at two iovecs: a virtio-net header (static, or one of
+            // `gro_hdrs`) and a frame of the UMEM this core owns or one of `gro_bufs`, lengths
+            // within their buffers; the kernel copies them before sendmmsg returns.
             let n = unsafe {
-                libc::sendmmsg(
-                    self.fd.as_raw_fd(),
-                    self.tx_hdrs.as_mut_ptr(),
-                    chunk.len() as libc::c_uint,
-                    libc::MSG_DONTWAIT,
-                )
+                libc::sendmmsg(self.fd.as_raw_fd(), self.tx_hdrs.as_mut_ptr(), msgs as libc::c_uint, libc::MSG_DONTWAIT)
             };
             let n = if n < 0 { 0 } else { n as usize };
-            self.sent.extend(chunk[..n].iter().map(|d| d.id));
-            done += n;
-            if n < chunk.len() {
+            let upto = if n == 0 { done } else { ends[n - 1] };
+            self.sent.extend(descs[done..upto].iter().map(|d| d.id));
+            done = upto;
+            if n < msgs {
                 break;
             }
         }
@@ -335,6 +404,8 @@ impl Port for PacketPort {
             self.kernel.rx_dropped += u64::from(st.tp_drops);
         }
         self.kernel.tx_dropped = tx_dropped(&self.name).saturating_sub(self.tx_dropped_base);
+        // The guest negotiates its offloads when its driver starts, after the port opened.
+        self.gro = crate::io::netdev::tso_on(&self.name);
         self.kernel
     }
 }
