@@ -24,6 +24,9 @@ pub fn guest_dir() -> PathBuf {
     dir
 }
 
+/// qemu's tap up- and down-script and the environment they read.
+pub type TapScripts = (PathBuf, PathBuf, Vec<(String, String)>);
+
 /// How a guest is started.
 #[derive(Debug, Clone)]
 pub struct GuestSpec {
@@ -41,7 +44,7 @@ pub struct GuestSpec {
     pub dir: PathBuf,
     /// qemu's tap scripts (`script=`, `downscript=`) and the environment they read; none:
     /// `script=no,downscript=no`.
-    pub scripts: Option<(PathBuf, PathBuf, Vec<(String, String)>)>,
+    pub scripts: Option<TapScripts>,
 }
 
 /// A running qemu guest; killed on drop.
