@@ -251,6 +251,27 @@ fn too_big_after_encapsulation_is_dropped() {
     assert_eq!(out.len(), 1);
     assert_eq!(out[0].len(), 1564);
     assert_eq!(drops(&s, B1, DropReason::MtuExceeded), 1);
+    // The frame has DF set, so the sender got ICMP "fragmentation needed" with the inner MTU,
+    // from the destination, as a router would answer it; without DF it gets nothing.
+    assert_eq!(too_big[20] & 0x40, 0x40);
+    let back = s.take(B1);
+    assert_eq!(back.len(), 1, "one ICMP reply to the sender");
+    let r = &back[0];
+    assert_eq!(&r[0..6], &VM1.0, "to the sender's MAC");
+    assert_eq!((r[23], r[34], r[35]), (1, 3, 4), "ICMP fragmentation needed");
+    assert_eq!(u16::from_be_bytes([r[40], r[41]]), 1500, "the inner MTU");
+    assert_eq!(&r[26..30], &[10, 0, 0, 2], "from the destination");
+    assert_eq!(s.core.pipeline.stats.events.icmp_too_big, 1);
+    let mut no_df = too_big.clone();
+    no_df[20] &= !0x40;
+    no_df[24..26].copy_from_slice(&[0, 0]);
+    let c = xvs_switch::wire::checksum(&no_df[14..34]);
+    no_df[24..26].copy_from_slice(&c.to_be_bytes());
+    s.inject(B1, &no_df);
+    s.run();
+    assert_eq!(drops(&s, B1, DropReason::MtuExceeded), 2);
+    assert!(s.take(B1).is_empty(), "no reply without DF");
+    assert_eq!(s.core.pipeline.stats.events.icmp_too_big, 1);
 }
 
 #[test]

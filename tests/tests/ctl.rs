@@ -58,10 +58,6 @@ fn every_command_with_json_and_errors_that_change_nothing() {
         ),
         (vec!["port", "add", &spare, "--tenant", "mauve", "--mac", "02:00:00:00:00:31"], "unknown tenant \"mauve\""),
         (
-            vec!["port", "add", "nope0", "--tenant", "blue", "--mac", "02:00:00:00:00:31"],
-            "port interface \"nope0\" not found",
-        ),
-        (
             vec!["port", "add", &p1, "--tenant", "red", "--mac", "02:00:00:00:00:31"],
             "already exists (in tenant \"blue\")",
         ),
