@@ -8,6 +8,7 @@
 # Per repeat, switch and offload setting: iperf3 one stream and four streams (receiver
 # Mbit/s), ping RTT (50 pings, 100 ms apart), and xvsd's CPU time during the one-stream run
 # (both daemons, % of one CPU, and per Gbit/s). Writes DIR/runs.jsonl and DIR/summary.md.
+# XVS_POLL_US=N sets the cores' poll_after_traffic_us for an A/B.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 REPEATS=3 SECS=10 OUT="benches/results/$(date +%F)-vm" SWITCHES=()
@@ -49,8 +50,8 @@ guest() { # guest HOST TAPNUM NAME
 }
 gsh() { python3 tests/vm/guest-sh.py "$TMP/$1.serial" "$2" "$3"; }
 
-guest 1 1 blue1
-guest 2 2 blue2
+guest 1 1 blue1; disown -a
+guest 2 2 blue2; disown -a
 gsh blue1 180 wait-up
 gsh blue2 180 wait-up
 gsh blue2 10 "iperf3 -s -D" >/dev/null
@@ -59,6 +60,9 @@ xvs_up() {
   XVSD_PIDS=()
   for h in 1 2; do
     scripts/testbed.sh config "$P" "$h" 1 tap > "$TMP/h$h.toml"
+    if [ -n "${XVS_POLL_US:-}" ]; then # A/B of the cores' polling after traffic
+      sed -i "s/^cores = \(.*\)/cores = \1\npoll_after_traffic_us = $XVS_POLL_US/" "$TMP/h$h.toml"
+    fi
     rm -f "$TMP/h$h-state.toml" "$TMP/h$h-state.journal"
     ip netns exec "$P-h$h" target/release/xvsd --config "$TMP/h$h.toml" --state "$TMP/h$h-state.toml" \
       --socket "$TMP/h$h.sock" 2>"$TMP/xvsd-h$h.log" &
@@ -67,7 +71,7 @@ xvs_up() {
   for h in 1 2; do
     for _ in $(seq 100); do
       target/release/xvsctl --socket "$TMP/h$h.sock" --json port list 2>/dev/null \
-        | python3 -c "import json,sys; sys.exit(0 if any(p['name'].endswith('-t$h') and p['state']=='attached' for p in json.load(sys.stdin)) else 1)" \
+        | python3 -c "import json,sys; sys.exit(0 if any(p['name'].endswith('-t$h') and p['state']=='attached' for p in json.load(sys.stdin)) else 1)" 2>/dev/null \
         && break
       sleep 0.1
     done

@@ -655,4 +655,13 @@ fn print_stats(v: &Value) {
         n(&e["fdb_full"]),
         n(&e["to_host"])
     );
+    println!(
+        "offloads for VMs: checksums completed {}, TCP super-frames segmented {} (into {}), segments coalesced {} (into {}), ICMP too big sent {}",
+        n(&e["csum_completed"]),
+        n(&e["tso_frames"]),
+        n(&e["tso_segments"]),
+        n(&e["coalesced_segments"]),
+        n(&e["coalesced_frames"]),
+        n(&e["icmp_too_big"])
+    );
 }
