@@ -168,6 +168,17 @@ impl Bed {
 
     /// Starts xvsd on host `h`, keeping whatever state file is there (a restart).
     pub fn xvsd_keep_state(&self, h: u8, config: &str) -> Xvsd {
+        self.xvsd_with(h, config, &[])
+    }
+
+    /// Starts xvsd on host `h` with a fresh state file and `extra` arguments.
+    pub fn xvsd_args(&self, h: u8, config: &str, extra: &[&str]) -> Xvsd {
+        let _ = std::fs::remove_file(self.state(h));
+        let _ = std::fs::remove_file(self.state(h).with_extension("journal"));
+        self.xvsd_with(h, config, extra)
+    }
+
+    fn xvsd_with(&self, h: u8, config: &str, extra: &[&str]) -> Xvsd {
         let cfg = self.path(&format!("h{h}.toml"));
         std::fs::write(&cfg, config).unwrap();
         let stats = self.path(&format!("h{h}.json"));
@@ -184,6 +195,7 @@ impl Bed {
             .arg(self.socket(h))
             .arg("--state")
             .arg(self.state(h))
+            .args(extra)
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -237,6 +249,11 @@ impl Xvsd {
     pub fn fresh_stats(&self) -> Value {
         std::thread::sleep(Duration::from_millis(500));
         self.stats()
+    }
+
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
     }
 
     /// Kills the daemon without letting it clean up (SIGKILL).

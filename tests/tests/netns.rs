@@ -319,3 +319,46 @@ fn vm_ports_follow_their_interfaces_without_commands() {
     assert!(p3["lost"].as_u64() >= Some(1) && p3["reattached"].as_u64() >= Some(1), "{p3}");
     assert!(h1.stop());
 }
+
+#[test]
+fn drops_the_kernel_makes_for_a_stalled_switch_are_counted_everywhere() {
+    let bed = Bed::up("d", "xvs");
+    let _h1 = bed.xvsd(1, &bed.config(1));
+    let h2 = bed.xvsd_args(2, &bed.config(2), &["--metrics", "127.0.0.1:9469"]);
+    bed.ok("vm1", 20, "ping -c 3 -i 0.2 -W 2 10.0.0.2");
+    let u2 = format!("{}-u2", bed.p);
+    let kernel = |s: &serde_json::Value| {
+        ["kernel_rx_dropped", "kernel_rx_ring_full"]
+            .iter()
+            .map(|r| {
+                let names = s["ports"].as_array().unwrap();
+                let i = names.iter().position(|p| p["name"] == u2.as_str()).unwrap();
+                s["stats"]["ports"][i]["drops"][*r].as_u64().unwrap_or(0)
+            })
+            .sum::<u64>()
+    };
+    assert_eq!(kernel(&h2.fresh_stats()), 0, "no kernel drops before the stall");
+    // Host 2's xvsd stops reading: its uplink socket's rings (2,048 frames) fill up while vm1
+    // sends 20,000 frames; the kernel drops the rest on xvs's behalf.
+    let pid = h2.pid().to_string();
+    assert!(Command::new("kill").args(["-STOP", &pid]).status().unwrap().success());
+    let blast = "python3 -c \"import socket;s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM);[s.sendto(b'x'*1000,('10.0.0.2',9)) for _ in range(20000)]\"";
+    let sent = bed.run("vm1", 20, blast);
+    assert!(Command::new("kill").args(["-CONT", &pid]).status().unwrap().success());
+    assert!(sent.status.success(), "blast: {}", String::from_utf8_lossy(&sent.stderr));
+    std::thread::sleep(Duration::from_millis(500));
+    let s = h2.fresh_stats();
+    let k = kernel(&s);
+    assert!(k > 1000, "kernel drops for the stalled socket counted on {u2}: {k}: {}", s["stats"]["ports"]);
+    let text = bed.ctl_ok(2, &["stats"]);
+    assert!(text.contains("kernel_rx"), "xvsctl stats names the kernel's drops:\n{text}");
+    let metrics = bed.ok(
+        "h2",
+        10,
+        "python3 -c \"import urllib.request;print(urllib.request.urlopen('http://127.0.0.1:9469/metrics').read().decode())\"",
+    );
+    assert!(
+        metrics.lines().any(|l| l.starts_with("xvs_port_drops") && l.contains("reason=\"kernel_rx")),
+        "Prometheus has the kernel's drops:\n{metrics}"
+    );
+}
