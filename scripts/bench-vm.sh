@@ -8,7 +8,8 @@
 # Per repeat, switch and offload setting: iperf3 one stream and four streams (receiver
 # Mbit/s), ping RTT (50 pings, 100 ms apart), and xvsd's CPU time during the one-stream run
 # (both daemons, % of one CPU, and per Gbit/s). Writes DIR/runs.jsonl and DIR/summary.md.
-# XVS_POLL_US=N sets the cores' poll_after_traffic_us for an A/B.
+# XVS_POLL_US=N sets the cores' poll_after_traffic_us for an A/B; XVS_CPUS="A B" puts host 1's
+# forwarding core on CPU A and host 2's on CPU B (default both on CPU 1).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 REPEATS=3 SECS=10 OUT="benches/results/$(date +%F)-vm" SWITCHES=()
@@ -59,7 +60,9 @@ gsh blue2 10 "iperf3 -s -D" >/dev/null
 xvs_up() {
   XVSD_PIDS=()
   for h in 1 2; do
-    scripts/testbed.sh config "$P" "$h" 1 tap > "$TMP/h$h.toml"
+    local cpu=1
+    [ -n "${XVS_CPUS:-}" ] && cpu=$(echo "$XVS_CPUS" | cut -d' ' -f"$h")
+    scripts/testbed.sh config "$P" "$h" "$cpu" tap > "$TMP/h$h.toml"
     if [ -n "${XVS_POLL_US:-}" ]; then # A/B of the cores' polling after traffic
       sed -i "s/^cores = \(.*\)/cores = \1\npoll_after_traffic_us = $XVS_POLL_US/" "$TMP/h$h.toml"
     fi

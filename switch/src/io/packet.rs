@@ -61,6 +61,7 @@ pub struct PacketPort {
     gro: bool,
     gro_bufs: Vec<u8>,
     gro_hdrs: [[u8; VNET_HDR_LEN]; GRO_BUFS],
+    tx_vhdrs: Vec<[u8; VNET_HDR_LEN]>,
 }
 
 // SAFETY: the raw pointers in the message headers point into buffers this port owns (or the
@@ -152,6 +153,7 @@ impl PacketPort {
             gro: crate::io::netdev::tso_on(ifname),
             gro_bufs: vec![0u8; GRO_BUFS * GRO_SLOT],
             gro_hdrs: [[0; VNET_HDR_LEN]; GRO_BUFS],
+            tx_vhdrs: vec![[0; VNET_HDR_LEN]; TX_MSGS],
         };
         for i in 0..RX_MSGS {
             // The iovec array does not move after this (its Vec is never resized).
@@ -249,9 +251,10 @@ impl PacketPort {
 
 impl PacketPort {
     /// How many frames from the start of `descs` form one coalescable TCP run (1: none).
-    fn run_at(&self, descs: &[Desc]) -> usize {
+    /// Also says whether the first frame is a TCP segment whose checksums were verified.
+    fn run_at(&self, descs: &[Desc]) -> (usize, bool) {
         let first = self.umem.frame(descs[0].id, descs[0].len as usize);
-        let Some(f) = offload::tcp4_segment(first) else { return 1 };
+        let Some(f) = offload::tcp4_segment(first) else { return (1, false) };
         let (mut prev, mut total, mut n) = (f, first.len(), 1);
         for d in &descs[1..] {
             let next = self.umem.frame(d.id, d.len as usize);
@@ -264,7 +267,7 @@ impl PacketPort {
                 break; // PSH ends a run
             }
         }
-        n
+        (n, true)
     }
 
     /// Coalesces `run` into super-frame buffer `slot`; returns its length.
@@ -322,7 +325,7 @@ impl Port for PacketPort {
             let (mut msgs, mut bufs, mut i) = (0, 0, done);
             let mut ends = [0usize; TX_MSGS];
             while i < descs.len() && msgs < TX_MSGS {
-                let run = if self.gro && bufs < GRO_BUFS { self.run_at(&descs[i..]) } else { 1 };
+                let (run, verified) = if self.gro && bufs < GRO_BUFS { self.run_at(&descs[i..]) } else { (1, false) };
                 let built = if run > 1 { self.build_super(&descs[i..i + run], bufs) } else { None };
                 self.tx_iov[msgs] = match built {
                     Some(len) => {
@@ -341,8 +344,18 @@ impl Port for PacketPort {
                     None => {
                         let d = descs[i];
                         i += 1;
+                        // A segment whose checksum xvs verified goes with its checksum marked
+                        // partial, which the guest takes as verified (as the kernel's path
+                        // hands it over: the guest need not checksum it again).
+                        let hdr = if verified {
+                            self.tx_vhdrs[msgs] =
+                                offload::mark_verified(&mut self.umem.frame_mut(d.id)[..d.len as usize]).emit();
+                            self.tx_vhdrs[msgs].as_mut_ptr()
+                        } else {
+                            ZERO_HDR.as_ptr() as *mut u8
+                        };
                         [
-                            libc::iovec { iov_base: ZERO_HDR.as_ptr() as *mut libc::c_void, iov_len: VNET_HDR_LEN },
+                            libc::iovec { iov_base: hdr.cast(), iov_len: VNET_HDR_LEN },
                             libc::iovec { iov_base: self.umem.frame_ptr(d.id).cast(), iov_len: d.len as usize },
                         ]
                     }
@@ -353,7 +366,7 @@ impl Port for PacketPort {
                 msgs += 1;
             }
             // SAFETY: each header points at two iovecs: a virtio-net header (static, or one of
-            // `gro_hdrs`) and a frame of the UMEM this core owns or one of `gro_bufs`, lengths
+            // `gro_hdrs` or `tx_vhdrs`) and a frame of the UMEM this core owns or one of `gro_bufs`, lengths
             // within their buffers; the kernel copies them before sendmmsg returns.
             let n = unsafe {
                 libc::sendmmsg(self.fd.as_raw_fd(), self.tx_hdrs.as_mut_ptr(), msgs as libc::c_uint, libc::MSG_DONTWAIT)
