@@ -3,7 +3,7 @@
 //! on the path would answer it: the VM's stack learns the path MTU instead of losing every
 //! large packet in silence. Bytes only.
 
-use crate::offload::{fold, sum};
+use crate::wire::{fold_wide as fold, sum_wide as sum};
 
 const ETH: usize = 14;
 /// Most of the offending packet an ICMPv4 error quotes (the reply stays within 576 bytes).
