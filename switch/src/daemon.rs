@@ -603,11 +603,9 @@ fn core_loop(
                 && core.qos.as_ref().is_none_or(|s| s.backlog() == 0)
             {
                 // Nothing for a while: sleep on the sockets (and the control waker) until a
-                // frame or a message arrives; only briefly while a busy device holds frames
-                // in a transmit ring (its readiness wakes nobody: the next poll kicks it).
-                let held = core.ports.iter_mut().flatten().any(crate::port::Port::tx_backlog);
+                // frame or a message arrives.
                 let t1 = Instant::now();
-                wait_readable(&fds, if held { 1 } else { MAX_SLEEP_MS });
+                wait_readable(&fds, MAX_SLEEP_MS);
                 waker.drain();
                 load.idle_ns += t1.elapsed().as_nanos() as u64;
             }

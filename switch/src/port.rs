@@ -128,11 +128,6 @@ pub trait Port {
     fn reclaim(&mut self, free: &mut FreeList);
     /// Gives the port empty frames from `free` to receive into.
     fn refill(&mut self, free: &mut FreeList);
-    /// Whether frames wait in the transmit ring for the kernel (a busy device refused the
-    /// last kick): the core must not sleep on them.
-    fn tx_backlog(&mut self) -> bool {
-        false
-    }
     /// What the port counted while receiving since the last call.
     fn take_tally(&mut self) -> RxTally {
         RxTally::default()

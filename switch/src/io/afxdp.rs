@@ -344,32 +344,16 @@ impl Port for XskPort {
 
     fn flush(&mut self) {
         // In copy mode each kick transmits at most 32 frames (the kernel's TX batch), so kick
-        // until the ring is drained, a bounded number of times. A kick the kernel takes nothing
-        // from (the device is busy: a veth whose peer's ring is full) ends it; the frames stay
-        // in the ring and the next poll kicks again (see `reclaim`), instead of this poll
-        // spinning on refused kicks.
-        let mut free = self.tx.nb_free_exact();
+        // until the ring is drained, a bounded number of times.
         for _ in 0..(RING_SIZE / 32) {
-            if !self.tx.needs_wakeup() || free >= RING_SIZE {
+            if !self.tx.needs_wakeup() || self.tx.nb_free_exact() >= RING_SIZE {
                 break;
             }
             let _ = self.tx.wakeup();
-            let now = self.tx.nb_free_exact();
-            if now == free {
-                break;
-            }
-            free = now;
         }
-    }
-
-    fn tx_backlog(&mut self) -> bool {
-        self.tx.nb_free_exact() < RING_SIZE
     }
 
     fn reclaim(&mut self, free: &mut FreeList) {
-        if self.tx_backlog() {
-            self.flush(); // frames a busy device refused at the last kick
-        }
         loop {
             // SAFETY: completed frames come back to us from the kernel.
             let n = unsafe { self.cq.consume(&mut self.scratch[..BATCH * 4]) };
@@ -491,10 +475,6 @@ impl Port for QueueSet {
         for q in &mut self.queues {
             q.refill(free);
         }
-    }
-
-    fn tx_backlog(&mut self) -> bool {
-        self.queues.first_mut().is_some_and(|q| q.tx_backlog())
     }
 
     fn kernel_drops(&mut self) -> KernelDrops {

@@ -78,13 +78,6 @@ impl Port for IoPort {
         }
     }
 
-    fn tx_backlog(&mut self) -> bool {
-        match self {
-            IoPort::Xsk(q) => q.tx_backlog(),
-            IoPort::Packet(_) => false,
-        }
-    }
-
     fn take_tally(&mut self) -> RxTally {
         match self {
             IoPort::Xsk(q) => q.take_tally(),
