@@ -2,7 +2,7 @@
 //! forwarding core, serves the control socket, and on SIGINT/SIGTERM detaches everything.
 
 use crate::config::Config;
-use crate::control::server::{self, ControlState, PortIo};
+use crate::control::server::{self, ControlState, PortIo, lock_state};
 use crate::datapath::Core;
 use crate::fdb::Origin;
 use crate::host::{HostCounters, HostStack};
@@ -442,14 +442,10 @@ pub fn run(cfg: Config, opts: Options, stop: Arc<AtomicBool>) -> anyhow::Result<
         // opening the ports and subscribing.
         let state = Arc::clone(&state);
         crate::io::links::watch(Arc::clone(&stop), move |names| {
-            if let Ok(mut s) = state.lock() {
-                s.reconcile(names);
-            }
+            lock_state(&state).reconcile(names);
         })?;
     }
-    if let Ok(mut s) = state.lock() {
-        s.reconcile(&[]);
-    }
+    lock_state(&state).reconcile(&[]);
     // Wait for the first report, then keep the stats file fresh until stopped.
     let mut last_write = Instant::now() - Duration::from_secs(1);
     while !stop.load(Ordering::Relaxed) {
@@ -461,7 +457,7 @@ pub fn run(cfg: Config, opts: Options, stop: Arc<AtomicBool>) -> anyhow::Result<
             && last_write.elapsed() >= Duration::from_millis(200)
         {
             last_write = Instant::now();
-            if let Some(snap) = state.lock().ok().and_then(|s| s.snapshot()) {
+            if let Some(snap) = lock_state(&state).snapshot() {
                 write_json(p, &snap);
             }
         }
@@ -474,7 +470,7 @@ pub fn run(cfg: Config, opts: Options, stop: Arc<AtomicBool>) -> anyhow::Result<
         t.join().map_err(|_| anyhow::anyhow!("forwarding core panicked"))?;
     }
     if let Some(p) = &opts.stats_file
-        && let Some(snap) = state.lock().ok().and_then(|s| s.snapshot())
+        && let Some(snap) = lock_state(&state).snapshot()
     {
         write_json(p, &snap);
     }
@@ -482,9 +478,7 @@ pub fn run(cfg: Config, opts: Options, stop: Arc<AtomicBool>) -> anyhow::Result<
         let _ = std::fs::remove_file(path);
     }
     // The core closed its sockets; detach the XDP programs.
-    if let Ok(mut s) = state.lock() {
-        s.detach_all();
-    }
+    lock_state(&state).detach_all();
     Ok(())
 }
 

@@ -34,6 +34,9 @@ pub struct Core<P: Port, M: FrameMem> {
     pub cycle_counter: fn() -> u64,
     rx: [Desc; BATCH],
     out: Vec<Desc>,
+    /// Frames for the uplink beyond what its stage holds (a scheduler's queue handed over when
+    /// the scheduler is replaced), sent ahead of new frames as the stage has room.
+    uplink_backlog: std::collections::VecDeque<Desc>,
     /// Each port's kernel drop counters at the last [`Core::sample_kernel_drops`].
     kernel_seen: Vec<KernelDrops>,
 }
@@ -86,6 +89,7 @@ impl<P: Port, M: FrameMem> Core<P, M> {
         Core {
             qos,
             out: Vec::with_capacity(UPLINK_STAGE),
+            uplink_backlog: std::collections::VecDeque::new(),
             pipeline: Pipeline::new(tables),
             ports: (0..n).map(|_| None).collect(),
             mem,
@@ -150,16 +154,23 @@ impl<P: Port, M: FrameMem> Core<P, M> {
                 }
             }
             _ => {
-                // The rate went away or the scheduler is too small: send what it holds and
-                // start over.
-                if let Some(mut old) = self.qos.take() {
-                    let mut late = Vec::new();
-                    old.drain(&mut late);
-                    for d in late {
-                        self.stage.push(crate::tables::UPLINK, d);
-                    }
-                }
+                // The rate went away or the scheduler is too small: start over, moving what
+                // the old one holds into the new one (which has room for every frame of the
+                // core) or, without a rate, to the uplink unscheduled. Every frame stays
+                // accounted for.
+                let old = self.qos.take();
                 self.qos = new_scheduler(&tables, self.mem.frames(), now);
+                if let Some(mut old) = old {
+                    let (new, backlog) = (&mut self.qos, &mut self.uplink_backlog);
+                    old.drain(|d, tenant, flow| match new {
+                        Some(s) => {
+                            if let Err(d) = s.enqueue(tenant, flow, d, now) {
+                                backlog.push_back(d); // the tenant is gone: the frame goes out as is
+                            }
+                        }
+                        None => backlog.push_back(d),
+                    });
+                }
             }
         }
         self.pipeline.set_tables(tables, change);
@@ -251,6 +262,11 @@ impl<P: Port, M: FrameMem> Core<P, M> {
         let cycles = self.cycle_counter;
         let c0 = cycles();
         self.schedule_uplink(now);
+        if !self.uplink_backlog.is_empty() {
+            let staged = self.stage.staged(crate::tables::UPLINK);
+            let n = self.uplink_backlog.len().min(BATCH).min(staged.capacity() - staged.len());
+            staged.extend(self.uplink_backlog.drain(..n));
+        }
         for i in 0..self.stage.ports() {
             let id = PortId(i as u16);
             let staged = self.stage.staged(id);

@@ -16,7 +16,7 @@ type Labels = Vec<(String, String)>;
 
 /// Renders the current counters.
 pub fn render(state: &Mutex<ControlState>) -> String {
-    let Some(s) = state.lock().ok().and_then(|s| s.snapshot()) else { return String::new() };
+    let Some(s) = crate::control::server::lock_state(state).snapshot() else { return String::new() };
     let mut reg = Registry::with_prefix("xvs");
     let packets = Family::<Labels, Counter>::default();
     let bytes = Family::<Labels, Counter>::default();

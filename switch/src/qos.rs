@@ -367,13 +367,13 @@ impl Scheduler {
         (self.tenants.len(), self.flows.len())
     }
 
-    /// Takes every queued frame out, ignoring rates (when the scheduler is replaced); the
-    /// scheduler is left empty.
-    pub fn drain(&mut self, out: &mut Vec<Desc>) {
+    /// Takes every queued frame out, ignoring rates (when the scheduler is replaced), oldest
+    /// first per flow, each with its tenant and flow; the scheduler is left empty.
+    pub fn drain(&mut self, mut out: impl FnMut(Desc, u32, u32)) {
         for f in 0..self.flows.len() {
             let fl = self.flows[f];
             for k in 0..fl.len {
-                out.push(self.buf[self.slot(f as u32, fl.head + k)]);
+                out(self.buf[self.slot(f as u32, fl.head + k)], fl.tenant, f as u32);
             }
             self.flows[f] = Flow::EMPTY;
         }

@@ -375,3 +375,53 @@ fn host_frames_are_handed_over() {
     assert_eq!(s.core.mem.data(d), &req[..]);
     assert!(matches!(parse_outer(&req, t.vtep_ip), Ok(Underlayer::Host)));
 }
+
+/// Frames queued in the uplink scheduler when it is replaced (tenants outgrow its tables, or
+/// the rate goes away) are all sent later: none leaks out of the frame memory.
+#[test]
+fn a_rebuilt_scheduler_keeps_every_frame() {
+    let shaped = CONFIG.replace("mtu = 1550\n", "mtu = 1550\nrate = \"1M\"\n");
+    let t = Config::from_toml(&shaped).unwrap().build(None, None).unwrap();
+    let mut s = Sim::new(Arc::new(t.clone()), 1024);
+    let now = s.now;
+    s.core.pipeline.neigh.update(ip(192, 168, 77, 2), PEER_MAC, now);
+    let total = s.core.free.len();
+    let f = frames::udp4_min(VM1, VM2, ip(10, 0, 0, 1), ip(10, 0, 0, 2));
+    let mut sent = 0;
+    let queued = |s: &Sim| s.core.qos.as_ref().map_or(0, |q| q.backlog() as usize);
+    for round in 0..3 {
+        for _ in 0..300 {
+            assert!(s.inject(B1, &f));
+        }
+        s.run();
+        sent += s.take(UPLINK).len();
+        assert!(queued(&s) > 200, "a 1 Mbit/s link queues the burst: {}", queued(&s));
+        // grow past the scheduler's tables (32 tenants), then (last round) drop the rate
+        let mut more = shaped.clone();
+        for i in 0..(20 + 20 * round) {
+            more.push_str(&format!("\n[[tenant]]\nname = \"t{i}\"\nvni = {}\n", 1000 + i));
+        }
+        if round == 2 {
+            more = more.replace("rate = \"1M\"\n", "");
+        }
+        let next = Config::from_toml(&more).unwrap().build_after(Some(&t), None, None).unwrap();
+        let now = s.now;
+        s.core.set_tables(Arc::new(next), &Default::default(), now);
+        assert_eq!(s.core.qos.is_some(), round < 2);
+        if round < 2 {
+            // every frame queued before is queued in the new scheduler
+            assert_eq!(queued(&s) + s.core.free.len(), total, "round {round}: frames leaked");
+        }
+    }
+    // Without a rate the old queue drains to the uplink within a few polls.
+    for _ in 0..100 {
+        s.core.poll(s.now);
+        sent += s.take(UPLINK).len();
+        s.advance(1_000_000);
+    }
+    // the 1 Mbit/s link took what it could; the rest met a full queue (512 frames a port)
+    let full = drops(&s, B1, DropReason::QosQueueFull) as usize;
+    assert!(full > 0 && sent > 512, "sent {sent}, queue full {full}");
+    assert_eq!(sent + full, 900, "every frame sent or counted");
+    assert_eq!(s.core.free.len(), total, "every frame came back");
+}

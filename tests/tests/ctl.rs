@@ -73,6 +73,9 @@ fn every_command_with_json_and_errors_that_change_nothing() {
         (vec!["fdb", "del", "blue", "02:00:00:00:00:98"], "no static FDB entry 02:00:00:00:00:98"),
         (vec!["trace", "nope", "--hex", "00"], "unknown port \"nope\""),
         (vec!["trace", &p1, "--hex", "0g"], "malformed frame hex"),
+        // non-ASCII once panicked the handler with the control state locked (every later
+        // request failed); the commands after this one prove the daemon still answers
+        (vec!["trace", &p1, "--hex", "aéb"], "'é' at digit 1 is not a hex digit"),
     ];
     for (args, expect) in &rejected {
         let (code, _, err) = bed.ctl(1, args);

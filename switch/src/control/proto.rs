@@ -189,6 +189,13 @@ pub struct Response {
     pub error: Option<String>,
 }
 
+impl Command {
+    /// The command's `op`, as it is written on the wire (for logs and errors).
+    pub fn name(&self) -> String {
+        serde_json::to_value(self).ok().and_then(|v| v["op"].as_str().map(str::to_string)).unwrap_or_default()
+    }
+}
+
 impl Response {
     /// Success.
     pub fn ok(result: Value) -> Response {

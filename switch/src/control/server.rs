@@ -755,18 +755,20 @@ fn materialize(desired: &Config, fdb: &HashMap<String, BTreeMap<String, IpAddr>>
     c
 }
 
+/// A frame written as hex digits, optionally separated by whitespace or colons.
 fn decode_hex(s: &str) -> Result<Vec<u8>, String> {
     let clean: String = s.chars().filter(|c| !c.is_whitespace() && *c != ':').collect();
-    if !clean.len().is_multiple_of(2) || clean.len() > 2 * 9216 {
-        return Err(format!("malformed frame hex ({} digits)", clean.len()));
+    if clean.len() > 2 * 9216 {
+        return Err(format!("frame hex too long ({} digits, at most {})", clean.len(), 2 * 9216));
     }
-    (0..clean.len())
-        .step_by(2)
-        .map(|i| {
-            u8::from_str_radix(&clean[i..i + 2], 16)
-                .map_err(|_| format!("malformed frame hex near {:?}", &clean[i..i + 2]))
-        })
-        .collect()
+    // hex works on bytes; name a bad character as written, not one of its UTF-8 bytes
+    if let Some((i, c)) = clean.chars().enumerate().find(|(_, c)| !c.is_ascii_hexdigit()) {
+        return Err(format!("malformed frame hex: {c:?} at digit {i} is not a hex digit"));
+    }
+    hex::decode(&clean).map_err(|e| match e {
+        hex::FromHexError::OddLength => format!("malformed frame hex: odd number of digits ({})", clean.len()),
+        e => format!("malformed frame hex: {e}"),
+    })
 }
 
 /// Serves the control socket at `path` (mode 0660, owner root, group `group`).
@@ -821,10 +823,7 @@ fn serve_conn(conn: UnixStream, state: &Mutex<ControlState>) {
             continue;
         }
         let resp = match proto::parse_request(&buf) {
-            Ok(req) => match state.lock() {
-                Ok(mut s) => s.handle(req.cmd),
-                Err(_) => Response::err("control state poisoned"),
-            },
+            Ok(req) => handle_guarded(state, req.cmd),
             Err(e) => Response::err(e),
         };
         if reply(&mut out, &resp).is_err() || !complete {
@@ -833,9 +832,70 @@ fn serve_conn(conn: UnixStream, state: &Mutex<ControlState>) {
     }
 }
 
+/// Runs one command. A handler that panics fails that request only: the panic is caught,
+/// logged and answered as an internal error, and the state's lock is taken back from the
+/// poison the panic left, so every later request, the stats file, /metrics and shutdown
+/// go on as before. (A handler validates a change before it applies any of it; a panic
+/// there leaves the previous state in force. One during the apply is logged as an error.)
+pub fn handle_guarded(state: &Mutex<ControlState>, cmd: Command) -> Response {
+    let what = cmd.name();
+    guarded(state, &what, |s| s.handle(cmd))
+}
+
+/// Runs `f` on the locked `state`, turning a panic into an error response for `what`.
+fn guarded<T>(state: &Mutex<T>, what: &str, f: impl FnOnce(&mut T) -> Response) -> Response {
+    let mut s = state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&mut s))) {
+        Ok(r) => r,
+        Err(p) => {
+            let msg = p
+                .downcast_ref::<&str>()
+                .map(|m| (*m).to_string())
+                .or_else(|| p.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            tracing::error!(command = %what, "control handler failed: {msg}");
+            Response::err(format!("internal error in {what}: {msg} (the request was not applied; please report it)"))
+        }
+    }
+}
+
+/// The control state, even if a panicking thread held it (see `handle_guarded`).
+pub fn lock_state(state: &Mutex<ControlState>) -> std::sync::MutexGuard<'_, ControlState> {
+    state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 fn reply(out: &mut UnixStream, r: &Response) -> std::io::Result<()> {
     let mut line =
         serde_json::to_vec(r).unwrap_or_else(|_| br#"{"version":1,"ok":false,"error":"unserializable"}"#.to_vec());
     line.push(b'\n');
     out.write_all(&line)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hex_frames_decode_and_bad_input_is_an_error_naming_it() {
+        assert_eq!(decode_hex("02:00 0a ff").unwrap(), vec![2, 0, 0x0a, 0xff]);
+        // non-ASCII input used to slice a char apart and panic
+        let e = decode_hex("aéb").unwrap_err();
+        assert!(e.contains("'é'"), "{e}");
+        assert!(decode_hex("abc").unwrap_err().contains("odd number of digits (3)"));
+        assert!(decode_hex("zz").unwrap_err().contains("'z' at digit 0"));
+        assert!(decode_hex(&"00".repeat(9217)).unwrap_err().contains("too long"));
+    }
+
+    #[test]
+    fn a_panicking_handler_fails_its_request_only() {
+        let state = Mutex::new(1u32);
+        let r = guarded(&state, "tenant_add", |_| panic!("boom"));
+        assert!(!r.ok);
+        let e = r.error.unwrap();
+        assert!(e.contains("internal error in tenant_add: boom"), "{e}");
+        // the lock is usable again and the state is what it was
+        let r = guarded(&state, "status", |s| Response::ok(json!(*s)));
+        assert!(r.ok);
+        assert_eq!(r.result, Some(json!(1)));
+    }
 }
