@@ -66,10 +66,23 @@ pub fn preflight(cfg: &Config, prev: Option<&Tables>) -> anyhow::Result<Tables> 
     if !netdev::has_addr(up, IpAddr::V4(vtep_ip)) {
         bail!("VTEP IP {vtep_ip} is not configured on uplink {up:?} (add it with `ip addr add`)");
     }
-    let ncpu = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    // Cores are checked against the CPUs this machine has, not against how many this
+    // process may use now: under `taskset -c 1` (or a cpuset) CPU 1 is fine, and moving
+    // xvsd's threads later must not make every change fail.
+    let online = online_cpus();
     for c in &cfg.daemon.cores {
-        if *c >= ncpu {
-            bail!("daemon: core {c} does not exist (this machine has CPUs 0..{})", ncpu - 1);
+        if !online.contains(c) {
+            bail!("daemon: core {c} does not exist (this machine's CPUs are {})", cpu_list(&online));
+        }
+    }
+    if prev.is_none() {
+        let allowed = allowed_cpus();
+        for c in cfg.daemon.cores.iter().filter(|c| !allowed.is_empty() && !allowed.contains(c)) {
+            tracing::warn!(
+                "daemon: core {c} is outside the CPUs xvsd was started on ({}; taskset or cpuset): \
+                 its forwarding thread is pinned there anyway if the kernel allows it",
+                cpu_list(&allowed)
+            );
         }
     }
     let n = cfg.daemon.cores.len();
@@ -821,6 +834,54 @@ fn fdb_dump(core: &Core<IoPort, UmemFrames>, tenant: Option<TenantId>, now: u64)
     rows
 }
 
+/// The CPUs this machine has online (`/sys/devices/system/cpu/online`, e.g. "0-3,6").
+fn online_cpus() -> Vec<usize> {
+    std::fs::read_to_string("/sys/devices/system/cpu/online")
+        .ok()
+        .and_then(|s| parse_cpu_list(&s))
+        .unwrap_or_else(|| (0..std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)).collect())
+}
+
+/// The CPUs this process may run on now (its affinity mask).
+fn allowed_cpus() -> Vec<usize> {
+    nix::sched::sched_getaffinity(nix::unistd::Pid::from_raw(0))
+        .map(|set| (0..nix::sched::CpuSet::count()).filter(|&c| set.is_set(c).unwrap_or(false)).collect())
+        .unwrap_or_default()
+}
+
+/// Parses a kernel CPU list ("0-3,6"); `None` if malformed.
+fn parse_cpu_list(s: &str) -> Option<Vec<usize>> {
+    let mut v = Vec::new();
+    for part in s.trim().split(',').filter(|p| !p.is_empty()) {
+        match part.split_once('-') {
+            Some((a, b)) => {
+                let (a, b): (usize, usize) = (a.parse().ok()?, b.parse().ok()?);
+                if b < a || b - a > 65_536 {
+                    return None;
+                }
+                v.extend(a..=b);
+            }
+            None => v.push(part.parse().ok()?),
+        }
+    }
+    Some(v)
+}
+
+/// Writes CPUs as a kernel CPU list ("0-3,6").
+fn cpu_list(cpus: &[usize]) -> String {
+    let mut out: Vec<String> = Vec::new();
+    let mut i = 0;
+    while i < cpus.len() {
+        let mut j = i;
+        while j + 1 < cpus.len() && cpus[j + 1] == cpus[j] + 1 {
+            j += 1;
+        }
+        out.push(if j > i { format!("{}-{}", cpus[i], cpus[j]) } else { cpus[i].to_string() });
+        i = j + 1;
+    }
+    out.join(",")
+}
+
 fn pin_to(cpu: usize) {
     let mut set = nix::sched::CpuSet::new();
     if set.set(cpu).is_ok()
@@ -836,5 +897,21 @@ fn write_json(path: &std::path::Path, snap: &Snapshot) {
         && std::fs::write(&tmp, text).is_ok()
     {
         let _ = std::fs::rename(&tmp, path);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_lists_parse_and_print() {
+        assert_eq!(parse_cpu_list("0-3,6\n"), Some(vec![0, 1, 2, 3, 6]));
+        assert_eq!(parse_cpu_list("1"), Some(vec![1]));
+        assert_eq!(parse_cpu_list("3-1"), None);
+        assert_eq!(parse_cpu_list("x"), None);
+        assert_eq!(cpu_list(&[0, 1, 2, 3, 6, 8, 9]), "0-3,6,8-9");
+        assert_eq!(cpu_list(&[1]), "1");
+        assert!(online_cpus().contains(&0));
     }
 }

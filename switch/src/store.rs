@@ -3,6 +3,7 @@
 //! trait later without any other code assuming a file.
 
 use crate::config::{Config, StaticFdbConfig};
+use crate::types::parse_mac;
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
 use std::io::Write;
@@ -34,11 +35,13 @@ impl Record {
     /// validated when it was made).
     pub fn apply(&self, cfg: &mut Config) {
         match self {
+            // MACs compare as addresses, not as text: a file may write `0A` or `-`.
             Record::FdbAdd { tenant, entries } => {
                 if let Some(t) = cfg.tenants.iter_mut().find(|t| t.name == *tenant) {
                     for (mac, vtep) in entries {
-                        match t.fdb.iter_mut().find(|f| f.mac == *mac) {
-                            Some(f) => f.vtep = *vtep,
+                        let m = parse_mac(mac).ok();
+                        match t.fdb.iter_mut().find(|f| parse_mac(&f.mac).ok() == m) {
+                            Some(f) => (f.mac, f.vtep) = (mac.clone(), *vtep),
                             None => t.fdb.push(StaticFdbConfig { mac: mac.clone(), vtep: *vtep }),
                         }
                     }
@@ -46,7 +49,8 @@ impl Record {
             }
             Record::FdbDel { tenant, macs } => {
                 if let Some(t) = cfg.tenants.iter_mut().find(|t| t.name == *tenant) {
-                    t.fdb.retain(|f| !macs.contains(&f.mac));
+                    let gone: Vec<_> = macs.iter().filter_map(|m| parse_mac(m).ok()).collect();
+                    t.fdb.retain(|f| parse_mac(&f.mac).map_or(true, |m| !gone.contains(&m)));
                 }
             }
         }

@@ -92,8 +92,15 @@ pub struct Rate(pub u64);
 
 /// A rate that failed to parse.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("malformed rate {0:?} (expected e.g. 10G, 700M, 1500k or bits per second)")]
-pub struct InvalidRate(pub String);
+pub enum InvalidRate {
+    /// Not a positive number with an optional unit.
+    #[error("malformed rate {0:?} (expected e.g. 10G, 700M, 1500k or bits per second)")]
+    Malformed(String),
+    /// A positive number below one bit per second (a rate of 0 would mean "unlimited" for a
+    /// limit and "drop everything" for a policer, so it is refused, not rounded).
+    #[error("rate {0:?} is less than 1 bit/s (a plain number is bits per second; e.g. 400M)")]
+    BelowOneBit(String),
+}
 
 impl FromStr for Rate {
     type Err = InvalidRate;
@@ -106,11 +113,14 @@ impl FromStr for Rate {
             Some((i, 't' | 'T')) => (&t[..i], 1_000_000_000_000),
             _ => (t, 1),
         };
-        let v: f64 = num.trim().parse().map_err(|_| InvalidRate(s.to_string()))?;
+        let v: f64 = num.trim().parse().map_err(|_| InvalidRate::Malformed(s.to_string()))?;
         if !v.is_finite() || v <= 0.0 || v * mult as f64 > 1e15 {
-            return Err(InvalidRate(s.to_string()));
+            return Err(InvalidRate::Malformed(s.to_string()));
         }
-        Ok(Rate((v * mult as f64).round() as u64))
+        match (v * mult as f64).round() as u64 {
+            0 => Err(InvalidRate::BelowOneBit(s.to_string())),
+            bits => Ok(Rate(bits)),
+        }
     }
 }
 
@@ -149,5 +159,10 @@ mod tests {
         assert!("fast".parse::<Rate>().is_err());
         assert!("0".parse::<Rate>().is_err());
         assert!("-1G".parse::<Rate>().is_err());
+        // rounds to 0: refused, never taken as "no limit"
+        let e = "0.4".parse::<Rate>().unwrap_err().to_string();
+        assert!(e.contains("\"0.4\" is less than 1 bit/s"), "{e}");
+        assert_eq!("0.0004k".parse::<Rate>().unwrap_err(), InvalidRate::BelowOneBit("0.0004k".into()));
+        assert_eq!("0.6".parse::<Rate>().unwrap(), Rate(1));
     }
 }

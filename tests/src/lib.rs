@@ -179,12 +179,32 @@ impl Bed {
     }
 
     fn xvsd_with(&self, h: u8, config: &str, extra: &[&str]) -> Xvsd {
+        self.xvsd_on_cpus(h, config, extra, None)
+    }
+
+    /// Starts xvsd on host `h` (fresh state) allowed to run only on `cpus` (`taskset -c`),
+    /// as a service pinned by its unit or an operator would be.
+    pub fn xvsd_taskset(&self, h: u8, config: &str, cpus: &str) -> Xvsd {
+        let _ = std::fs::remove_file(self.state(h));
+        let _ = std::fs::remove_file(self.state(h).with_extension("journal"));
+        self.xvsd_on_cpus(h, config, &[], Some(cpus))
+    }
+
+    fn xvsd_on_cpus(&self, h: u8, config: &str, extra: &[&str], cpus: Option<&str>) -> Xvsd {
         let cfg = self.path(&format!("h{h}.toml"));
         std::fs::write(&cfg, config).unwrap();
         let stats = self.path(&format!("h{h}.json"));
         let _ = std::fs::remove_file(&stats);
         let log = std::fs::File::create(self.path(&format!("h{h}.log"))).unwrap();
-        let child = Command::new("ip")
+        let mut cmd = match cpus {
+            Some(c) => {
+                let mut t = Command::new("taskset");
+                t.args(["-c", c, "ip"]);
+                t
+            }
+            None => Command::new("ip"),
+        };
+        let child = cmd
             .args(["netns", "exec", &format!("{}-h{h}", self.p)])
             .arg(xvsd_bin())
             .arg("--config")

@@ -288,3 +288,35 @@ fn malformed_requests_get_an_error_and_permissions_hold() {
     assert_eq!(o.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&o.stderr).contains("Permission denied"), "{}", String::from_utf8_lossy(&o.stderr));
 }
+
+#[test]
+fn static_fdb_macs_match_however_the_file_writes_them() {
+    let bed = Bed::up("fm", "xvs");
+    let cfg = bed.config(1).replacen(
+        "vteps = [\"192.168.77.2\"]\n",
+        "vteps = [\"192.168.77.2\"]\nfdb = [{ mac = \"02-00-00-00-00-0A\", vtep = \"192.168.77.2\" }, \
+         { mac = \"02:00:00:00:00:0B\", vtep = \"192.168.77.2\" }]\n",
+        1,
+    );
+    let h1 = bed.xvsd(1, &cfg);
+    let count = |mac: &str| {
+        let fdb = bed.ctl_json(1, &["fdb", "show", "blue"]);
+        fdb.as_array().unwrap().iter().filter(|r| r["mac"] == mac && r["origin"] == "static").count()
+    };
+    assert_eq!(count("02:00:00:00:00:0a"), 1, "{}", bed.ctl_ok(1, &["fdb", "show", "blue"]));
+    // re-adding in canonical form replaces, it does not duplicate
+    bed.ctl_ok(1, &["fdb", "add", "blue", "02:00:00:00:00:0a", "192.168.77.2"]);
+    assert_eq!(count("02:00:00:00:00:0a"), 1);
+    // deleting in yet another spelling finds it
+    bed.ctl_ok(1, &["fdb", "del", "blue", "02:00:00:00:00:0B"]);
+    assert_eq!(count("02:00:00:00:00:0b"), 0);
+    // and the next change (a whole-config one) still goes through
+    bed.ctl_ok(1, &["tenant", "add", "green", "--vni", "300"]);
+    let export = bed.ctl_ok(1, &["config", "export"]);
+    assert!(export.contains("02:00:00:00:00:0a") && !export.contains("0A") && !export.contains("0b"), "{export}");
+    // a restart from the state file takes the same entries back
+    h1.kill9();
+    let _h1 = bed.xvsd_keep_state(1, &cfg);
+    assert_eq!(count("02:00:00:00:00:0a"), 1);
+    assert_eq!(count("02:00:00:00:00:0b"), 0);
+}

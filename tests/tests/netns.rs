@@ -23,6 +23,20 @@ fn tcp_transfer(bed: &Bed, server: &str, client: &str, dst: &str, reverse: bool)
     iperf_bytes(&bed.ok(client, 30, &format!("iperf3 -c {dst} -t 2 -J {r}")))
 }
 
+/// `xvsd --check` of `config` (written to `name`) in host 1's namespace.
+fn xvsd_check(bed: &Bed, name: &str, config: &str) -> std::process::Output {
+    let p = bed.path(name);
+    std::fs::write(&p, config).unwrap();
+    Command::new("ip")
+        .args(["netns", "exec", &format!("{}-h1", bed.p), "timeout", "10"])
+        .arg(xvs_systests::xvsd_bin())
+        .arg("--check")
+        .arg("--config")
+        .arg(&p)
+        .output()
+        .unwrap()
+}
+
 #[test]
 fn two_xvs_hosts_carry_ping_and_tcp_in_both_directions() {
     let bed = Bed::up("a", "xvs");
@@ -249,18 +263,7 @@ fn two_forwarding_cores_each_own_a_queue_of_every_port() {
     let modes = s["ports"][0]["afxdp_mode"].as_array().unwrap();
     assert_eq!(modes.len(), 2, "one socket per queue on the uplink");
     // a core count the queues cannot serve is refused
-    let o = Command::new("ip")
-        .args(["netns", "exec", &format!("{}-h1", bed.p), "timeout", "10"])
-        .arg(xvs_systests::xvsd_bin())
-        .arg("--check")
-        .arg("--config")
-        .arg({
-            let p = bed.path("three.toml");
-            std::fs::write(&p, bed.config_cores(1, "0, 1, 0")).unwrap();
-            p
-        })
-        .output()
-        .unwrap();
+    let o = xvsd_check(&bed, "three.toml", &bed.config_cores(1, "0, 1, 0"));
     assert!(String::from_utf8_lossy(&o.stderr).contains("listed twice"), "{}", String::from_utf8_lossy(&o.stderr));
 }
 
@@ -361,4 +364,25 @@ fn drops_the_kernel_makes_for_a_stalled_switch_are_counted_everywhere() {
         metrics.lines().any(|l| l.starts_with("xvs_port_drops") && l.contains("reason=\"kernel_rx")),
         "Prometheus has the kernel's drops:\n{metrics}"
     );
+}
+
+#[test]
+fn xvsd_started_under_taskset_runs_on_its_cpu_and_takes_changes() {
+    let bed = Bed::up("ts", "xvs");
+    // the forwarding core on CPU 1, the whole daemon allowed only CPU 1 (as a unit's
+    // CPUAffinity= would): it starts, forwards and takes changes
+    let h1 = bed.xvsd_taskset(1, &bed.config_cores(1, "1"), "1");
+    let _h2 = bed.xvsd(2, &bed.config(2));
+    bed.ok("vm1", 20, "ping -c 2 -i 0.2 -W 2 10.0.0.2");
+    bed.ctl_ok(1, &["tenant", "add", "green", "--vni", "300"]);
+    assert_eq!(h1.fresh_stats()["core"]["cpu"], 1);
+    // its threads moved elsewhere later: changes still work
+    let o = Command::new("taskset").args(["-a", "-p", "-c", "0", &h1.pid().to_string()]).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    bed.ctl_ok(1, &["tenant", "del", "green"]);
+    // a CPU this machine does not have is refused, naming the CPUs it has
+    let cpus = std::fs::read_to_string("/sys/devices/system/cpu/online").unwrap();
+    let o = xvsd_check(&bed, "far.toml", &bed.config_cores(1, "4095"));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains(&format!("core 4095 does not exist (this machine's CPUs are {})", cpus.trim())), "{err}");
 }

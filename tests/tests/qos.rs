@@ -155,9 +155,14 @@ fn two_tenants_get_their_guarantees_and_the_rest_is_shared() {
     let (code, _, err) = bed.ctl(1, &["tenant", "set", "blue", "--guarantee", "950M"]);
     assert_eq!(code, 1);
     assert!(err.contains("more than the uplink rate"), "{err}");
+    // a rate that rounds to 0 bit/s once meant "no limit"
+    let (code, _, err) = bed.ctl(1, &["tenant", "set", "red", "--limit", "0.4"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("\"0.4\" is less than 1 bit/s"), "{err}");
     let show = bed.ctl_json(1, &["qos", "show"]);
     assert_eq!(show["tenants"][0]["guarantee_bps"], 350_000_000u64, "old settings in force");
     assert_eq!(show["tenants"][1]["guarantee_bps"], 100_000_000u64);
+    assert_eq!(show["tenants"][1]["limit_bps"], 200_000_000u64);
 }
 
 #[test]

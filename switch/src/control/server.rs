@@ -95,7 +95,7 @@ pub struct ControlState {
     /// The desired configuration, except static FDB entries, which live in `fdb`.
     desired: Config,
     /// Static FDB entries per tenant name: MAC -> VTEP (the source of truth for them).
-    fdb: HashMap<String, BTreeMap<String, IpAddr>>,
+    fdb: HashMap<String, BTreeMap<MacAddr, IpAddr>>,
     /// Whether `tables.static_fdb` lags behind `fdb` (changed through the fast path).
     tables_stale: bool,
     tables: Arc<Tables>,
@@ -147,7 +147,11 @@ impl ControlState {
         for t in &mut c.tenants {
             let idx = self.fdb.entry(t.name.clone()).or_default();
             for f in t.fdb.drain(..) {
-                idx.insert(f.mac, f.vtep);
+                // however the file wrote it (`0A`, `-`): one key per address (the config was
+                // validated, so every MAC parses)
+                if let Ok(m) = parse_mac(&f.mac) {
+                    idx.insert(m, f.vtep);
+                }
             }
         }
         self.desired = c;
@@ -198,7 +202,7 @@ impl ControlState {
         let mut dels = Vec::with_capacity(del.len());
         for m in del {
             let mac = parse_mac(&m).map_err(|x| format!("tenant {tenant:?} fdb: {x}"))?;
-            if !idx.is_some_and(|i| i.contains_key(&mac_str(&mac))) && !adds.iter().any(|(a, _, _)| *a == mac) {
+            if !idx.is_some_and(|i| i.contains_key(&mac)) && !adds.iter().any(|(a, _, _)| *a == mac) {
                 return Err(format!("no static FDB entry {} in tenant {tenant:?}", mac_str(&mac)));
             }
             dels.push(mac);
@@ -212,7 +216,7 @@ impl ControlState {
             Record::FdbDel { tenant: tenant.to_string(), macs: dels.iter().map(mac_str).collect() }
         };
         // The inverse of this change, should it fail to become durable.
-        let previous = |m: &MacAddr| idx.and_then(|i| i.get(&mac_str(m))).map(|v| (*m, *v));
+        let previous = |m: &MacAddr| idx.and_then(|i| i.get(m)).map(|v| (*m, *v));
         let undo_add: Vec<(TenantId, MacAddr, FdbDest)> = adds
             .iter()
             .filter_map(|(m, _, _)| previous(m))
@@ -261,10 +265,10 @@ impl ControlState {
         }
         let idx = self.fdb.entry(tenant.to_string()).or_default();
         for (m, v, _) in &adds {
-            idx.insert(mac_str(m), *v);
+            idx.insert(*m, *v);
         }
         for m in &dels {
-            idx.remove(&mac_str(m));
+            idx.remove(m);
         }
         self.tables_stale = true;
         if !live {
@@ -745,11 +749,11 @@ impl ControlState {
     }
 }
 
-fn materialize(desired: &Config, fdb: &HashMap<String, BTreeMap<String, IpAddr>>) -> Config {
+fn materialize(desired: &Config, fdb: &HashMap<String, BTreeMap<MacAddr, IpAddr>>) -> Config {
     let mut c = desired.clone();
     for t in &mut c.tenants {
         if let Some(idx) = fdb.get(&t.name) {
-            t.fdb = idx.iter().map(|(m, v)| StaticFdbConfig { mac: m.clone(), vtep: *v }).collect();
+            t.fdb = idx.iter().map(|(m, v)| StaticFdbConfig { mac: mac_str(m), vtep: *v }).collect();
         }
     }
     c
