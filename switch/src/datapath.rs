@@ -173,6 +173,11 @@ impl<P: Port, M: FrameMem> Core<P, M> {
                 }
             }
         }
+        if let Some(s) = self.qos.as_mut() {
+            for t in &change.reset_tenants {
+                s.clear_counters(u32::from(t.0));
+            }
+        }
         self.pipeline.set_tables(tables, change);
     }
 

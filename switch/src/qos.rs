@@ -434,6 +434,14 @@ impl Scheduler {
         self.size_quantum();
     }
 
+    /// Zeroes a tenant's counters (its id now belongs to a new tenant); what it has queued
+    /// stays counted in `backlog`.
+    pub fn clear_counters(&mut self, tenant: u32) {
+        if let Some(t) = self.tenants.get_mut(tenant as usize) {
+            t.stats = TenantQosStats { backlog: t.stats.backlog, ..Default::default() };
+        }
+    }
+
     /// A tenant's settings and counters.
     pub fn tenant(&self, tenant: u32) -> Option<(TenantQos, TenantQosStats)> {
         let t = self.tenants.get(tenant as usize)?;

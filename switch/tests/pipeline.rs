@@ -425,3 +425,36 @@ fn a_rebuilt_scheduler_keeps_every_frame() {
     assert_eq!(sent + full, 900, "every frame sent or counted");
     assert_eq!(s.core.free.len(), total, "every frame came back");
 }
+
+/// A removed tenant's id given to a new tenant (and a removed port's to a new port) carries
+/// none of the old one's counters or learned entries.
+#[test]
+fn a_reused_id_starts_clean() {
+    let mut s = sim();
+    let remote_vm = MacAddr([2, 0, 0, 0, 0, 0x33]);
+    let inner = frames::udp4_min(remote_vm, VM1, ip(10, 0, 0, 33), ip(10, 0, 0, 1));
+    let t = s.core.pipeline.tables().underlay.clone();
+    s.inject(UPLINK, &frames::vxlan4(&t, PEER_MAC, ip(192, 168, 77, 2), 200, &inner));
+    s.run();
+    assert_eq!(s.take(R1), vec![inner]);
+    assert_eq!(s.core.pipeline.fdb.learned_count(RED), 1);
+    assert!(s.core.pipeline.stats.tenants[RED.index()].rx_packets > 0);
+    assert!(s.core.pipeline.stats.ports[R1.index()].tx_packets > 0);
+    // red and its port go, green and its port come in the same change: they get red's ids
+    let old = Arc::clone(s.core.pipeline.tables());
+    let cfg = CONFIG
+        .replace("name = \"red\"\nvni = 200", "name = \"green\"\nvni = 300")
+        .replace("interface = \"r1\"\ntenant = \"red\"", "interface = \"g1\"\ntenant = \"green\"");
+    let new = Config::from_toml(&cfg).unwrap().build_after(Some(&old), None, None).unwrap();
+    assert_eq!(new.tenant_by_name("green"), Some(RED), "the slot is reused");
+    assert_eq!(new.port(R1).map(|p| p.name.as_str()), Some("g1"));
+    let change = xvs_switch::pipeline::Change::between(&old, &new);
+    let now = s.now;
+    s.core.set_tables(Arc::new(new), &change, now);
+    assert_eq!(s.core.pipeline.fdb.learned_count(RED), 0);
+    assert_eq!(s.core.pipeline.fdb.lookup(RED, &remote_vm, now), None, "no entry inherited");
+    assert_eq!(s.core.pipeline.stats.tenants[RED.index()].rx_packets, 0, "no counters inherited");
+    assert_eq!(s.core.pipeline.stats.ports[R1.index()].tx_packets, 0);
+    // blue, which stayed, keeps its counters
+    assert!(s.core.pipeline.stats.ports[UPLINK.index()].rx_packets > 0);
+}

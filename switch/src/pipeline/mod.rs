@@ -84,6 +84,11 @@ pub struct Change {
     pub static_del: Vec<(TenantId, MacAddr)>,
     /// Whether a tenant, port or VTEP was removed (learned entries must be checked).
     pub purge: bool,
+    /// Tenant ids given to a tenant that did not have them before (a removed tenant's slot
+    /// reused): their counters and learned entries start from nothing.
+    pub reset_tenants: Vec<TenantId>,
+    /// Port ids given to a port that did not have them before: counters and policer reset.
+    pub reset_ports: Vec<PortId>,
 }
 
 impl Change {
@@ -99,7 +104,17 @@ impl Change {
             None => true,
             Some(nt) => nt.name != t.name || t.vteps.iter().any(|v| !nt.vteps.contains(v)),
         }) || old.live_ports().any(|(id, p)| new.port(id) != Some(p));
-        Change { static_add, static_del, purge }
+        let reset_tenants = new
+            .live_tenants()
+            .filter(|(id, t)| old.tenant(*id).map(|o| &o.name) != Some(&t.name))
+            .map(|(id, _)| id)
+            .collect();
+        let reset_ports = new
+            .live_ports()
+            .filter(|(id, p)| old.port(*id).map(|o| &o.name) != Some(&p.name))
+            .map(|(id, _)| id)
+            .collect();
+        Change { static_add, static_del, purge, reset_tenants, reset_ports }
     }
 }
 
@@ -209,6 +224,16 @@ impl Pipeline {
             self.neigh.retain(|ip, _| vteps.contains(ip));
         }
         self.stats.resize(tables.ports.len(), tables.tenants.len());
+        for t in &change.reset_tenants {
+            self.fdb.flush_tenant(*t);
+            self.stats.tenants[t.index()] = Default::default();
+        }
+        for p in &change.reset_ports {
+            self.stats.ports[p.index()] = Default::default();
+            if let Some(slot) = self.policers.get_mut(p.index()) {
+                *slot = None;
+            }
+        }
         sync_policers(&mut self.policers, &tables);
         self.tables = tables;
     }
