@@ -10,6 +10,7 @@ use crate::io::afxdp::{DEFAULT_UMEM_FRAMES, UmemFrames, Waker, XskMode, wait_rea
 use crate::io::netdev;
 use crate::io::ports::IoPort;
 use crate::io::xdp::AttachMode;
+use crate::neigh::NeighShare;
 use crate::pipeline::{Action, Change};
 use crate::stats::Stats;
 use crate::store::{FileStore, Store};
@@ -216,6 +217,9 @@ pub struct CoreLoad {
     pub stage_cycles: crate::datapath::StageCycles,
     /// Cycles of all stages per frame received (includes idle polls' ring checks).
     pub cycles_per_packet: f64,
+    /// Underlay neighbours (VTEP next hops) this core uses but has no MAC for: its frames
+    /// to them are dropped as `vtep_unresolved` until ARP (on any core) answers.
+    pub neighbors_unresolved: u32,
 }
 
 impl CoreLoad {
@@ -429,7 +433,9 @@ pub fn run(cfg: Config, opts: Options, stop: Arc<AtomicBool>) -> anyhow::Result<
     let mut store = store;
     store.save(&desired)?;
     let mut threads = Vec::new();
+    let share = Arc::new(NeighShare::new(4096));
     for (k, ((umem, sets), rx)) in umems.into_iter().zip(sets).zip(receivers).enumerate() {
+        let share = Arc::clone(&share);
         let c = &cores.cores[k];
         let (cpu, tables, report, stop, waker) =
             (c.cpu, Arc::clone(&tables), Arc::clone(&c.report), Arc::clone(&stop), Arc::clone(&c.waker));
@@ -437,7 +443,7 @@ pub fn run(cfg: Config, opts: Options, stop: Arc<AtomicBool>) -> anyhow::Result<
         threads.push(
             std::thread::Builder::new()
                 .name(format!("xvs-core{cpu}"))
-                .spawn(move || core_loop(cpu, tables, umem, sets, rx, report, stop, waker, spin_ns))?,
+                .spawn(move || core_loop(cpu, tables, umem, sets, rx, report, stop, waker, spin_ns, share))?,
         );
     }
     let wakers: Vec<Arc<Waker>> = cores.cores.iter().map(|c| Arc::clone(&c.waker)).collect();
@@ -506,8 +512,10 @@ fn core_loop(
     stop: Arc<AtomicBool>,
     waker: Arc<Waker>,
     spin_ns: u64,
+    share: Arc<NeighShare>,
 ) {
     pin_to(cpu);
+    let mut share_seen = 0u64;
     let mut core: Core<IoPort, UmemFrames> = Core::new(Arc::clone(&tables), umem);
     core.cycle_counter = crate::io::cycles;
     for (id, s) in sets {
@@ -572,9 +580,13 @@ fn core_loop(
                 }
             }
         }
+        share.merge_into(&mut core.pipeline.neigh, &mut share_seen, now);
         let n = core.poll(now);
         if !core.stage.host.is_empty() {
             host.receive(&tables, &mut core.pipeline.neigh, &mut core.mem, &mut core.free, &mut core.stage, now);
+            for (ip, mac) in host.learned.drain(..) {
+                share.publish(ip, mac);
+            }
             core.transmit(now);
         }
         if now - last_tick >= 100_000_000 || core.pipeline.neigh.take_wanted() {
@@ -672,7 +684,10 @@ fn publish(
             .iter()
             .map(|(ip, n)| (ip.to_string(), n.mac.map_or("incomplete".to_string(), |m| mac_str(&m))))
             .collect(),
-        core: load.taken(&core.profile, now),
+        core: CoreLoad {
+            neighbors_unresolved: core.pipeline.neigh.iter().filter(|(_, n)| n.mac.is_none()).count() as u32,
+            ..load.taken(&core.profile, now)
+        },
         afxdp: core.ports.iter().enumerate().filter_map(|(i, p)| p.as_ref().map(|s| (i as u16, s.modes()))).collect(),
     };
     if let Ok(mut g) = report.lock() {

@@ -66,7 +66,14 @@ pub struct HostStack {
     pub timers: NeighborTimers,
     /// Counters.
     pub counters: HostCounters,
+    /// Neighbours resolved by ARP since the caller last took them (to share with the other
+    /// cores: an answer lands on one core's queue). At most `LEARNED_MAX`; more wait for
+    /// the next ARP exchange.
+    pub learned: Vec<(std::net::Ipv4Addr, crate::wire::MacAddr)>,
 }
+
+/// Resolved neighbours a host stack keeps for its caller between two takes.
+const LEARNED_MAX: usize = 64;
 
 impl HostStack {
     /// Handles the frames the pipeline handed to the host (`stage.host`): replies go to the
@@ -120,6 +127,9 @@ impl HostStack {
                 if neigh.get(spa).is_some() {
                     neigh.update(spa, sha, now);
                     self.counters.arp_resolved += 1;
+                    if self.learned.len() < LEARNED_MAX {
+                        self.learned.push((spa, sha));
+                    }
                 }
                 if operation != ArpOperation::Request {
                     return None;

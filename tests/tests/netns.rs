@@ -259,6 +259,8 @@ fn two_forwarding_cores_each_own_a_queue_of_every_port() {
     assert_eq!(per_core.len(), 2, "two forwarding cores: {s}");
     for (i, c) in per_core.iter().enumerate() {
         assert!(c["packets"].as_u64().unwrap() > 100, "core {i} forwarded {}", c["packets"]);
+        // the VTEP's ARP reply reached one queue; every core has the answer
+        assert_eq!(c["neighbors_unresolved"], 0, "core {i} still resolving a VTEP: {s}");
     }
     let modes = s["ports"][0]["afxdp_mode"].as_array().unwrap();
     assert_eq!(modes.len(), 2, "one socket per queue on the uplink");
