@@ -8,9 +8,9 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
-use std::io::{BufRead, BufReader, Write};
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 type Labels = Vec<(String, String)>;
 
@@ -71,27 +71,70 @@ pub fn render(state: &Mutex<ControlState>) -> String {
     out
 }
 
-/// Serves `GET /metrics` on `addr` (a loopback address).
+/// Most scrapes served at once; a connection beyond that is closed at once.
+pub const MAX_CONNECTIONS: usize = 16;
+/// Longest request head (request line and headers) taken, bytes.
+pub const MAX_REQUEST_HEAD: usize = 8192;
+/// Time a client has to send its request head.
+pub const HEAD_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longest a connection is kept (keep-alive included).
+pub const CONNECTION_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Serves `GET /metrics` on `addr` (a loopback address), with hyper on a one-thread runtime
+/// of its own: request heads are bounded in size ([`MAX_REQUEST_HEAD`]) and time
+/// ([`HEAD_TIMEOUT`]), connections in number ([`MAX_CONNECTIONS`]) and life
+/// ([`CONNECTION_TIMEOUT`]), so no client can stall another's scrape or grow the daemon.
+/// Only `GET` (and `HEAD`) of `/metrics` is answered; any other path is 404, any other
+/// method 405. Request bodies are never read.
 pub fn serve(addr: SocketAddr, state: Arc<Mutex<ControlState>>) -> anyhow::Result<()> {
     anyhow::ensure!(addr.ip().is_loopback(), "metrics address {addr} is not a loopback address");
-    let listener = TcpListener::bind(addr).map_err(|e| anyhow::anyhow!("metrics endpoint {addr}: {e}"))?;
+    let listener = std::net::TcpListener::bind(addr).map_err(|e| anyhow::anyhow!("metrics endpoint {addr}: {e}"))?;
+    listener.set_nonblocking(true)?;
+    let rt = tokio::runtime::Builder::new_current_thread().enable_io().enable_time().build()?;
     std::thread::Builder::new().name("xvs-metrics".into()).spawn(move || {
-        for conn in listener.incoming() {
-            let Ok(mut conn) = conn else { continue };
-            let _ = conn.set_read_timeout(Some(std::time::Duration::from_secs(5)));
-            let mut line = String::new();
-            let _ = BufReader::new(&conn).read_line(&mut line);
-            let (status, body) = if line.starts_with("GET /metrics") {
-                ("200 OK", render(&state))
-            } else {
-                ("404 Not Found", "not found\n".to_string())
-            };
-            let _ = write!(
-                conn,
-                "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            );
-        }
+        rt.block_on(async move {
+            let Ok(listener) = tokio::net::TcpListener::from_std(listener) else { return };
+            let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+            loop {
+                let Ok((stream, _)) = listener.accept().await else { continue };
+                let Ok(permit) = Arc::clone(&slots).try_acquire_owned() else {
+                    continue; // too many at once: this one is closed (dropped)
+                };
+                let state = Arc::clone(&state);
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(move |req| {
+                        let state = Arc::clone(&state);
+                        async move { Ok::<_, std::convert::Infallible>(respond(&req, &state)) }
+                    });
+                    let conn = hyper::server::conn::http1::Builder::new()
+                        .timer(hyper_util::rt::TokioTimer::new())
+                        .header_read_timeout(HEAD_TIMEOUT)
+                        .max_buf_size(MAX_REQUEST_HEAD)
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+                    let _ = tokio::time::timeout(CONNECTION_TIMEOUT, conn).await;
+                    drop(permit);
+                });
+            }
+        });
     })?;
     Ok(())
+}
+
+type Reply = hyper::Response<http_body_util::Full<hyper::body::Bytes>>;
+
+fn respond<B>(req: &hyper::Request<B>, state: &Mutex<ControlState>) -> Reply {
+    let reply = |status: u16, body: String| {
+        hyper::Response::builder()
+            .status(status)
+            .header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
+            .body(http_body_util::Full::new(hyper::body::Bytes::from(body)))
+            .unwrap_or_default()
+    };
+    if req.uri().path() != "/metrics" {
+        return reply(404, "not found\n".into());
+    }
+    match *req.method() {
+        hyper::Method::GET | hyper::Method::HEAD => reply(200, render(state)),
+        _ => reply(405, "only GET /metrics\n".into()),
+    }
 }

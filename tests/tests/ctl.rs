@@ -320,3 +320,13 @@ fn static_fdb_macs_match_however_the_file_writes_them() {
     assert_eq!(count("02:00:00:00:00:0a"), 1);
     assert_eq!(count("02:00:00:00:00:0b"), 0);
 }
+
+#[test]
+fn the_metrics_endpoint_survives_abusive_clients() {
+    let bed = Bed::up("me", "xvs");
+    let _h1 = bed.xvsd_args(1, &bed.config(1), &["--metrics", "127.0.0.1:9471"]);
+    let out = bed.ok("h1", 60, &format!("python3 {} 127.0.0.1:9471", helper("metrics_abuse.py")));
+    assert!(out.contains("all metrics checks passed"), "{out}");
+    // and the control socket still answers
+    bed.ctl_ok(1, &["status"]);
+}
