@@ -319,6 +319,9 @@ pub enum ConfigError {
     /// A bad rate or QoS setting.
     #[error("{0}")]
     Qos(String),
+    /// More static FDB entries than a tenant's `mac_limit` or the daemon's `fdb_capacity`.
+    #[error("{0}")]
+    FdbBound(String),
 }
 
 impl Config {
@@ -560,8 +563,44 @@ impl Config {
             ttl: self.uplink.ttl.max(1),
             rate: link_rate,
         };
+        check_static_bounds(&static_fdb, &tenants, self.daemon.fdb_capacity)?;
         Ok(Tables::new(underlay, tenants, ports, static_fdb, arp, self.daemon.fdb_capacity, self.daemon.fdb_aging_secs))
     }
+}
+
+/// Static FDB entries (the local ports' MACs and configured remote ones) are bounded per
+/// tenant by its `mac_limit` (as its learned entries are, separately) and together by
+/// `fdb_capacity` (as the learned entries are, separately): a core's FDB is allocated for
+/// both at start and never grows on the forwarding thread, and no tenant's static entries
+/// take room another tenant learns in.
+pub fn check_static_bounds(
+    static_fdb: &[(TenantId, MacAddr, FdbDest)],
+    tenants: &[Option<Tenant>],
+    fdb_capacity: u32,
+) -> Result<(), ConfigError> {
+    if static_fdb.len() > fdb_capacity as usize {
+        return Err(ConfigError::FdbBound(format!(
+            "{} static FDB entries (port MACs included), more than daemon.fdb_capacity {fdb_capacity}",
+            static_fdb.len()
+        )));
+    }
+    let mut per = vec![0u32; tenants.len()];
+    for (t, _, _) in static_fdb {
+        if let Some(n) = per.get_mut(t.index()) {
+            *n += 1;
+        }
+    }
+    for (n, t) in per.iter().zip(tenants) {
+        if let Some(t) = t
+            && *n > t.mac_limit
+        {
+            return Err(ConfigError::FdbBound(format!(
+                "tenant {:?}: {n} static FDB entries (port MACs included), more than its mac_limit {}",
+                t.name, t.mac_limit
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// The uplink rate, and each tenant's QoS by tenant index.
@@ -737,6 +776,16 @@ ips = ["10.0.0.1"]
         let mut c = sample();
         edit(&mut c);
         c.build(None, None).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn static_entries_are_bounded_per_tenant_and_in_all() {
+        // blue: its port's MAC and one remote entry
+        assert!(sample().build(None, None).is_ok());
+        let e = err_of(|c| c.tenants[0].mac_limit = 1);
+        assert_eq!(e, "tenant \"blue\": 2 static FDB entries (port MACs included), more than its mac_limit 1");
+        let e = err_of(|c| c.daemon.fdb_capacity = 2);
+        assert_eq!(e, "3 static FDB entries (port MACs included), more than daemon.fdb_capacity 2");
     }
 
     #[test]

@@ -78,15 +78,20 @@ const REFRESH_NS: u64 = 1_000_000_000;
 pub struct Fdb {
     map: HashMap<u64, Entry, RandomState>,
     learned_per_tenant: Vec<u32>,
+    /// Learned entries of all tenants (static ones do not count against `capacity`).
+    learned_total: usize,
     capacity: usize,
     aging_ns: u64,
 }
 
 impl Fdb {
-    /// A table that holds up to `capacity` entries, all allocated now.
+    /// A table that learns up to `capacity` entries and holds as many static ones (the
+    /// control plane bounds those to `capacity`: `config::check_static_bounds`), all
+    /// allocated now, so it never grows (rehashes) on the forwarding thread.
     pub fn new(capacity: usize, aging_secs: u32) -> Fdb {
         Fdb {
-            map: HashMap::with_capacity_and_hasher(capacity, RandomState::default()),
+            map: HashMap::with_capacity_and_hasher(2 * capacity, RandomState::default()),
+            learned_total: 0,
             learned_per_tenant: vec![0; crate::config::MAX_TENANTS + 1],
             capacity,
             aging_ns: u64::from(aging_secs) * 1_000_000_000,
@@ -149,20 +154,22 @@ impl Fdb {
             return Learn::Moved;
         }
         let count = &mut self.learned_per_tenant[tenant.index()];
-        if *count >= limit || self.map.len() >= self.capacity {
+        if *count >= limit || self.learned_total >= self.capacity {
             return Learn::Full;
         }
         *count += 1;
+        self.learned_total += 1;
         self.map.insert(k, Entry { dest, origin, last_seen: now });
         Learn::Added
     }
 
-    /// Installs or replaces a static entry. Static entries may exceed the capacity; the
-    /// control plane bounds their number.
+    /// Installs or replaces a static entry. Static entries do not count against the
+    /// learning capacity; the control plane bounds their number (to the capacity again).
     pub fn insert_static(&mut self, tenant: TenantId, mac: &MacAddr, dest: FdbDest) {
         let old = self.map.insert(key(tenant, mac), Entry { dest, origin: Origin::Static, last_seen: 0 });
         if matches!(old, Some(e) if e.origin != Origin::Static) {
             self.learned_per_tenant[tenant.index()] -= 1;
+            self.learned_total -= 1;
         }
     }
 
@@ -171,6 +178,7 @@ impl Fdb {
         let old = self.map.remove(&key(tenant, mac))?;
         if old.origin != Origin::Static {
             self.learned_per_tenant[tenant.index()] -= 1;
+            self.learned_total -= 1;
         }
         Some(old)
     }
@@ -186,7 +194,7 @@ impl Fdb {
 
     /// Keeps only the learned entries for which `keep(tenant, mac, dest)` is true.
     pub fn retain_learned(&mut self, mut keep: impl FnMut(TenantId, MacAddr, FdbDest) -> bool) {
-        let counts = &mut self.learned_per_tenant;
+        let (counts, total) = (&mut self.learned_per_tenant, &mut self.learned_total);
         self.map.retain(|k, e| {
             if e.origin == Origin::Static {
                 return true;
@@ -195,6 +203,7 @@ impl Fdb {
             let k = keep(t, m, e.dest);
             if !k {
                 counts[t.index()] -= 1;
+                *total -= 1;
             }
             k
         });
@@ -203,18 +212,19 @@ impl Fdb {
     /// Forgets every learned entry of `tenant`.
     pub fn flush_tenant(&mut self, tenant: TenantId) {
         self.map.retain(|k, e| e.origin == Origin::Static || unkey(*k).0 != tenant);
-        self.learned_per_tenant[tenant.index()] = 0;
+        self.learned_total -= std::mem::take(&mut self.learned_per_tenant[tenant.index()]) as usize;
     }
 
     /// Removes learned entries not seen for the aging time; returns how many.
     pub fn age(&mut self, now: u64) -> usize {
         let before = self.map.len();
         let aging = self.aging_ns;
-        let counts = &mut self.learned_per_tenant;
+        let (counts, total) = (&mut self.learned_per_tenant, &mut self.learned_total);
         self.map.retain(|k, e| {
             let keep = e.origin == Origin::Static || now.saturating_sub(e.last_seen) <= aging;
             if !keep {
                 counts[unkey(*k).0.index()] -= 1;
+                *total -= 1;
             }
             keep
         });
@@ -313,5 +323,28 @@ mod tests {
         assert_eq!(f.len(), 1);
         f.sync_static(&[]);
         assert!(f.is_empty());
+    }
+
+    #[test]
+    fn static_entries_take_no_room_from_learning_and_the_table_never_grows() {
+        let mut f = Fdb::new(4, 300);
+        let cap = f.map.capacity();
+        let (t0, t1) = (TenantId(0), TenantId(1));
+        // tenant 0 fills its share of static entries (the control plane allows `capacity`)
+        for i in 0..4u8 {
+            f.insert_static(t0, &MacAddr([2, 0, 0, 0, 1, i]), FdbDest::Local(PortId(1)));
+        }
+        // tenant 1 can still learn the whole learning capacity
+        for i in 0..4u8 {
+            let r = f.learn(t1, &MacAddr([2, 0, 0, 0, 2, i]), FdbDest::Local(PortId(2)), Origin::LearnedLocal, 1, 100);
+            assert_eq!(r, Learn::Added, "entry {i}");
+        }
+        let r = f.learn(t1, &MacAddr([2, 0, 0, 0, 2, 9]), FdbDest::Local(PortId(2)), Origin::LearnedLocal, 1, 100);
+        assert_eq!(r, Learn::Full);
+        assert_eq!(f.map.capacity(), cap, "allocated once, for both");
+        // forgetting learned entries gives their room back
+        f.flush_tenant(t1);
+        let r = f.learn(t1, &MacAddr([2, 0, 0, 0, 2, 9]), FdbDest::Local(PortId(2)), Origin::LearnedLocal, 1, 100);
+        assert_eq!(r, Learn::Added);
     }
 }

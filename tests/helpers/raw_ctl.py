@@ -1,6 +1,29 @@
 """Sends raw bytes to a control socket and prints the reply line: raw_ctl.py SOCKET KIND."""
 import json, socket, sys
 path, kind = sys.argv[1], sys.argv[2]
+if kind == "flood":
+    # 80 idle connections, then a request: refused while they stay, served once they go
+    import time
+    idle = []
+    for _ in range(80):
+        c = socket.socket(socket.AF_UNIX)
+        c.connect(path)
+        idle.append(c)
+    time.sleep(0.5)
+    def status():
+        s = socket.socket(socket.AF_UNIX)
+        s.connect(path)
+        s.sendall(b'{"version":1,"op":"status"}\n')
+        r = json.loads(s.makefile("rb").readline())
+        s.close()
+        return r
+    busy = status()
+    for c in idle:
+        c.close()
+    time.sleep(0.5)
+    after = status()
+    print(busy.get("error"), "| then ok:", after["ok"])
+    sys.exit(0)
 payload = {
     "truncated": b'{"version":1,"op":"tenant_add","name":"x"\n',
     "wrong_types": b'{"version":1,"op":"tenant_add","name":5,"vni":"many"}\n',

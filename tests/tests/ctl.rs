@@ -107,6 +107,18 @@ fn every_command_with_json_and_errors_that_change_nothing() {
     );
     bed.ctl_ok(1, &["fdb", "del", "green", "02:00:00:00:00:42"]);
     assert_eq!(bed.ctl_json(1, &["fdb", "show", "green"]).as_array().unwrap().len(), 2);
+    // static entries are bounded by the tenant's mac_limit (64: its port's MAC and one are in)
+    let many: Vec<String> =
+        (0..63).flat_map(|i| [format!("02:00:00:00:01:{i:02x}"), "192.168.77.2".to_string()]).collect();
+    let mut args = vec!["fdb", "add", "green"];
+    args.extend(many.iter().map(String::as_str));
+    let (code, _, err) = bed.ctl(1, &args);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("tenant \"green\": 65 static FDB entries (port MACs included), more than its mac_limit 64"),
+        "{err}"
+    );
+    bed.ctl_ok(1, &args[..args.len() - 2]); // 64: at the bound
 
     let tr = bed
         .ctl_json(1, &["trace", &format!("{p}-p1"), "--udp", "02:00:00:00:00:01,02:00:00:00:00:02,10.0.0.1,10.0.0.2"]);
@@ -260,6 +272,8 @@ fn malformed_requests_get_an_error_and_permissions_hold() {
         ("bad_version", "unsupported protocol version 99"),
         ("not_json", "malformed request"),
         ("huge", "too large"),
+        // more idle connections than served at once: refused with a reason, then served
+        ("flood", "too many control connections (at most 64); try again | then ok: True"),
     ] {
         let o = Command::new("timeout")
             .args(["20", "python3", &helper("raw_ctl.py"), sock.to_str().unwrap(), kind])

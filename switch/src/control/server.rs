@@ -207,6 +207,27 @@ impl ControlState {
             }
             dels.push(mac);
         }
+        // The same bounds as a whole-config change (config::check_static_bounds): the
+        // tenant's static entries, its ports' MACs included, within its mac_limit; all of
+        // them within fdb_capacity.
+        let new_keys = adds.iter().filter(|(m, _, _)| !idx.is_some_and(|i| i.contains_key(m))).count();
+        let (have, ports) = (idx.map_or(0, BTreeMap::len), tn.ports.len());
+        let after = (have + new_keys + ports).saturating_sub(dels.len());
+        if after > tn.mac_limit as usize {
+            return Err(format!(
+                "tenant {tenant:?}: {after} static FDB entries (port MACs included), more than its mac_limit {}",
+                tn.mac_limit
+            ));
+        }
+        let all_ports = self.tables.live_ports().filter(|(_, p)| matches!(p.kind, PortKind::Vm { .. })).count();
+        let total =
+            (self.fdb.values().map(BTreeMap::len).sum::<usize>() + all_ports + new_keys).saturating_sub(dels.len());
+        if total > self.tables.fdb_capacity as usize {
+            return Err(format!(
+                "{total} static FDB entries (port MACs included), more than daemon.fdb_capacity {}",
+                self.tables.fdb_capacity
+            ));
+        }
         let record = if dels.is_empty() {
             Record::FdbAdd {
                 tenant: tenant.to_string(),
@@ -775,6 +796,9 @@ fn decode_hex(s: &str) -> Result<Vec<u8>, String> {
     })
 }
 
+/// Control connections served at once; one more is answered with an error and closed.
+pub const MAX_CONNECTIONS: usize = 64;
+
 /// Serves the control socket at `path` (mode 0660, owner root, group `group`).
 pub fn listen(path: &Path, group: Option<&str>, state: Arc<Mutex<ControlState>>) -> anyhow::Result<()> {
     if let Some(dir) = path.parent() {
@@ -794,10 +818,27 @@ pub fn listen(path: &Path, group: Option<&str>, state: Arc<Mutex<ControlState>>)
         nix::unistd::chown(path, Some(nix::unistd::Uid::from_raw(0)), Some(gid.gid))?;
     }
     std::thread::Builder::new().name("xvs-control".into()).spawn(move || {
+        let open = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         for conn in listener.incoming() {
-            let Ok(conn) = conn else { continue };
-            let state = Arc::clone(&state);
-            let _ = std::thread::Builder::new().name("xvs-conn".into()).spawn(move || serve_conn(conn, &state));
+            let Ok(mut conn) = conn else { continue };
+            // One thread per connection, at most MAX_CONNECTIONS of them.
+            if open.fetch_add(1, std::sync::atomic::Ordering::AcqRel) >= MAX_CONNECTIONS {
+                open.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+                let busy = format!("too many control connections (at most {MAX_CONNECTIONS}); try again");
+                let _ = reply(&mut conn, &Response::err(busy));
+                continue;
+            }
+            let (state, open) = (Arc::clone(&state), Arc::clone(&open));
+            let spawned = std::thread::Builder::new().name("xvs-conn".into()).spawn({
+                let open = Arc::clone(&open);
+                move || {
+                    serve_conn(conn, &state);
+                    open.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+                }
+            });
+            if spawned.is_err() {
+                open.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+            }
         }
     })?;
     Ok(())
