@@ -283,8 +283,12 @@ fn underlay_checks_are_counted() {
     s.inject(UPLINK, &frames::vxlan4(&t, PEER_MAC, ip(192, 168, 77, 9), 100, &inner));
     s.inject(UPLINK, &frames::vxlan4(&t, PEER_MAC, ip(192, 168, 77, 3), 200, &inner));
     let mut bad = frames::vxlan4(&t, PEER_MAC, ip(192, 168, 77, 2), 100, &inner);
-    bad[42] = 0x88;
+    bad[42] = 0x80; // I flag clear (reserved bits alone would be ignored)
     s.inject(UPLINK, &bad);
+    // RFC 7348: decapsulated frames with an inner VLAN tag SHOULD be discarded
+    let mut tagged = inner.clone();
+    tagged[12..14].copy_from_slice(&[0x81, 0x00]);
+    s.inject(UPLINK, &frames::vxlan4(&t, PEER_MAC, ip(192, 168, 77, 2), 100, &tagged));
     // inner source MAC is blue's local b1: a remote cannot claim it
     let claim = frames::udp4_min(VM1, VM3, ip(10, 0, 0, 1), ip(10, 0, 0, 3));
     s.inject(UPLINK, &frames::vxlan4(&t, PEER_MAC, ip(192, 168, 77, 2), 100, &claim));
@@ -293,6 +297,7 @@ fn underlay_checks_are_counted() {
     assert_eq!(drops(&s, UPLINK, DropReason::VtepNotAllowed), 2);
     assert_eq!(tenant_drops(&s, RED, DropReason::VtepNotAllowed), 1);
     assert_eq!(drops(&s, UPLINK, DropReason::BadVxlanFlags), 1);
+    assert_eq!(drops(&s, UPLINK, DropReason::InnerVlanTagged), 1);
     assert_eq!(drops(&s, UPLINK, DropReason::RemoteClaimsLocalMac), 1);
     for p in [B1, B3, R1] {
         assert!(s.take(p).is_empty());
@@ -457,4 +462,70 @@ fn a_reused_id_starts_clean() {
     assert_eq!(s.core.pipeline.stats.ports[R1.index()].tx_packets, 0);
     // blue, which stayed, keeps its counters
     assert!(s.core.pipeline.stats.ports[UPLINK.index()].rx_packets > 0);
+}
+
+/// An IPv6 frame from `mac`/`src` to all-nodes carrying ICMPv6 `icmp` (checksum left 0: the
+/// switch does not check it).
+fn icmp6(mac: MacAddr, src: std::net::Ipv6Addr, icmp: &[u8]) -> Vec<u8> {
+    let mut f = vec![0x33, 0x33, 0, 0, 0, 1];
+    f.extend_from_slice(&mac.0);
+    f.extend_from_slice(&[0x86, 0xdd, 0x60, 0, 0, 0]);
+    f.extend_from_slice(&(icmp.len() as u16).to_be_bytes());
+    f.extend_from_slice(&[58, 255]);
+    f.extend_from_slice(&src.octets());
+    f.extend_from_slice(&"ff02::1".parse::<std::net::Ipv6Addr>().unwrap().octets());
+    f.extend_from_slice(icmp);
+    f
+}
+
+/// ND message `kind` (135 NS, 136 NA, 134 RA) naming `target`, with a link-layer address
+/// option (type `opt`) carrying `ll`.
+fn nd(kind: u8, target: std::net::Ipv6Addr, opt: u8, ll: MacAddr) -> Vec<u8> {
+    let mut m = vec![kind, 0, 0, 0, 0x60, 0, 0, 0];
+    m.extend_from_slice(&target.octets());
+    m.extend_from_slice(&[opt, 1]);
+    m.extend_from_slice(&ll.0);
+    m
+}
+
+/// What a VM may send beyond IPv4 and ARP (docs/architecture.md, "What a VM may send").
+#[test]
+fn ipv6_neighbour_discovery_and_other_ethertypes_from_a_vm() {
+    let mut s = sim();
+    // VM1's modified EUI-64 link-local address: 02:00:00:00:00:01 -> fe80::ff:fe00:1
+    let ll: std::net::Ipv6Addr = "fe80::ff:fe00:1".parse().unwrap();
+    let other_ll: std::net::Ipv6Addr = "fe80::1234".parse().unwrap();
+    let passes = [
+        icmp6(VM1, ll, &nd(135, "fe80::ff:fe00:2".parse().unwrap(), 1, VM1)), // NS for a neighbour
+        icmp6(VM1, ll, &nd(136, ll, 2, VM1)),                                 // NA for itself
+        icmp6(VM1, "::".parse().unwrap(), &nd(135, ll, 1, VM1)),              // DAD
+        icmp6(VM1, ll, &[128, 0, 0, 0, 0, 1, 0, 1]),                          // echo request
+    ];
+    for f in &passes {
+        s.inject(B1, f);
+    }
+    s.run();
+    assert_eq!(s.take(B3).len(), passes.len(), "flooded to the tenant's other port");
+    assert_eq!(s.take(UPLINK).len(), 2 * passes.len(), "and to its two VTEPs");
+    let dropped = [
+        (icmp6(VM1, other_ll, &[128, 0, 0, 0, 0, 1, 0, 1]), DropReason::SpoofedSrcIp),
+        (icmp6(VM1, ll, &nd(136, "fe80::ff:fe00:2".parse().unwrap(), 2, VM1)), DropReason::SpoofedNd),
+        (icmp6(VM1, ll, &nd(135, "fe80::ff:fe00:2".parse().unwrap(), 1, VM2)), DropReason::SpoofedNd),
+        (icmp6(VM1, ll, &nd(134, ll, 1, VM1)), DropReason::SpoofedNd), // router advertisement
+        (icmp6(VM1, ll, &[136, 0, 0, 0]), DropReason::MalformedIpv6),
+    ];
+    for (f, _) in &dropped {
+        s.inject(B1, f);
+    }
+    let mut lldp = frames::udp4_min(VM1, MacAddr([0x01, 0x80, 0xc2, 0, 0, 0x0e]), ip(10, 0, 0, 1), ip(10, 0, 0, 2));
+    lldp[12..14].copy_from_slice(&[0x88, 0xcc]);
+    s.inject(B1, &lldp);
+    s.run();
+    assert!(s.take(B3).is_empty() && s.take(UPLINK).is_empty());
+    for (_, r) in &dropped {
+        assert!(drops(&s, B1, *r) >= 1, "{}", r.name());
+    }
+    assert_eq!(drops(&s, B1, DropReason::SpoofedNd), 3);
+    assert_eq!(drops(&s, B1, DropReason::EthertypeNotAllowed), 1);
+    assert_eq!(s.core.free.len(), 1024, "every frame returned");
 }

@@ -54,7 +54,7 @@ reasons! {
     OuterFragment => "outer_fragment", "outer IPv4 packet is a fragment";
     MalformedUdp => "malformed_udp", "outer UDP header truncated or inconsistent";
     MalformedVxlan => "malformed_vxlan", "VXLAN header truncated";
-    BadVxlanFlags => "bad_vxlan_flags", "VXLAN I flag clear or reserved flag set";
+    BadVxlanFlags => "bad_vxlan_flags", "VXLAN I flag clear (reserved bits are ignored, RFC 7348)";
     UnknownVni => "unknown_vni", "no tenant has this VNI";
     VtepNotAllowed => "vtep_not_allowed", "source VTEP is not in the tenant's VTEP list";
     MalformedInner => "malformed_inner", "inner frame shorter than an Ethernet header";
@@ -76,6 +76,9 @@ reasons! {
     KernelRxRingFull => "kernel_rx_ring_full", "the kernel found this port's AF_XDP receive ring full";
     KernelInvalidDesc => "kernel_invalid_desc", "the kernel refused an AF_XDP descriptor of this port";
     KernelTxDropped => "kernel_tx_dropped", "the interface dropped a frame xvs sent (its transmit queue was full or it had no reader)";
+    SpoofedNd => "spoofed_nd", "VM sent a router advertisement or redirect, or an ND message whose target or link-layer address is not its own";
+    EthertypeNotAllowed => "ethertype_not_allowed", "VM sent an ethertype other than IPv4, IPv6 and ARP";
+    InnerVlanTagged => "inner_vlan_tagged", "decapsulated frame carries an 802.1Q/802.1ad tag (RFC 7348: SHOULD be discarded)";
 }
 
 #[cfg(test)]

@@ -268,8 +268,10 @@ mod tests {
         b[22] ^= 1; // TTL changed, checksum not
         assert_eq!(parse_outer(&b[..66], me), Err(DropReason::BadOuterChecksum));
         let mut b = mk();
-        b[42] = 0x0c;
+        b[42] = 0x04; // I flag clear
         assert_eq!(parse_outer(&b[..66], me), Err(DropReason::BadVxlanFlags));
+        b[42] = 0x0c; // I set, a reserved bit too: accepted (RFC 7348 ignores reserved bits)
+        assert!(parse_outer(&b[..66], me).is_ok());
         let mut b = mk();
         b[36] = 0x12;
         b[37] = 0xb6; // port 4790

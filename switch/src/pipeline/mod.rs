@@ -18,8 +18,8 @@ use crate::stats::{Events, Stats};
 use crate::tables::{FdbDest, Port, PortKind, Tables, UPLINK};
 use crate::types::{PortId, TenantId};
 use crate::wire::{
-    ArpOperation, ArpPacket, ArpRepr, ETHERNET_HEADER_LEN, EtherType, EthernetFrame, Ipv4Packet, Ipv6Packet, MacAddr,
-    VXLAN_V4_OVERHEAD,
+    ArpOperation, ArpPacket, ArpRepr, ETHERNET_HEADER_LEN, EtherType, EthernetFrame, IpProtocol, Ipv4Packet,
+    Ipv6Packet, MacAddr, VXLAN_V4_OVERHEAD,
 };
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
@@ -567,8 +567,14 @@ fn classify_vm(
                 return Action::Drop(DropReason::MalformedIpv6);
             };
             let src = ip.src_addr();
-            if !(ipv6.contains(&src) || src.is_unicast_link_local() || src.is_unspecified()) {
+            let own = |a: &Ipv6Addr| ipv6.contains(a) || *a == eui64_link_local(port_mac);
+            if !(own(&src) || src.is_unspecified()) {
                 return Action::Drop(DropReason::SpoofedSrcIp);
+            }
+            if ip.next_header() == IpProtocol::Icmpv6
+                && let Some(r) = check_nd(ip.payload(), port_mac, &own)
+            {
+                return Action::Drop(r);
             }
         }
         EtherType::Arp => {
@@ -598,7 +604,9 @@ fn classify_vm(
             }
         }
         EtherType::Unknown(0x8100 | 0x88a8) => return Action::Drop(DropReason::VlanTagged),
-        EtherType::Unknown(_) => {}
+        // A VM port carries IP (and ARP): nothing else is checked, so nothing else passes
+        // (docs/architecture.md, "What a VM may send").
+        EtherType::Unknown(_) => return Action::Drop(DropReason::EthertypeNotAllowed),
     }
 
     if dst.is_multicast() {
@@ -619,6 +627,59 @@ fn classify_vm(
         }
         None => flood_from_vm(tenant, ingress, len),
     }
+}
+
+/// The link-local address a VM derives from its MAC (modified EUI-64, RFC 4291 appendix
+/// A): the only link-local source it may use besides its configured addresses.
+fn eui64_link_local(mac: &MacAddr) -> Ipv6Addr {
+    let m = mac.0;
+    Ipv6Addr::new(
+        0xfe80,
+        0,
+        0,
+        0,
+        u16::from_be_bytes([m[0] ^ 0x02, m[1]]),
+        u16::from_be_bytes([m[2], 0xff]),
+        u16::from_be_bytes([0xfe, m[3]]),
+        u16::from_be_bytes([m[4], m[5]]),
+    )
+}
+
+/// Neighbour discovery from a VM (`icmp` is the ICMPv6 message after a plain IPv6 header):
+/// no router advertisements or redirects (a VM is not the tenant's router); a neighbour
+/// solicitation or advertisement may only name one of the VM's own addresses as target
+/// (advertisement) and carry the VM's MAC as link-layer address option. Other ICMPv6 passes.
+fn check_nd(icmp: &[u8], port_mac: &MacAddr, own: &impl Fn(&Ipv6Addr) -> bool) -> Option<DropReason> {
+    const ND_RA: u8 = 134;
+    const ND_NS: u8 = 135;
+    const ND_NA: u8 = 136;
+    const ND_REDIRECT: u8 = 137;
+    let kind = *icmp.first()?;
+    match kind {
+        ND_RA | ND_REDIRECT => return Some(DropReason::SpoofedNd),
+        ND_NS | ND_NA => {}
+        _ => return None,
+    }
+    // type, code, checksum, reserved/flags (4), target (16), then options
+    let Some(target) = icmp.get(8..24).and_then(|t| <[u8; 16]>::try_from(t).ok()) else {
+        return Some(DropReason::MalformedIpv6);
+    };
+    if kind == ND_NA && !own(&Ipv6Addr::from(target)) {
+        return Some(DropReason::SpoofedNd);
+    }
+    let mut opts = &icmp[24..];
+    while opts.len() >= 2 {
+        let (t, len) = (opts[0], usize::from(opts[1]) * 8);
+        if len == 0 || len > opts.len() {
+            return Some(DropReason::MalformedIpv6);
+        }
+        // source (1) or target (2) link-layer address: the VM's MAC
+        if (t == 1 || t == 2) && (len != 8 || opts[2..8] != port_mac.0) {
+            return Some(DropReason::SpoofedNd);
+        }
+        opts = &opts[len..];
+    }
+    None
 }
 
 fn flood_from_vm(tenant: TenantId, ingress: PortId, len: usize) -> Action {
@@ -674,6 +735,9 @@ fn classify_uplink(
     }
     let inner = &frame[outer.inner_off..outer.inner_off + outer.inner_len];
     let eth = EthernetFrame::new_unchecked(inner);
+    if matches!(eth.ethertype(), EtherType::Unknown(0x8100 | 0x88a8)) {
+        return drop(DropReason::InnerVlanTagged);
+    }
     let (src, dst) = (eth.src_addr(), eth.dst_addr());
     if !src.is_unicast() || src.0 == [0; 6] {
         return drop(DropReason::InnerSrcInvalid);

@@ -20,7 +20,7 @@ pub const VNI_MAX: u32 = 0x00ff_ffff;
 pub enum Error {
     /// Fewer than 8 bytes.
     Truncated,
-    /// The I flag is clear, or a reserved flag bit is set.
+    /// The I flag is clear.
     BadFlags,
 }
 
@@ -125,13 +125,11 @@ pub struct Repr {
 }
 
 impl Repr {
-    /// Parses a header. The flags byte must be exactly the I flag: like the Linux kernel we
-    /// refuse reserved flag bits rather than ignore them, since they mark extensions
-    /// (GBP, GPE) this switch does not speak. The reserved fields are ignored on receipt as
-    /// RFC 7348 requires.
+    /// Parses a header as RFC 7348 section 5 has a receiver do: the I flag must be set;
+    /// the other seven flag bits and both reserved fields are ignored on receipt.
     pub fn parse<T: AsRef<[u8]>>(packet: &Packet<T>) -> Result<Repr, Error> {
         packet.check_len()?;
-        if packet.flags() != FLAG_I {
+        if packet.flags() & FLAG_I == 0 {
             return Err(Error::BadFlags);
         }
         Ok(Repr { vni: packet.vni() })
@@ -193,11 +191,17 @@ mod tests {
     }
 
     #[test]
-    fn flags_must_be_exactly_i() {
-        for flags in [0x00u8, 0x0c, 0x88, 0x09, 0xff] {
+    fn the_i_flag_must_be_set_and_reserved_flags_are_ignored() {
+        for flags in [0x00u8, 0x04, 0x80, 0xf7] {
             let mut b = HEADER;
             b[0] = flags;
             assert_eq!(Repr::parse(&Packet::new_unchecked(&b[..])), Err(Error::BadFlags), "{flags:#x}");
+        }
+        // RFC 7348 section 5: the seven R bits are "ignored on receipt"
+        for flags in [0x08u8, 0x0c, 0x88, 0x09, 0xff] {
+            let mut b = HEADER;
+            b[0] = flags;
+            assert!(Repr::parse(&Packet::new_unchecked(&b[..])).is_ok(), "{flags:#x}");
         }
     }
 
