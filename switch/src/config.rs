@@ -733,7 +733,7 @@ pub fn check_name(s: &str) -> Result<(), ConfigError> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     pub(crate) const SAMPLE: &str = r#"

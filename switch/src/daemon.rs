@@ -696,7 +696,15 @@ fn publish(
 }
 
 /// Every decision the pipeline takes for `frame` arriving on `port`.
-fn trace(core: &Core<IoPort, UmemFrames>, port: PortId, frame: &[u8], now: u64) -> Value {
+/// What forwarding would do with `frame` arriving on `port` now: the pipeline's own
+/// decision (`Pipeline::decide`, the same classification forwarding runs, on the whole
+/// frame), explained step by step.
+fn trace<P: crate::port::Port, M: crate::port::FrameMem>(
+    core: &Core<P, M>,
+    port: PortId,
+    frame: &[u8],
+    now: u64,
+) -> Value {
     use crate::wire::{EthernetFrame, Ipv4Packet};
     let t = core.pipeline.tables();
     let mut steps: Vec<String> = Vec::new();
@@ -748,7 +756,17 @@ fn trace(core: &Core<IoPort, UmemFrames>, port: PortId, frame: &[u8], now: u64) 
             if dst.is_multicast() {
                 steps.push("destination is broadcast/multicast: flood".into());
             } else {
+                let tname = t.tenant(id).map_or("?", |x| x.name.as_str());
+                let live = core.pipeline.fdb.lookup(id, &dst, now).is_some();
                 match core.pipeline.fdb.entry(id, &dst) {
+                    // as forwarding sees it: an entry past its aging time is a miss
+                    Some(e) if !live => steps.push(format!(
+                        "fdb lookup ({tname}, {}): entry for {} aged out ({:.1}s old, aging {}s) -> flood",
+                        mac_str(&dst),
+                        dest_str(t, e.dest),
+                        now.saturating_sub(e.last_seen) as f64 / 1e9,
+                        t.fdb_aging_secs
+                    )),
                     Some(e) => steps.push(format!(
                         "fdb lookup ({}, {}): {} ({}{})",
                         t.tenant(id).map_or("?", |x| x.name.as_str()),
@@ -918,6 +936,40 @@ fn write_json(path: &std::path::Path, snap: &Snapshot) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::frames;
+    use crate::sim::Sim;
+    use crate::wire::MacAddr;
+    use std::net::Ipv4Addr;
+
+    #[test]
+    fn trace_decides_as_forwarding_does_aging_and_jumbo_frames_included() {
+        let mut cfg = Config::from_toml(crate::config::tests::SAMPLE).unwrap();
+        cfg.uplink.mtu = Some(9000); // a jumbo underlay
+        let mut s = Sim::new(Arc::new(cfg.build(None, None).unwrap()), 256);
+        let (peer, vtep2) = (MacAddr([2, 0, 0, 0, 0xff, 2]), Ipv4Addr::new(192, 168, 77, 2));
+        let now = s.now;
+        s.core.pipeline.neigh.update(vtep2, peer, now);
+        // learn a remote VM of blue
+        let remote = MacAddr([2, 0, 0, 0, 0, 0x33]);
+        let (vm1, a, b) = (MacAddr([2, 0, 0, 0, 0, 1]), Ipv4Addr::new(10, 0, 0, 1), Ipv4Addr::new(10, 0, 0, 33));
+        let u = s.core.pipeline.tables().underlay.clone();
+        s.inject(crate::tables::UPLINK, &frames::vxlan4(&u, peer, vtep2, 100, &frames::udp4_min(remote, vm1, b, a)));
+        s.run();
+        let to_remote = frames::udp4_min(vm1, remote, a, b);
+        let tr = trace(&s.core, PortId(1), &to_remote, s.now);
+        assert!(tr["action"].as_str().unwrap().starts_with("encapsulate VNI 100"), "{tr}");
+        // past the aging time forwarding floods; so does the trace, and it says why
+        let later = s.now + 301 * 1_000_000_000;
+        let tr = trace(&s.core, PortId(1), &to_remote, later);
+        assert!(tr["action"].as_str().unwrap().starts_with("flood"), "{tr}");
+        assert!(tr["steps"].to_string().contains("aged out"), "{tr}");
+        // a 9000-byte frame is judged whole (it was cut to 2,048 bytes, which fit): too big
+        // for the 9000-byte underlay once encapsulated, as forwarding finds
+        let jumbo = frames::udp4(vm1, remote, a, b, 1, 2, &vec![0u8; 8958]);
+        assert_eq!(jumbo.len(), 9000);
+        let tr = trace(&s.core, PortId(1), &jumbo, s.now);
+        assert!(tr["action"].as_str().unwrap().contains("too big"), "{tr}");
+    }
 
     #[test]
     fn cpu_lists_parse_and_print() {

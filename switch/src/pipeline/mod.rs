@@ -240,10 +240,11 @@ impl Pipeline {
 
     /// Decides what to do with one frame without changing any state: what `xvsctl trace`
     /// shows. ARP suppression is reported as `Forward` back to the ingress port.
+    /// (Control path: it copies the whole frame, jumbo frames included, so the decision is
+    /// the one forwarding would make on it.)
     pub fn decide(&self, ingress: PortId, frame: &[u8], now: u64) -> (Action, Option<TenantId>) {
-        let mut scratch = [0u8; 2048];
-        let n = frame.len().min(scratch.len());
-        scratch[..n].copy_from_slice(&frame[..n]);
+        let mut scratch = frame.to_vec();
+        let n = scratch.len();
         let mut ev = Events::default();
         let mut fdb_view = FdbView::ReadOnly(&self.fdb);
         let mut neigh = NeighView::ReadOnly(&self.neigh);
