@@ -219,7 +219,8 @@ proptest! {
                     let inner = frames::udp4_min(mac_of(src), dst_mac, vm_ip(src), vm_ip(dst));
                     let mut f = frames::vxlan4(&t.underlay, MacAddr([2, 0, 0, 0, 0xee, 2]), src_vtep, vni_v, &inner);
                     f[42] = flags;
-                    let tenant = t.tenant_by_vni(vni_v).filter(|tn| flags == 0x08 && t.vtep_allowed(*tn, src_vtep));
+                    // the I flag decides; reserved flag bits are ignored (RFC 7348)
+                    let tenant = t.tenant_by_vni(vni_v).filter(|tn| flags & 0x08 != 0 && t.vtep_allowed(*tn, src_vtep));
                     (UPLINK, f, tenant)
                 }
                 Inject::Junk { port, bytes } => {
