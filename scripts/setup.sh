@@ -55,4 +55,13 @@ if ! { command -v bpf-linker >/dev/null && bpf-linker --version 2>/dev/null | gr
     cargo +"$TOOLCHAIN" install --locked "bpf-linker@$BPF_LINKER_VERSION" \
     --no-default-features --features llvm-22
 fi
+
+# --- cargo-fuzz (scripts/fuzz.sh; the nightly toolchain comes with this machine kind) -----
+CARGO_FUZZ_VERSION=0.13.2
+if ! { command -v cargo-fuzz >/dev/null && cargo-fuzz --version 2>/dev/null | grep -q "$CARGO_FUZZ_VERSION"; }; then
+  log "installing cargo-fuzz $CARGO_FUZZ_VERSION"
+  cargo +"$TOOLCHAIN" install --locked "cargo-fuzz@$CARGO_FUZZ_VERSION"
+fi
+rustup which --toolchain nightly rustc >/dev/null 2>&1 ||
+  { echo "setup: the fuzz targets need a nightly toolchain (rustup toolchain install nightly)" >&2; exit 1; }
 log "ok"

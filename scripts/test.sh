@@ -17,8 +17,8 @@ cargo clippy --all-targets -- -D warnings
 step "unit, property and in-memory pipeline tests"
 cargo test --lib --bins --tests -p xvs-switch -p xvs-common -p xvs-benches
 
-step "fuzz targets build"
-cargo build --manifest-path fuzz/Cargo.toml --bins
+step "fuzz targets (each for 15 s; a longer campaign: ./scripts/fuzz.sh 600)"
+FUZZ_SANITIZER=none ./scripts/fuzz.sh 15
 
 if [ -d tests/tests ]; then
   step "system tests (network namespaces, XDP, AF_XDP)"

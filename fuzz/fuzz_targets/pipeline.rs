@@ -1,5 +1,5 @@
 //! The whole pipeline on arbitrary frames arriving on arbitrary ports of a two-tenant switch
-//! with overlapping addresses: must never panic or leak a frame.
+//! with overlapping addresses (common.rs): must never panic or leak a frame.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -11,31 +11,9 @@ use xvs_switch::tables::Tables;
 use xvs_switch::types::PortId;
 use xvs_switch::wire::MacAddr;
 
-const CONFIG: &str = r#"
-[uplink]
-interface = "up0"
-vtep_ip = "192.168.77.1/24"
-mac = "02:00:00:00:ff:01"
-[[tenant]]
-name = "blue"
-vni = 100
-vteps = ["192.168.77.2", "192.168.77.3"]
-arp = [{ ip = "10.0.0.2", mac = "02:00:00:00:00:02" }]
-[[tenant]]
-name = "red"
-vni = 200
-vteps = ["192.168.77.2"]
-[[port]]
-interface = "b1"
-tenant = "blue"
-mac = "02:00:00:00:00:01"
-ips = ["10.0.0.1"]
-[[port]]
-interface = "r1"
-tenant = "red"
-mac = "02:00:00:00:00:01"
-ips = ["10.0.0.1"]
-"#;
+#[path = "common.rs"]
+mod common;
+use common::CONFIG;
 
 fn tables() -> Arc<Tables> {
     static T: OnceLock<Arc<Tables>> = OnceLock::new();
@@ -49,14 +27,14 @@ fuzz_target!(|data: &[u8]| {
     // records: [port, len_hi, len_lo, bytes...]
     let mut rest = data;
     while rest.len() >= 3 {
-        let port = PortId(u16::from(rest[0] % 3));
+        let port = PortId(u16::from(rest[0] % 4));
         let len = (usize::from(rest[1]) << 8 | usize::from(rest[2])).min(rest.len() - 3);
         s.inject(port, &rest[3..3 + len]);
         rest = &rest[3 + len..];
         s.advance(1_000_000);
     }
     s.run();
-    for p in 0..3 {
+    for p in 0..4 {
         s.take(PortId(p));
     }
     assert_eq!(s.core.free.len(), 128);
