@@ -102,19 +102,15 @@ struct Faults {
 }
 
 impl Faults {
-    /// One I/O step: `Err` when the injected crash is at (or was before) this step.
+    /// One I/O step: `Ok(true)` at the injected crash's step (the caller crashes there, a
+    /// write after writing half), `Err` at every step after it.
     fn step(&mut self) -> std::io::Result<bool> {
-        let crash = self.at.is_some_and(|at| self.steps >= at);
-        let torn_now = self.at == Some(self.steps);
+        let n = self.steps;
         self.steps += 1;
-        match (crash, torn_now) {
-            (false, _) => Ok(false),
-            (true, now) => {
-                if now {
-                    return Ok(true);
-                }
-                Err(std::io::Error::other("injected crash"))
-            }
+        match self.at {
+            Some(at) if n > at => Err(std::io::Error::other("injected crash")),
+            Some(at) => Ok(n == at),
+            None => Ok(false),
         }
     }
 }
