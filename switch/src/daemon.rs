@@ -3,23 +3,21 @@
 
 use crate::config::Config;
 use crate::control::server::{self, ControlState, PortIo, lock_state};
-use crate::datapath::Core;
-use crate::fdb::Origin;
+use crate::datapath::{Core, FdbRow, TraceFacts};
 use crate::host::{HostCounters, HostStack};
 use crate::io::afxdp::{DEFAULT_UMEM_FRAMES, UmemFrames, Waker, XskMode, wait_readable};
 use crate::io::netdev;
 use crate::io::ports::IoPort;
 use crate::io::xdp::AttachMode;
 use crate::neigh::NeighShare;
-use crate::pipeline::{Action, Change};
+use crate::pipeline::Change;
 use crate::stats::Stats;
 use crate::store::{FileStore, Store};
 use crate::tables::{FdbDest, Tables};
-use crate::types::{PortId, TenantId, mac_str};
+use crate::types::{PortId, TenantId};
 use anyhow::bail;
 use crossbeam::channel::{Receiver, Sender};
 use serde::Serialize;
-use serde_json::{Value, json};
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::RawFd;
 use std::path::PathBuf;
@@ -30,6 +28,10 @@ use std::time::{Duration, Instant};
 /// Polls with nothing received before the core goes to sleep on its sockets (and at least
 /// `poll_after_traffic_us` since the last frame).
 const SPIN_POLLS: u32 = 200;
+/// The FDB aging sweep runs this often, in a moment with nothing received...
+const AGE_EVERY_NS: u64 = 1_000_000_000;
+/// ...or after this long whatever the load.
+const AGE_LATEST_NS: u64 = 10_000_000_000;
 /// Longest sleep, so timers (ARP retries, aging) run.
 const MAX_SLEEP_MS: u16 = 50;
 
@@ -54,6 +56,26 @@ pub struct Options {
 
 /// Checks everything that can be checked before touching an interface; returns the tables.
 pub fn preflight(cfg: &Config, prev: Option<&Tables>) -> anyhow::Result<Tables> {
+    host_checks(cfg, prev.is_none())?;
+    let up = &cfg.uplink.interface;
+    let tables = cfg.build_after(prev, netdev::mac(up), netdev::mtu(up))?;
+    // Frames are not split across buffers: refuse an underlay MTU whose frames would not fit
+    // one (the kernel would drop them on receive).
+    let cap = crate::io::afxdp::FRAME_CAPACITY;
+    if usize::from(tables.underlay.mtu) + crate::wire::ETHERNET_HEADER_LEN > cap {
+        bail!(
+            "uplink MTU {} does not fit a frame buffer of {cap} bytes (at most {})",
+            tables.underlay.mtu,
+            cap - crate::wire::ETHERNET_HEADER_LEN
+        );
+    }
+    Ok(tables)
+}
+
+/// What `cfg` needs of this host: root, the uplink with the VTEP IP, the cores' CPUs, as
+/// many queues on every port as there are cores. `starting`: xvsd is starting (warn about
+/// cores outside the CPUs it may use now).
+pub fn host_checks(cfg: &Config, starting: bool) -> anyhow::Result<()> {
     if !nix::unistd::geteuid().is_root() {
         bail!("xvsd must run as root (XDP and AF_XDP need CAP_NET_ADMIN and CAP_BPF)");
     }
@@ -76,7 +98,7 @@ pub fn preflight(cfg: &Config, prev: Option<&Tables>) -> anyhow::Result<Tables> 
             bail!("daemon: core {c} does not exist (this machine's CPUs are {})", cpu_list(&online));
         }
     }
-    if prev.is_none() {
+    if starting {
         let allowed = allowed_cpus();
         for c in cfg.daemon.cores.iter().filter(|c| !allowed.is_empty() && !allowed.contains(c)) {
             tracing::warn!(
@@ -104,18 +126,7 @@ pub fn preflight(cfg: &Config, prev: Option<&Tables>) -> anyhow::Result<Tables> 
             bail!("daemon: QoS (uplink.rate) needs a single forwarding core in this version");
         }
     }
-    let tables = cfg.build_after(prev, netdev::mac(up), netdev::mtu(up))?;
-    // Frames are not split across buffers: refuse an underlay MTU whose frames would not fit
-    // one (the kernel would drop them on receive).
-    let cap = crate::io::afxdp::FRAME_CAPACITY;
-    if usize::from(tables.underlay.mtu) + crate::wire::ETHERNET_HEADER_LEN > cap {
-        bail!(
-            "uplink MTU {} does not fit a frame buffer of {cap} bytes (at most {})",
-            tables.underlay.mtu,
-            cap - crate::wire::ETHERNET_HEADER_LEN
-        );
-    }
-    Ok(tables)
+    Ok(())
 }
 
 /// Messages from the control plane to the forwarding core. The core never blocks on them.
@@ -144,21 +155,23 @@ pub enum CoreMsg {
     },
     /// Zero the counters.
     ClearStats,
-    /// Trace a frame.
+    /// Decide a frame as forwarding would, for a trace (explained by the control side).
     Trace {
         /// Ingress port.
         port: PortId,
         /// The frame.
         frame: Vec<u8>,
-        /// Where the answer goes.
-        reply: Sender<Value>,
+        /// Where the facts go.
+        reply: Sender<TraceFacts>,
     },
-    /// Dump learned and static FDB entries.
+    /// Copy out learned and static FDB entries (rendered by the control side).
     FdbDump {
         /// Only this tenant.
         tenant: Option<TenantId>,
-        /// Where the answer goes.
-        reply: Sender<Vec<Value>>,
+        /// Where to copy them: sized by the sender for the whole table.
+        buf: Vec<FdbRow>,
+        /// Where the rows go, with the tables and the core's clock to read them by.
+        reply: Sender<(Vec<FdbRow>, Arc<Tables>, u64)>,
     },
 }
 
@@ -169,8 +182,9 @@ pub struct CoreReport {
     pub stats: Stats,
     /// Host stack counters.
     pub host: HostCounters,
-    /// Underlay neighbours: (IP, MAC or "incomplete").
-    pub neighbors: Vec<(String, String)>,
+    /// Underlay neighbours: IP and MAC (none while incomplete).
+    #[serde(skip)]
+    pub neighbors: Vec<(std::net::Ipv4Addr, Option<crate::wire::MacAddr>)>,
     /// Core load.
     pub core: CoreLoad,
     /// AF_XDP mode of each queue, by port id.
@@ -573,10 +587,11 @@ fn core_loop(
                     core.profile = Default::default();
                 }
                 CoreMsg::Trace { port, frame, reply } => {
-                    let _ = reply.send(trace(&core, port, &frame, now));
+                    let _ = reply.send(core.trace_facts(port, &frame, now));
                 }
-                CoreMsg::FdbDump { tenant, reply } => {
-                    let _ = reply.send(fdb_dump(&core, tenant, now));
+                CoreMsg::FdbDump { tenant, mut buf, reply } => {
+                    core.copy_fdb(tenant, &mut buf);
+                    let _ = reply.send((buf, Arc::clone(&tables), now));
                 }
             }
         }
@@ -593,15 +608,20 @@ fn core_loop(
             last_tick = now;
             host.tick(&tables, &mut core.pipeline.neigh, &mut core.mem, &mut core.free, &mut core.stage, now);
             core.transmit(now);
-            if now - last_age >= 1_000_000_000 {
-                last_age = now;
-                core.pipeline.fdb.age(now);
-            }
             core.sample_kernel_drops();
-            publish(&core, &host, &load, &report, &mut rates, now);
+            publish(&core, &host, &load, &report, &mut rates, now, false);
             if stop.load(Ordering::Relaxed) {
                 break;
             }
+        }
+        // The aging sweep passes over the whole table, so it runs in a moment when nothing
+        // was received (at most once a second), or after AGE_LATEST_NS whatever the load.
+        // Until then an entry past its aging time is already a miss for forwarding
+        // (`Fdb::lookup`, which trace shows too); the sweep only frees its room.
+        let since_age = now - last_age;
+        if (n == 0 && since_age >= AGE_EVERY_NS) || since_age >= AGE_LATEST_NS {
+            last_age = now;
+            core.pipeline.fdb.age(now);
         }
         load.packets += n as u64;
         let spent = t0.elapsed().as_nanos() as u64;
@@ -630,7 +650,7 @@ fn core_loop(
             }
         }
     }
-    publish(&core, &host, &load, &report, &mut rates, now_ns());
+    publish(&core, &host, &load, &report, &mut rates, now_ns(), true);
     for id in 0..core.ports.len() {
         if let Some(p) = core.detach(PortId(id as u16)) {
             p.release(&mut core.free);
@@ -651,6 +671,10 @@ struct Rates {
     bytes: Vec<u64>,
 }
 
+/// Publishes the core's counters into the shared report, in place: no allocation once the
+/// report has its size and no formatting (the control side renders it). The forwarding
+/// thread never waits for a reader: while one holds the report, this publish is skipped
+/// (the next comes 100 ms later), unless `wait` (the last one, at shutdown).
 fn publish(
     core: &Core<IoPort, UmemFrames>,
     host: &HostStack,
@@ -658,8 +682,16 @@ fn publish(
     report: &Mutex<Option<CoreReport>>,
     rates: &mut Rates,
     now: u64,
+    wait: bool,
 ) {
-    let mut qos = Vec::new();
+    let mut g = match report.try_lock() {
+        Ok(g) => g,
+        Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+        Err(std::sync::TryLockError::WouldBlock) if !wait => return,
+        Err(std::sync::TryLockError::WouldBlock) => report.lock().unwrap_or_else(std::sync::PoisonError::into_inner),
+    };
+    let r = g.get_or_insert_with(CoreReport::default);
+    r.qos.clear();
     if let Some(s) = &core.qos {
         let dt = now.saturating_sub(rates.at).max(1);
         let n = core.pipeline.tables().tenants.len();
@@ -668,203 +700,21 @@ fn publish(
             if let Some((_, st)) = s.tenant(u32::from(id.0)) {
                 let prev = std::mem::replace(&mut rates.bytes[id.index()], st.bytes);
                 let rate_bps = (u128::from(st.bytes.saturating_sub(prev)) * 8 * 1_000_000_000 / u128::from(dt)) as u64;
-                qos.push(QosRow { tenant: id.0, stats: st, rate_bps });
+                r.qos.push(QosRow { tenant: id.0, stats: st, rate_bps });
             }
         }
         rates.at = now;
     }
-    let r = CoreReport {
-        per_core: Vec::new(),
-        qos,
-        stats: core.pipeline.stats.clone(),
-        host: host.counters.clone(),
-        neighbors: core
-            .pipeline
-            .neigh
-            .iter()
-            .map(|(ip, n)| (ip.to_string(), n.mac.map_or("incomplete".to_string(), |m| mac_str(&m))))
-            .collect(),
-        core: CoreLoad {
-            neighbors_unresolved: core.pipeline.neigh.iter().filter(|(_, n)| n.mac.is_none()).count() as u32,
-            ..load.taken(&core.profile, now)
-        },
-        afxdp: core.ports.iter().enumerate().filter_map(|(i, p)| p.as_ref().map(|s| (i as u16, s.modes()))).collect(),
+    r.stats.copy_from(&core.pipeline.stats);
+    r.host.clone_from(&host.counters);
+    r.neighbors.clear();
+    r.neighbors.extend(core.pipeline.neigh.iter().map(|(ip, n)| (ip, n.mac)));
+    r.core = CoreLoad {
+        neighbors_unresolved: core.pipeline.neigh.iter().filter(|(_, n)| n.mac.is_none()).count() as u32,
+        ..load.taken(&core.profile, now)
     };
-    if let Ok(mut g) = report.lock() {
-        *g = Some(r);
-    }
-}
-
-/// Every decision the pipeline takes for `frame` arriving on `port`.
-/// What forwarding would do with `frame` arriving on `port` now: the pipeline's own
-/// decision (`Pipeline::decide`, the same classification forwarding runs, on the whole
-/// frame), explained step by step.
-fn trace<P: crate::port::Port, M: crate::port::FrameMem>(
-    core: &Core<P, M>,
-    port: PortId,
-    frame: &[u8],
-    now: u64,
-) -> Value {
-    use crate::wire::{EthernetFrame, Ipv4Packet};
-    let t = core.pipeline.tables();
-    let mut steps: Vec<String> = Vec::new();
-    let Some(p) = t.port(port) else {
-        return json!({"steps": ["no such port"], "action": "drop", "reason": "unknown_port"});
-    };
-    steps.push(format!("ingress port {} ({})", p.name, if port == crate::tables::UPLINK { "uplink" } else { "vm" }));
-    let mut inner = frame;
-    if port == crate::tables::UPLINK {
-        match crate::pipeline::encap::parse_outer(frame, t.underlay.vtep_ip) {
-            Ok(crate::pipeline::Underlayer::Vxlan(o)) => {
-                steps.push(format!("outer: VXLAN from VTEP {} VNI {}", o.src_ip, o.vni));
-                match t.tenant_by_vni(o.vni) {
-                    Some(id) => steps.push(format!(
-                        "VNI {} -> tenant {}; VTEP {} {}",
-                        o.vni,
-                        t.tenant(id).map_or("?", |x| x.name.as_str()),
-                        o.src_ip,
-                        if t.vtep_allowed(id, o.src_ip) { "allowed" } else { "not in the tenant's list" }
-                    )),
-                    None => steps.push(format!("VNI {} belongs to no tenant", o.vni)),
-                }
-                inner = &frame[o.inner_off..o.inner_off + o.inner_len];
-            }
-            Ok(crate::pipeline::Underlayer::Host) => steps.push("for the VTEP host stack (ARP/ICMP)".into()),
-            Err(r) => steps.push(format!("outer headers rejected: {}", r.name())),
-        }
-    }
-    let (action, tenant) = core.pipeline.decide(port, frame, now);
-    if let Some(id) = tenant {
-        steps.push(format!(
-            "tenant {} (VNI {})",
-            t.tenant(id).map_or("?", |x| x.name.as_str()),
-            t.tenant(id).map_or(0, |x| x.vni.get())
-        ));
-    }
-    if let Ok(eth) = EthernetFrame::new_checked(inner) {
-        steps.push(format!(
-            "ethernet {} -> {} type {}",
-            mac_str(&eth.src_addr()),
-            mac_str(&eth.dst_addr()),
-            eth.ethertype()
-        ));
-        if let Ok(ip) = Ipv4Packet::new_checked(eth.payload()) {
-            steps.push(format!("ipv4 {} -> {} proto {}", ip.src_addr(), ip.dst_addr(), ip.next_header()));
-        }
-        if let Some(id) = tenant {
-            let dst = eth.dst_addr();
-            if dst.is_multicast() {
-                steps.push("destination is broadcast/multicast: flood".into());
-            } else {
-                let tname = t.tenant(id).map_or("?", |x| x.name.as_str());
-                let live = core.pipeline.fdb.lookup(id, &dst, now).is_some();
-                match core.pipeline.fdb.entry(id, &dst) {
-                    // as forwarding sees it: an entry past its aging time is a miss
-                    Some(e) if !live => steps.push(format!(
-                        "fdb lookup ({tname}, {}): entry for {} aged out ({:.1}s old, aging {}s) -> flood",
-                        mac_str(&dst),
-                        dest_str(t, e.dest),
-                        now.saturating_sub(e.last_seen) as f64 / 1e9,
-                        t.fdb_aging_secs
-                    )),
-                    Some(e) => steps.push(format!(
-                        "fdb lookup ({}, {}): {} ({}{})",
-                        t.tenant(id).map_or("?", |x| x.name.as_str()),
-                        mac_str(&dst),
-                        dest_str(t, e.dest),
-                        origin_str(e.origin),
-                        if e.origin == Origin::Static {
-                            String::new()
-                        } else {
-                            format!(", age {:.1}s", now.saturating_sub(e.last_seen) as f64 / 1e9)
-                        }
-                    )),
-                    None => steps.push(format!(
-                        "fdb lookup ({}, {}): miss -> flood",
-                        t.tenant(id).map_or("?", |x| x.name.as_str()),
-                        mac_str(&dst)
-                    )),
-                }
-            }
-        }
-    }
-    let (action_s, reason) = match action {
-        Action::Drop(r) => ("drop".to_string(), Some(r.name())),
-        Action::Forward(p) => (format!("output to port {}", t.port(p).map_or("?", |x| x.name.as_str())), None),
-        Action::Encap { dst_mac, dst_ip, vni, src_port } => (
-            format!(
-                "encapsulate VNI {vni} to VTEP {dst_ip} (next-hop MAC {}, UDP source port {src_port}), output to uplink",
-                mac_str(&dst_mac)
-            ),
-            None,
-        ),
-        Action::Decap { port, .. } => {
-            (format!("decapsulate, output to port {}", t.port(port).map_or("?", |x| x.name.as_str())), None)
-        }
-        Action::Flood { tenant, exclude, remote, .. } => {
-            let tn = t.tenant(tenant);
-            let ports: Vec<&str> = tn
-                .map(|x| {
-                    x.ports
-                        .iter()
-                        .filter(|p| **p != exclude)
-                        .filter_map(|p| t.port(*p).map(|x| x.name.as_str()))
-                        .collect()
-                })
-                .unwrap_or_default();
-            let vteps: Vec<String> = if remote {
-                tn.map(|x| x.vteps.iter().map(|v| v.to_string()).collect()).unwrap_or_default()
-            } else {
-                vec![]
-            };
-            (format!("flood to ports [{}] and VTEPs [{}]", ports.join(", "), vteps.join(", ")), None)
-        }
-        Action::Host => ("hand to the VTEP host stack".to_string(), None),
-        Action::TooBig { mtu } => (
-            format!("too big for the overlay: drop, answer ICMP fragmentation needed / packet too big (MTU {mtu})"),
-            Some(crate::pipeline::DropReason::MtuExceeded.name()),
-        ),
-    };
-    if let Some(r) = reason {
-        steps.push(format!("drop: {r}"));
-    }
-    json!({"steps": steps, "action": action_s, "reason": reason})
-}
-
-fn dest_str(t: &Tables, d: FdbDest) -> String {
-    match d {
-        FdbDest::Local(p) => format!("port {}", t.port(p).map_or("?", |x| x.name.as_str())),
-        FdbDest::Remote(v) => format!("vtep {v}"),
-    }
-}
-
-fn origin_str(o: Origin) -> &'static str {
-    match o {
-        Origin::Static => "static",
-        Origin::LearnedLocal => "learned local",
-        Origin::LearnedRemote => "learned remote",
-    }
-}
-
-fn fdb_dump(core: &Core<IoPort, UmemFrames>, tenant: Option<TenantId>, now: u64) -> Vec<Value> {
-    let t = core.pipeline.tables();
-    let mut rows: Vec<Value> = core
-        .pipeline
-        .fdb
-        .iter()
-        .filter(|(tn, _, _)| tenant.is_none_or(|x| x == *tn))
-        .map(|(tn, mac, e)| {
-            json!({
-                "tenant": t.tenant(tn).map_or("?", |x| x.name.as_str()),
-                "mac": mac_str(&mac),
-                "dest": dest_str(t, e.dest),
-                "origin": origin_str(e.origin),
-                "age_secs": if e.origin == Origin::Static { Value::Null } else { json!((now.saturating_sub(e.last_seen) as f64 / 1e8).round() / 10.0) },
-            })
-        })
-        .collect();
-    rows.sort_by(|a, b| (a["tenant"].as_str(), a["mac"].as_str()).cmp(&(b["tenant"].as_str(), b["mac"].as_str())));
-    rows
+    r.afxdp.clear();
+    r.afxdp.extend(core.ports.iter().enumerate().filter_map(|(i, p)| p.as_ref().map(|s| (i as u16, s.modes()))));
 }
 
 /// The CPUs this machine has online (`/sys/devices/system/cpu/online`, e.g. "0-3,6").
@@ -936,40 +786,6 @@ fn write_json(path: &std::path::Path, snap: &Snapshot) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::frames;
-    use crate::sim::Sim;
-    use crate::wire::MacAddr;
-    use std::net::Ipv4Addr;
-
-    #[test]
-    fn trace_decides_as_forwarding_does_aging_and_jumbo_frames_included() {
-        let mut cfg = Config::from_toml(crate::config::tests::SAMPLE).unwrap();
-        cfg.uplink.mtu = Some(9000); // a jumbo underlay
-        let mut s = Sim::new(Arc::new(cfg.build(None, None).unwrap()), 256);
-        let (peer, vtep2) = (MacAddr([2, 0, 0, 0, 0xff, 2]), Ipv4Addr::new(192, 168, 77, 2));
-        let now = s.now;
-        s.core.pipeline.neigh.update(vtep2, peer, now);
-        // learn a remote VM of blue
-        let remote = MacAddr([2, 0, 0, 0, 0, 0x33]);
-        let (vm1, a, b) = (MacAddr([2, 0, 0, 0, 0, 1]), Ipv4Addr::new(10, 0, 0, 1), Ipv4Addr::new(10, 0, 0, 33));
-        let u = s.core.pipeline.tables().underlay.clone();
-        s.inject(crate::tables::UPLINK, &frames::vxlan4(&u, peer, vtep2, 100, &frames::udp4_min(remote, vm1, b, a)));
-        s.run();
-        let to_remote = frames::udp4_min(vm1, remote, a, b);
-        let tr = trace(&s.core, PortId(1), &to_remote, s.now);
-        assert!(tr["action"].as_str().unwrap().starts_with("encapsulate VNI 100"), "{tr}");
-        // past the aging time forwarding floods; so does the trace, and it says why
-        let later = s.now + 301 * 1_000_000_000;
-        let tr = trace(&s.core, PortId(1), &to_remote, later);
-        assert!(tr["action"].as_str().unwrap().starts_with("flood"), "{tr}");
-        assert!(tr["steps"].to_string().contains("aged out"), "{tr}");
-        // a 9000-byte frame is judged whole (it was cut to 2,048 bytes, which fit): too big
-        // for the 9000-byte underlay once encapsulated, as forwarding finds
-        let jumbo = frames::udp4(vm1, remote, a, b, 1, 2, &vec![0u8; 8958]);
-        assert_eq!(jumbo.len(), 9000);
-        let tr = trace(&s.core, PortId(1), &jumbo, s.now);
-        assert!(tr["action"].as_str().unwrap().contains("too big"), "{tr}");
-    }
 
     #[test]
     fn cpu_lists_parse_and_print() {

@@ -2,11 +2,13 @@
 //! port, run the pipeline, transmit what was staged, recycle frames. The same code drives
 //! in-memory ports in tests and benchmarks and AF_XDP sockets in xvsd.
 
-use crate::pipeline::{Change, DropReason, Pipeline};
+use crate::fdb::Entry;
+use crate::pipeline::{Action, Change, DropReason, Pipeline};
 use crate::port::{BATCH, Desc, FrameMem, FreeList, KernelDrops, Port, RxTally, TxStage};
 use crate::qos::Scheduler;
 use crate::tables::Tables;
-use crate::types::PortId;
+use crate::types::{PortId, TenantId};
+use crate::wire::MacAddr;
 use std::sync::Arc;
 
 /// Frames the uplink may have staged per poll: a full batch flooded to many VTEPs.
@@ -80,7 +82,52 @@ fn new_scheduler(t: &Tables, frames: u32, now: u64) -> Option<Scheduler> {
     Some(s)
 }
 
+/// One FDB entry as a core copies it out for display.
+pub type FdbRow = (TenantId, MacAddr, Entry);
+
+/// What a trace needs of a core: the decision forwarding would take for a frame now and the
+/// FDB entry of its destination, read on the core; explained elsewhere
+/// (`control::explain`), off the forwarding thread.
+#[derive(Debug, Clone)]
+pub struct TraceFacts {
+    /// The tables the core decided with.
+    pub tables: Arc<Tables>,
+    /// The decision (`Pipeline::decide`: the classification forwarding runs, on the whole
+    /// frame).
+    pub action: Action,
+    /// The tenant the frame belongs to, if it got that far.
+    pub tenant: Option<TenantId>,
+    /// The destination MAC's FDB entry in that tenant, and whether forwarding would use it
+    /// (an entry past its aging time is a miss).
+    pub dst: Option<(Entry, bool)>,
+    /// The core's clock when it decided.
+    pub now: u64,
+}
+
 impl<P: Port, M: FrameMem> Core<P, M> {
+    /// What forwarding would do with `frame` arriving on `port` now (one frame, no side
+    /// effects: the FDB and neighbours are only read).
+    pub fn trace_facts(&self, port: PortId, frame: &[u8], now: u64) -> TraceFacts {
+        let tables = Arc::clone(self.pipeline.tables());
+        let (action, tenant) = self.pipeline.decide(port, frame, now);
+        let uplink = port == crate::tables::UPLINK;
+        let inner = crate::pipeline::encap::inner_frame(frame, uplink, tables.underlay.vtep_ip);
+        let dst =
+            tenant.zip(inner.and_then(|f| crate::wire::EthernetFrame::new_checked(f).ok())).and_then(|(t, eth)| {
+                let mac = eth.dst_addr();
+                let e = self.pipeline.fdb.entry(t, &mac)?;
+                Some((e, self.pipeline.fdb.lookup(t, &mac, now).is_some()))
+            });
+        TraceFacts { tables, action, tenant, dst, now }
+    }
+
+    /// Copies the FDB entries (of `tenant`, or all) into `buf`, which the caller sized for
+    /// the whole table, so the core allocates nothing; rendering happens elsewhere.
+    pub fn copy_fdb(&self, tenant: Option<TenantId>, buf: &mut Vec<FdbRow>) {
+        buf.clear();
+        buf.extend(self.pipeline.fdb.iter().filter(|(t, _, _)| tenant.is_none_or(|x| x == *t)));
+    }
+
     /// A core over `tables`, with every frame of `mem` free.
     pub fn new(tables: Arc<Tables>, mem: M) -> Core<P, M> {
         let n = tables.ports.len();

@@ -112,6 +112,14 @@ impl Stats {
         }
     }
 
+    /// Makes `self` a copy of `o`, reusing its memory (no allocation once the sizes match).
+    pub fn copy_from(&mut self, o: &Stats) {
+        self.ports.clone_from(&o.ports);
+        self.tenants.clone_from(&o.tenants);
+        self.events.clone_from(&o.events);
+        self.batches = o.batches;
+    }
+
     /// Sum of all port drops of one reason.
     pub fn drops(&self, r: DropReason) -> u64 {
         self.ports.iter().map(|c| c.drop_count(r)).sum()

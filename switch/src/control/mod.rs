@@ -1,5 +1,8 @@
-//! Live control: the request/response protocol of the control socket, and the server in
-//! xvsd that applies requests all-or-nothing.
+//! Live control: the request/response protocol of the control socket, the control plane
+//! that plans each request without I/O, and the server in xvsd that carries plans out.
 
+pub mod explain;
+pub mod model;
+pub mod plane;
 pub mod proto;
 pub mod server;

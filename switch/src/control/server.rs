@@ -1,9 +1,15 @@
-//! The control server inside xvsd: applies requests to the desired configuration
-//! all-or-nothing (validate, attach new ports, store durably, publish to the core, then
-//! detach removed ports) and answers queries.
+//! The control server inside xvsd: carries out what the control plane ([`super::plane`])
+//! plans for each request, all-or-nothing (the host's checks and new ports first, then the
+//! store, then the cores, then the removed ports), follows VM ports' interfaces, answers
+//! queries from the running daemon and serves the control socket.
+//!
+//! May depend on: control::plane and proto, daemon (core messages, reports), io, store,
+//! tables, stats, types.
 
-use super::proto::{self, Command, FdbEntry, Response};
-use crate::config::{Config, DEFAULT_MAC_LIMIT, PolicerConfig, PortConfig, StaticFdbConfig, TenantConfig};
+use super::explain;
+use super::plane::{self, Apply, FdbPlan, Plan, Plane};
+use super::proto::{self, Command, Response};
+use crate::config::Config;
 use crate::daemon::{self, CoreMsg, CoreReport, Cores, Options, PortStatus, Snapshot};
 use crate::io::afxdp::QueueSet;
 use crate::io::netdev;
@@ -12,14 +18,12 @@ use crate::io::ports::IoPort;
 use crate::io::xdp::{Attached, Role};
 use crate::pipeline::Change;
 use crate::stats::Counters;
-use crate::store::{Record, Store};
-use crate::tables::{FdbDest, Port, PortKind, Tables};
-use crate::types::{PortId, TenantId, is_assignable_mac, mac_str, parse_mac};
-use crate::wire::MacAddr;
+use crate::store::Store;
+use crate::tables::{Port, PortKind, Tables};
+use crate::types::{PortId, mac_str};
 use serde_json::{Value, json};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::IpAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
@@ -90,15 +94,11 @@ struct Lifecycle {
     reattached: u64,
 }
 
-/// Everything the control plane owns.
+/// Everything the daemon's control side owns: the control plane's state and the running
+/// daemon's handles (store, ports' programs, cores). Requests are planned by the pure
+/// [`Plane`] and carried out here.
 pub struct ControlState {
-    /// The desired configuration, except static FDB entries, which live in `fdb`.
-    desired: Config,
-    /// Static FDB entries per tenant name: MAC -> VTEP (the source of truth for them).
-    fdb: HashMap<String, BTreeMap<MacAddr, IpAddr>>,
-    /// Whether `tables.static_fdb` lags behind `fdb` (changed through the fast path).
-    tables_stale: bool,
-    tables: Arc<Tables>,
+    plane: Plane,
     store: Box<dyn Store>,
     ports_io: HashMap<String, PortIo>,
     /// Per VM port name: how often its interface was lost and came back.
@@ -115,7 +115,6 @@ type Reply = Result<Value, String>;
 
 impl ControlState {
     /// The control state of a running xvsd.
-    #[allow(clippy::too_many_arguments)]
     pub fn new(
         desired: Config,
         tables: Arc<Tables>,
@@ -124,11 +123,8 @@ impl ControlState {
         cores: Cores,
         opts: Options,
     ) -> ControlState {
-        let mut s = ControlState {
-            desired: Config { tenants: vec![], ..desired.clone() },
-            fdb: HashMap::new(),
-            tables_stale: false,
-            tables,
+        ControlState {
+            plane: Plane::new(desired, tables),
             store,
             ports_io,
             life: HashMap::new(),
@@ -136,166 +132,16 @@ impl ControlState {
             cores,
             opts,
             started: Instant::now(),
-        };
-        s.set_desired(desired);
-        s
-    }
-
-    /// Takes `c` as the desired configuration, moving its static FDB entries into the index.
-    fn set_desired(&mut self, mut c: Config) {
-        self.fdb.clear();
-        for t in &mut c.tenants {
-            let idx = self.fdb.entry(t.name.clone()).or_default();
-            for f in t.fdb.drain(..) {
-                // however the file wrote it (`0A`, `-`): one key per address (the config was
-                // validated, so every MAC parses)
-                if let Ok(m) = parse_mac(&f.mac) {
-                    idx.insert(m, f.vtep);
-                }
-            }
         }
-        self.desired = c;
     }
 
     /// The whole desired configuration, static FDB entries included (sorted by MAC).
     pub fn materialize(&self) -> Config {
-        materialize(&self.desired, &self.fdb)
+        self.plane.materialize()
     }
 
-    /// Adds and removes static FDB entries of one tenant without rebuilding the tables: the
-    /// fast path for large FDBs (validated against the current tables, journaled, then sent
-    /// to the core as a delta).
-    fn fdb_change(&mut self, tenant: &str, add: Vec<FdbEntry>, del: Vec<String>) -> Reply {
-        let tid = self.tables.tenant_by_name(tenant).ok_or_else(|| format!("unknown tenant {tenant:?}"))?;
-        let tn = self.tables.tenant(tid).ok_or_else(|| format!("unknown tenant {tenant:?}"))?;
-        let idx = self.fdb.get(tenant);
-        let mut adds = Vec::with_capacity(add.len());
-        for e in add {
-            let mac = parse_mac(&e.mac).map_err(|x| format!("tenant {tenant:?} fdb: {x}"))?;
-            if !is_assignable_mac(&mac) {
-                return Err(format!("tenant {tenant:?} fdb: MAC {} is not a unicast address", mac_str(&mac)));
-            }
-            let vtep: IpAddr = e.vtep.parse().map_err(|_| format!("malformed IP address {:?}", e.vtep))?;
-            let v4 = match vtep {
-                IpAddr::V4(v) if tn.vteps.contains(&v) => v,
-                _ => {
-                    return Err(format!(
-                        "tenant {tenant:?}: static FDB entry {} points at VTEP {vtep}, which is not in the tenant's vteps",
-                        mac_str(&mac)
-                    ));
-                }
-            };
-            if let Some(p) = tn
-                .ports
-                .iter()
-                .filter_map(|p| self.tables.port(*p))
-                .find(|p| matches!(&p.kind, PortKind::Vm { mac: m, .. } if *m == mac))
-            {
-                return Err(format!(
-                    "tenant {tenant:?}: duplicate MAC {} (port {} and static FDB entry)",
-                    mac_str(&mac),
-                    p.name
-                ));
-            }
-            adds.push((mac, vtep, v4));
-        }
-        let mut dels = Vec::with_capacity(del.len());
-        for m in del {
-            let mac = parse_mac(&m).map_err(|x| format!("tenant {tenant:?} fdb: {x}"))?;
-            if !idx.is_some_and(|i| i.contains_key(&mac)) && !adds.iter().any(|(a, _, _)| *a == mac) {
-                return Err(format!("no static FDB entry {} in tenant {tenant:?}", mac_str(&mac)));
-            }
-            dels.push(mac);
-        }
-        // The same bounds as a whole-config change (config::check_static_bounds): the
-        // tenant's static entries, its ports' MACs included, within its mac_limit; all of
-        // them within fdb_capacity.
-        let new_keys = adds.iter().filter(|(m, _, _)| !idx.is_some_and(|i| i.contains_key(m))).count();
-        let (have, ports) = (idx.map_or(0, BTreeMap::len), tn.ports.len());
-        let after = (have + new_keys + ports).saturating_sub(dels.len());
-        if after > tn.mac_limit as usize {
-            return Err(format!(
-                "tenant {tenant:?}: {after} static FDB entries (port MACs included), more than its mac_limit {}",
-                tn.mac_limit
-            ));
-        }
-        let all_ports = self.tables.live_ports().filter(|(_, p)| matches!(p.kind, PortKind::Vm { .. })).count();
-        let total =
-            (self.fdb.values().map(BTreeMap::len).sum::<usize>() + all_ports + new_keys).saturating_sub(dels.len());
-        if total > self.tables.fdb_capacity as usize {
-            return Err(format!(
-                "{total} static FDB entries (port MACs included), more than daemon.fdb_capacity {}",
-                self.tables.fdb_capacity
-            ));
-        }
-        let record = if dels.is_empty() {
-            Record::FdbAdd {
-                tenant: tenant.to_string(),
-                entries: adds.iter().map(|(m, v, _)| (mac_str(m), *v)).collect(),
-            }
-        } else {
-            Record::FdbDel { tenant: tenant.to_string(), macs: dels.iter().map(mac_str).collect() }
-        };
-        // The inverse of this change, should it fail to become durable.
-        let previous = |m: &MacAddr| idx.and_then(|i| i.get(m)).map(|v| (*m, *v));
-        let undo_add: Vec<(TenantId, MacAddr, FdbDest)> = adds
-            .iter()
-            .filter_map(|(m, _, _)| previous(m))
-            .chain(dels.iter().filter_map(previous))
-            .filter_map(|(m, v)| match v {
-                IpAddr::V4(v4) => Some((tid, m, FdbDest::Remote(v4))),
-                IpAddr::V6(_) => None,
-            })
-            .collect();
-        let undo_del: Vec<(TenantId, MacAddr)> =
-            adds.iter().filter(|(m, _, _)| previous(m).is_none()).map(|(m, _, _)| (tid, *m)).collect();
-        // Publish to the core and make it durable at the same time; reply when both are done.
-        let t0 = Instant::now();
-        let add: Vec<(TenantId, MacAddr, FdbDest)> =
-            adds.iter().map(|(m, _, v4)| (tid, *m, FdbDest::Remote(*v4))).collect();
-        let del: Vec<(TenantId, MacAddr)> = dels.iter().map(|m| (tid, *m)).collect();
-        let mut waits = Vec::new();
-        for k in 0..self.cores.cores.len() {
-            let (done_tx, done_rx) = crossbeam::channel::bounded(1);
-            self.cores.send(k, CoreMsg::Fdb { add: add.clone(), del: del.clone(), done: done_tx })?;
-            waits.push(done_rx);
-        }
-        let saved = {
-            let mut after = None;
-            let (desired, fdb) = (&self.desired, &self.fdb);
-            let mut current = || {
-                after
-                    .get_or_insert_with(|| {
-                        let mut c = materialize(desired, fdb);
-                        record.apply(&mut c);
-                        c
-                    })
-                    .clone()
-            };
-            self.store.log(&record, &mut current)
-        };
-        let live = waits.iter().all(|w| w.recv_timeout(Duration::from_secs(5)).is_ok());
-        let live_us = t0.elapsed().as_micros() as u64;
-        if let Err(e) = saved {
-            let _ = self.cores.send_all_and_wait(|_, done| CoreMsg::Fdb {
-                add: undo_add.clone(),
-                del: undo_del.clone(),
-                done,
-            });
-            return Err(format!("saving state: {e:#} (change rolled back)"));
-        }
-        let idx = self.fdb.entry(tenant.to_string()).or_default();
-        for (m, v, _) in &adds {
-            idx.insert(*m, *v);
-        }
-        for m in &dels {
-            idx.remove(m);
-        }
-        self.tables_stale = true;
-        if !live {
-            return Err("stored, but the forwarding core did not confirm the change within 5 s".into());
-        }
-        Ok(json!({"applied": true, "live_us": live_us}))
+    fn tables(&self) -> &Arc<Tables> {
+        self.plane.tables()
     }
 
     /// Follows VM ports' interfaces, on every link event (`names`: the interfaces the events
@@ -303,7 +149,7 @@ impl ControlState {
     /// (new index) or was set down is detached and waits; a waiting port whose interface is
     /// there is attached again, with no command. Other ports keep forwarding throughout.
     pub fn reconcile(&mut self, names: &[String]) {
-        let t = Arc::clone(&self.tables);
+        let t = Arc::clone(self.tables());
         let mut detach = Vec::new();
         let mut opened = Vec::new();
         let mut attach: Vec<Vec<(PortId, IoPort)>> = (0..self.cores.cores.len()).map(|_| Vec::new()).collect();
@@ -363,280 +209,148 @@ impl ControlState {
 
     /// Handles one command.
     pub fn handle(&mut self, cmd: Command) -> Response {
-        match self.dispatch(cmd) {
+        let done = match self.plane.plan(cmd) {
+            Ok(Plan::Apply(a)) => self.apply(*a),
+            Ok(Plan::Fdb(f)) => self.fdb_change(*f),
+            Ok(Plan::Answer(v)) => Ok(v),
+            Ok(Plan::Read(r)) => self.read(r),
+            Err(e) => Err(e),
+        };
+        match done {
             Ok(v) => Response::ok(v),
             Err(e) => Response::err(e),
         }
     }
 
-    fn tenant_cfg(&self, name: &str) -> Result<usize, String> {
-        self.desired.tenants.iter().position(|t| t.name == name).ok_or_else(|| format!("unknown tenant {name:?}"))
-    }
-
-    fn dispatch(&mut self, cmd: Command) -> Reply {
-        match cmd {
-            Command::Status {} => Ok(self.status()),
-            Command::TenantAdd { name, vni, mac_limit, guarantee, limit, weight } => {
-                if self.desired.tenants.iter().any(|t| t.name == name) {
-                    return Err(format!("tenant {name:?} already exists"));
-                }
-                let mut c = self.materialize();
-                c.tenants.push(TenantConfig {
-                    name,
-                    vni,
-                    mac_limit: mac_limit.unwrap_or(DEFAULT_MAC_LIMIT),
-                    vteps: vec![],
-                    fdb: vec![],
-                    arp: vec![],
-                    guarantee,
-                    limit,
-                    weight,
-                });
-                self.apply(c)
-            }
-            Command::TenantSet { name, guarantee, limit, weight } => {
-                let i = self.tenant_cfg(&name)?;
-                let mut c = self.materialize();
-                let clear = |v: Option<String>, old: Option<String>| match v {
-                    Some(x) if x == "none" => None,
-                    Some(x) => Some(x),
-                    None => old,
-                };
-                let t = &mut c.tenants[i];
-                t.guarantee = clear(guarantee, t.guarantee.take());
-                t.limit = clear(limit, t.limit.take());
-                if weight.is_some() {
-                    t.weight = weight;
-                }
-                self.apply(c)
-            }
-            Command::QosShow {} => Ok(self.qos_json()),
-            Command::TenantDel { name } => {
-                let i = self.tenant_cfg(&name)?;
-                let ports: Vec<&str> =
-                    self.desired.ports.iter().filter(|p| p.tenant == name).map(|p| p.interface.as_str()).collect();
-                if !ports.is_empty() {
-                    return Err(format!("tenant {name:?} still has ports: {} (delete them first)", ports.join(", ")));
-                }
-                let mut c = self.materialize();
-                c.tenants.remove(i);
-                self.apply(c)
-            }
-            Command::TenantList {} => {
-                Ok(Value::Array(self.tables.live_tenants().map(|(id, _)| self.tenant_json(id.index())).collect()))
-            }
-            Command::TenantShow { name } => {
-                let id = self.tables.tenant_by_name(&name).ok_or_else(|| format!("unknown tenant {name:?}"))?;
-                Ok(self.tenant_json(id.index()))
-            }
-            Command::PortAdd { interface, tenant, mac, ips, police_rate, police_burst } => {
-                if let Some(p) = self.desired.ports.iter().find(|p| p.interface == interface) {
-                    return Err(format!("port {interface:?} already exists (in tenant {:?})", p.tenant));
-                }
-                self.tenant_cfg(&tenant)?;
-                let mac = parse_mac(&mac).map_err(|e| e.to_string())?;
-                let ips = ips
-                    .iter()
-                    .map(|s| s.parse::<IpAddr>().map_err(|_| format!("malformed IP address {s:?}")))
-                    .collect::<Result<Vec<_>, _>>()?;
-                let mut c = self.materialize();
-                let policer = match (police_rate, police_burst) {
-                    (Some(rate), burst) => Some(PolicerConfig { rate, burst }),
-                    (None, Some(_)) => return Err("a policer burst needs a policer rate".into()),
-                    (None, None) => None,
-                };
-                c.ports.push(PortConfig { interface, tenant, mac: mac_str(&mac), ips, policer });
-                self.apply(c)
-            }
-            Command::PortDel { interface } => {
-                let i = self
-                    .desired
-                    .ports
-                    .iter()
-                    .position(|p| p.interface == interface)
-                    .ok_or_else(|| format!("unknown port {interface:?}"))?;
-                let mut c = self.materialize();
-                c.ports.remove(i);
-                self.apply(c)
-            }
-            Command::PortList {} => {
-                Ok(Value::Array(self.tables.live_ports().map(|(id, _)| self.port_json(id)).collect()))
-            }
-            Command::PortShow { interface } => {
-                let id = self.tables.port_by_name(&interface).ok_or_else(|| format!("unknown port {interface:?}"))?;
-                Ok(self.port_json(id))
-            }
-            Command::VtepAdd { tenant, ip } => {
-                let i = self.tenant_cfg(&tenant)?;
-                let ip: IpAddr = ip.parse().map_err(|_| format!("malformed IP address {ip:?}"))?;
-                let mut c = self.materialize();
-                c.tenants[i].vteps.push(ip);
-                self.apply(c)
-            }
-            Command::VtepDel { tenant, ip } => {
-                let i = self.tenant_cfg(&tenant)?;
-                let ipa: IpAddr = ip.parse().map_err(|_| format!("malformed IP address {ip:?}"))?;
-                let mut c = self.materialize();
-                let t = &mut c.tenants[i];
-                let pos = t
-                    .vteps
-                    .iter()
-                    .position(|v| *v == ipa)
-                    .ok_or_else(|| format!("tenant {tenant:?} has no VTEP {ip}"))?;
-                let users: Vec<String> = t.fdb.iter().filter(|f| f.vtep == ipa).map(|f| f.mac.clone()).collect();
-                if !users.is_empty() {
-                    return Err(format!(
-                        "VTEP {ip} still has static FDB entries in tenant {tenant:?}: {}",
-                        users.join(", ")
-                    ));
-                }
-                t.vteps.remove(pos);
-                self.apply(c)
-            }
-            Command::VtepList { tenant } => {
-                if let Some(t) = &tenant {
-                    self.tenant_cfg(t)?;
-                }
-                let rows: Vec<Value> = self
-                    .tables
-                    .live_tenants()
-                    .filter(|(_, t)| tenant.as_ref().is_none_or(|n| *n == t.name))
-                    .flat_map(|(_, t)| {
-                        t.vteps
-                            .iter()
-                            .map(move |v| json!({"tenant": t.name, "vni": t.vni.get(), "vtep": v.to_string()}))
-                    })
-                    .collect();
-                Ok(Value::Array(rows))
-            }
-            Command::FdbAdd { tenant, entries } => {
-                if entries.is_empty() {
-                    return Err("fdb add needs at least one entry".into());
-                }
-                self.fdb_change(&tenant, entries, vec![])
-            }
-            Command::FdbDel { tenant, macs } => {
-                if macs.is_empty() {
-                    return Err("fdb del needs at least one MAC".into());
-                }
-                self.fdb_change(&tenant, vec![], macs)
-            }
-            Command::FdbShow { tenant } => {
-                let id = match &tenant {
-                    Some(t) => Some(self.tables.tenant_by_name(t).ok_or_else(|| format!("unknown tenant {t:?}"))?),
-                    None => None,
-                };
-                let (tx, rx) = crossbeam::channel::bounded(1);
-                self.cores.send(0, CoreMsg::FdbDump { tenant: id, reply: tx })?;
-                rx.recv_timeout(Duration::from_secs(5))
-                    .map(Value::Array)
-                    .map_err(|_| "forwarding core did not answer".to_string())
-            }
-            Command::Stats {} => {
-                Ok(self.snapshot().map(|s| serde_json::to_value(s).unwrap_or(Value::Null)).unwrap_or(Value::Null))
-            }
-            Command::StatsClear {} => {
-                for k in 0..self.cores.cores.len() {
-                    self.cores.send(k, CoreMsg::ClearStats)?;
-                }
-                Ok(json!("cleared"))
-            }
-            Command::Trace { port, frame_hex } => {
-                let id = self.tables.port_by_name(&port).ok_or_else(|| format!("unknown port {port:?}"))?;
-                let frame = decode_hex(&frame_hex)?;
-                let (tx, rx) = crossbeam::channel::bounded(1);
-                self.cores.send(0, CoreMsg::Trace { port: id, frame, reply: tx })?;
-                rx.recv_timeout(Duration::from_secs(5)).map_err(|_| "forwarding core did not answer".to_string())
-            }
-            Command::ConfigExport {} => Ok(json!({"toml": self.materialize().to_toml()})),
-            Command::ConfigImport { toml } => {
-                let c = Config::from_toml(&toml).map_err(|e| e.to_string())?;
-                self.apply(c)
-            }
-        }
-    }
-
-    /// Applies `new` entirely or not at all.
-    fn apply(&mut self, new: Config) -> Reply {
-        if new.uplink != self.desired.uplink {
-            return Err("uplink settings cannot change while xvsd runs (edit the config and restart)".into());
-        }
-        if new.daemon != self.desired.daemon {
-            return Err("daemon settings cannot change while xvsd runs (edit the config and restart)".into());
-        }
-        let tables = daemon::preflight(&new, Some(&self.tables)).map_err(|e| format!("{e:#}"))?;
-        if self.tables_stale {
-            // Static entries changed through the fast path: diff against tables that have them.
-            let u = &self.tables.underlay;
-            if let Ok(t) = self.materialize().build_after(Some(&self.tables), Some(u.mac), Some(u.mtu)) {
-                self.tables = Arc::new(t);
-            }
-            self.tables_stale = false;
-        }
-        // Open the new ports first: if one fails, nothing has changed yet.
+    /// Carries out a whole-configuration change entirely or not at all: the host's checks
+    /// and the new ports first (if one fails, nothing has changed yet), then the store, then
+    /// the cores, then the removed ports.
+    fn apply(&mut self, a: Apply) -> Reply {
+        daemon::host_checks(&a.config, false).map_err(|e| format!("{e:#}"))?;
         let mut opened = Vec::new();
-        let mut attach = Vec::new();
-        for (id, p) in tables.live_ports() {
+        let mut attach: Vec<Vec<(PortId, IoPort)>> = (0..self.cores.cores.len()).map(|_| Vec::new()).collect();
+        for (id, p) in a.tables.live_ports() {
             if self.ports_io.contains_key(&p.name) {
                 continue;
             }
             if matches!(p.kind, PortKind::Vm { .. }) && netdev::ifindex(&p.name).is_none() {
                 continue; // configured, waiting for its interface (see `reconcile`)
             }
-            match PortIo::open(p, &tables, &self.cores, self.opts.force_copy) {
+            match PortIo::open(p, &a.tables, &self.cores, self.opts.force_copy) {
                 Ok((io, sets)) => {
                     opened.push((p.name.clone(), io));
-                    attach.push((id, sets));
+                    for (k, s) in sets.into_iter().enumerate() {
+                        attach[k].push((id, s));
+                    }
                 }
                 Err(e) => return Err(format!("port {:?}: {e:#}", p.name)),
             }
         }
-        let removed: Vec<(PortId, String)> = self
-            .tables
-            .live_ports()
-            .filter(|(_, p)| tables.port_by_name(&p.name).is_none())
-            .map(|(id, p)| (id, p.name.clone()))
-            .collect();
-        self.store.save(&new).map_err(|e| format!("saving state: {e:#}"))?;
-        let tables = Arc::new(tables);
-        let change = Change::between(&self.tables, &tables);
-        let detach: Vec<PortId> = removed.iter().map(|(id, _)| *id).collect();
-        let mut attach: Vec<Vec<(PortId, IoPort)>> = {
-            let mut per: Vec<Vec<(PortId, IoPort)>> = (0..self.cores.cores.len()).map(|_| Vec::new()).collect();
-            for (id, sets) in attach {
-                for (k, s) in sets.into_iter().enumerate() {
-                    per[k].push((id, s));
-                }
-            }
-            per
-        };
+        self.store.save(&a.config).map_err(|e| format!("saving state: {e:#}"))?;
+        let detach: Vec<PortId> = a.removed.iter().map(|(id, _)| *id).collect();
         let live = self
             .cores
             .send_all_and_wait(|k, done| CoreMsg::Update {
-                tables: Arc::clone(&tables),
-                change: change.clone(),
+                tables: Arc::clone(&a.tables),
+                change: a.change.clone(),
                 attach: std::mem::take(&mut attach[k]),
                 detach: detach.clone(),
                 done,
             })
             .is_ok();
-        for (_, name) in &removed {
+        for (_, name) in &a.removed {
             self.ports_io.remove(name);
         }
         self.ports_io.extend(opened);
-        self.set_desired(new);
-        self.tables = tables;
+        self.plane.commit_apply(a);
         if !live {
             return Err("stored, but the forwarding core did not confirm the change within 5 s".into());
         }
         Ok(json!("applied"))
     }
 
+    /// Carries out a static FDB change: published to the cores and made durable at the same
+    /// time; if storing fails the cores get the inverse and the change is refused.
+    fn fdb_change(&mut self, f: FdbPlan) -> Reply {
+        let t0 = Instant::now();
+        let mut waits = Vec::new();
+        for k in 0..self.cores.cores.len() {
+            let (done_tx, done_rx) = crossbeam::channel::bounded(1);
+            self.cores.send(k, CoreMsg::Fdb { add: f.add.clone(), del: f.del.clone(), done: done_tx })?;
+            waits.push(done_rx);
+        }
+        let saved = {
+            let (plane, mut after) = (&self.plane, None);
+            let mut current = || after.get_or_insert_with(|| plane.after_fdb(&f)).clone();
+            self.store.log(&f.record, &mut current)
+        };
+        let live = waits.iter().all(|w| w.recv_timeout(Duration::from_secs(5)).is_ok());
+        let live_us = t0.elapsed().as_micros() as u64;
+        if let Err(e) = saved {
+            let _ = self.cores.send_all_and_wait(|_, done| CoreMsg::Fdb {
+                add: f.undo_add.clone(),
+                del: f.undo_del.clone(),
+                done,
+            });
+            return Err(format!("saving state: {e:#} (change rolled back)"));
+        }
+        self.plane.commit_fdb(f);
+        if !live {
+            return Err("stored, but the forwarding core did not confirm the change within 5 s".into());
+        }
+        Ok(json!({"applied": true, "live_us": live_us}))
+    }
+
+    /// Answers a query from the running daemon.
+    fn read(&self, r: plane::Read) -> Reply {
+        match r {
+            plane::Read::Status => Ok(self.status()),
+            plane::Read::TenantList => {
+                Ok(Value::Array(self.tables().live_tenants().map(|(id, _)| self.tenant_json(id.index())).collect()))
+            }
+            plane::Read::TenantShow(id) => Ok(self.tenant_json(id.index())),
+            plane::Read::PortList => {
+                Ok(Value::Array(self.tables().live_ports().map(|(id, _)| self.port_json(id)).collect()))
+            }
+            plane::Read::PortShow(id) => Ok(self.port_json(id)),
+            plane::Read::QosShow => Ok(self.qos_json()),
+            plane::Read::FdbShow(id) => {
+                // The core copies its entries into room made here and the rows are rendered
+                // here: a dump costs the forwarding thread one pass over the table.
+                let t = self.tables();
+                let room = 2 * t.fdb_capacity as usize + t.static_fdb.len();
+                let (tx, rx) = crossbeam::channel::bounded(1);
+                self.cores.send(0, CoreMsg::FdbDump { tenant: id, buf: Vec::with_capacity(room), reply: tx })?;
+                let (rows, tables, now) = rx
+                    .recv_timeout(Duration::from_secs(5))
+                    .map_err(|_| "forwarding core did not answer".to_string())?;
+                Ok(Value::Array(explain::fdb_rows(&tables, &rows, now)))
+            }
+            plane::Read::Stats => {
+                Ok(self.snapshot().map(|s| serde_json::to_value(s).unwrap_or(Value::Null)).unwrap_or(Value::Null))
+            }
+            plane::Read::StatsClear => {
+                for k in 0..self.cores.cores.len() {
+                    self.cores.send(k, CoreMsg::ClearStats)?;
+                }
+                Ok(json!("cleared"))
+            }
+            plane::Read::Trace(port, frame) => {
+                // The core only decides (one frame); the explanation is written here.
+                let (tx, rx) = crossbeam::channel::bounded(1);
+                self.cores.send(0, CoreMsg::Trace { port, frame: frame.clone(), reply: tx })?;
+                let facts = rx
+                    .recv_timeout(Duration::from_secs(5))
+                    .map_err(|_| "forwarding core did not answer".to_string())?;
+                Ok(explain::trace(&facts, port, &frame))
+            }
+        }
+    }
     fn qos_json(&self) -> Value {
         let rep = self.cores.report();
-        let link = self.tables.underlay.rate;
+        let link = self.tables().underlay.rate;
         let rows: Vec<Value> = self
-            .tables
+            .tables()
             .live_tenants()
             .map(|(id, t)| {
                 let m = rep.as_ref().and_then(|r| r.qos.iter().find(|q| q.tenant == id.0).cloned());
@@ -665,21 +379,21 @@ impl ControlState {
     }
 
     fn tenant_json(&self, idx: usize) -> Value {
-        let Some(t) = self.tables.tenants.get(idx).and_then(Option::as_ref) else { return Value::Null };
+        let Some(t) = self.tables().tenants.get(idx).and_then(Option::as_ref) else { return Value::Null };
         json!({
             "name": t.name,
             "vni": t.vni.get(),
             "mac_limit": t.mac_limit,
-            "ports": t.ports.iter().filter_map(|p| self.tables.port(*p).map(|x| x.name.clone())).collect::<Vec<_>>(),
+            "ports": t.ports.iter().filter_map(|p| self.tables().port(*p).map(|x| x.name.clone())).collect::<Vec<_>>(),
             "vteps": t.vteps.iter().map(|v| v.to_string()).collect::<Vec<_>>(),
-            "static_fdb": self.fdb.get(&t.name).map_or(0, BTreeMap::len),
+            "static_fdb": self.plane.static_entries(&t.name),
             "counters": self.counters_of_tenant(idx),
         })
     }
 
     /// A port's status; `rep` is the merged core report (merged once by the caller).
     fn port_status(&self, id: PortId, rep: Option<&CoreReport>) -> Option<PortStatus> {
-        let p = self.tables.port(id)?;
+        let p = self.tables().port(id)?;
         let modes =
             rep.and_then(|r| r.afxdp.iter().find(|(i, _)| *i == id.0).map(|(_, m)| m.clone())).unwrap_or_default();
         Some(match &p.kind {
@@ -687,8 +401,8 @@ impl ControlState {
                 name: p.name.clone(),
                 kind: "uplink",
                 tenant: None,
-                mac: Some(mac_str(&self.tables.underlay.mac)),
-                ips: vec![self.tables.underlay.vtep_ip.to_string()],
+                mac: Some(mac_str(&self.tables().underlay.mac)),
+                ips: vec![self.tables().underlay.vtep_ip.to_string()],
                 afxdp_mode: modes,
                 xdp_mode: self.ports_io.get(&p.name).map(|io| io.attached.mode),
                 state: if self.ports_io.contains_key(&p.name) { "attached" } else { "waiting" },
@@ -699,7 +413,7 @@ impl ControlState {
             PortKind::Vm { tenant, mac, ipv4, ipv6 } => PortStatus {
                 name: p.name.clone(),
                 kind: "vm",
-                tenant: self.tables.tenant(*tenant).map(|t| t.name.clone()),
+                tenant: self.tables().tenant(*tenant).map(|t| t.name.clone()),
                 mac: Some(mac_str(mac)),
                 ips: ipv4.iter().map(|a| a.to_string()).chain(ipv6.iter().map(|a| a.to_string())).collect(),
                 afxdp_mode: modes,
@@ -726,14 +440,14 @@ impl ControlState {
             "version": env!("CARGO_PKG_VERSION"),
             "protocol": proto::VERSION,
             "uptime_secs": self.started.elapsed().as_secs_f64(),
-            "uplink": self.tables.underlay.interface,
-            "vtep_ip": self.tables.underlay.vtep_ip.to_string(),
-            "underlay_mtu": self.tables.underlay.mtu,
-            "cores": self.desired.daemon.cores,
+            "uplink": self.tables().underlay.interface,
+            "vtep_ip": self.tables().underlay.vtep_ip.to_string(),
+            "underlay_mtu": self.tables().underlay.mtu,
+            "cores": self.plane.desired().daemon.cores,
             "config": self.opts.config_path,
             "state": self.store.describe(),
-            "ports": self.tables.live_ports().filter_map(|(id, _)| self.port_status(id, rep.as_ref())).collect::<Vec<_>>(),
-            "tenants": self.tables.live_tenants().count(),
+            "ports": self.tables().live_ports().filter_map(|(id, _)| self.port_status(id, rep.as_ref())).collect::<Vec<_>>(),
+            "tenants": self.tables().live_tenants().count(),
             "core": rep.as_ref().map(|r| r.core.clone()),
             "per_core": rep.as_ref().map(|r| r.per_core.clone()),
         })
@@ -747,14 +461,14 @@ impl ControlState {
             uptime_secs: self.started.elapsed().as_secs_f64(),
             config: self.opts.config_path.clone(),
             state: self.store.describe(),
-            uplink: self.tables.underlay.interface.clone(),
-            cores: self.desired.daemon.cores.clone(),
-            ports: (0..self.tables.ports.len()).map(|i| self.port_status(PortId(i as u16), Some(&r))).collect(),
-            tenants: self.tables.tenants.iter().map(|t| t.as_ref().map(|t| (t.name.clone(), t.vni.get()))).collect(),
+            uplink: self.tables().underlay.interface.clone(),
+            cores: self.plane.desired().daemon.cores.clone(),
+            ports: (0..self.tables().ports.len()).map(|i| self.port_status(PortId(i as u16), Some(&r))).collect(),
+            tenants: self.tables().tenants.iter().map(|t| t.as_ref().map(|t| (t.name.clone(), t.vni.get()))).collect(),
             stats: r.stats,
             host: r.host,
             xdp: self
-                .tables
+                .tables()
                 .live_ports()
                 .filter_map(|(_, p)| self.ports_io.get(&p.name).map(|io| (p.name.clone(), io)))
                 .map(|(name, io)| {
@@ -762,38 +476,16 @@ impl ControlState {
                     (name, Counter::ALL.iter().map(|k| (k.name(), c[*k as usize])).collect())
                 })
                 .collect(),
-            neighbors: r.neighbors,
+            neighbors: r
+                .neighbors
+                .iter()
+                .map(|(ip, m)| (ip.to_string(), m.map_or_else(|| "incomplete".to_string(), |m| mac_str(&m))))
+                .collect(),
             core: r.core,
-            qos: self.tables.underlay.rate.map(|l| (l, r.qos)),
+            qos: self.tables().underlay.rate.map(|l| (l, r.qos)),
             per_core: r.per_core,
         })
     }
-}
-
-fn materialize(desired: &Config, fdb: &HashMap<String, BTreeMap<MacAddr, IpAddr>>) -> Config {
-    let mut c = desired.clone();
-    for t in &mut c.tenants {
-        if let Some(idx) = fdb.get(&t.name) {
-            t.fdb = idx.iter().map(|(m, v)| StaticFdbConfig { mac: mac_str(m), vtep: *v }).collect();
-        }
-    }
-    c
-}
-
-/// A frame written as hex digits, optionally separated by whitespace or colons.
-fn decode_hex(s: &str) -> Result<Vec<u8>, String> {
-    let clean: String = s.chars().filter(|c| !c.is_whitespace() && *c != ':').collect();
-    if clean.len() > 2 * 9216 {
-        return Err(format!("frame hex too long ({} digits, at most {})", clean.len(), 2 * 9216));
-    }
-    // hex works on bytes; name a bad character as written, not one of its UTF-8 bytes
-    if let Some((i, c)) = clean.chars().enumerate().find(|(_, c)| !c.is_ascii_hexdigit()) {
-        return Err(format!("malformed frame hex: {c:?} at digit {i} is not a hex digit"));
-    }
-    hex::decode(&clean).map_err(|e| match e {
-        hex::FromHexError::OddLength => format!("malformed frame hex: odd number of digits ({})", clean.len()),
-        e => format!("malformed frame hex: {e}"),
-    })
 }
 
 /// Control connections served at once; one more is answered with an error and closed.
@@ -919,17 +611,6 @@ fn reply(out: &mut UnixStream, r: &Response) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn hex_frames_decode_and_bad_input_is_an_error_naming_it() {
-        assert_eq!(decode_hex("02:00 0a ff").unwrap(), vec![2, 0, 0x0a, 0xff]);
-        // non-ASCII input used to slice a char apart and panic
-        let e = decode_hex("aéb").unwrap_err();
-        assert!(e.contains("'é'"), "{e}");
-        assert!(decode_hex("abc").unwrap_err().contains("odd number of digits (3)"));
-        assert!(decode_hex("zz").unwrap_err().contains("'z' at digit 0"));
-        assert!(decode_hex(&"00".repeat(9217)).unwrap_err().contains("too long"));
-    }
 
     #[test]
     fn a_panicking_handler_fails_its_request_only() {

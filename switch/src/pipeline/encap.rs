@@ -109,6 +109,18 @@ pub enum Underlayer {
     Host,
 }
 
+/// The tenant frame in `frame` arriving on `port`: the frame itself from a VM port, the
+/// encapsulated frame of VXLAN for us from the uplink (`None` for anything else there).
+pub fn inner_frame(frame: &[u8], port_is_uplink: bool, vtep_ip: Ipv4Addr) -> Option<&[u8]> {
+    if !port_is_uplink {
+        return Some(frame);
+    }
+    match parse_outer(frame, vtep_ip) {
+        Ok(Underlayer::Vxlan(o)) => frame.get(o.inner_off..o.inner_off + o.inner_len),
+        _ => None,
+    }
+}
+
 /// Parses an uplink frame: outer Ethernet, IPv4 to `vtep_ip` with a valid checksum and no
 /// fragmentation, UDP to 4789, VXLAN with valid flags. The VNI and source VTEP are checked by
 /// the caller against the tenant tables.
