@@ -819,6 +819,3 @@ fn flood<M: FrameMem + ?Sized>(
     }
     out.free.free(d.id);
 }
-
-/// Length of an Ethernet header, re-exported for callers that build frames.
-pub const ETH_HLEN: usize = ETHERNET_HEADER_LEN;

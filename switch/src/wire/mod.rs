@@ -4,7 +4,6 @@
 //! here in the same style. The contract is smoltcp's: build a view with `new_checked`, and after
 //! that no accessor can panic.
 
-pub mod vlan;
 pub mod vxlan;
 
 pub use smoltcp::wire::{
@@ -13,8 +12,6 @@ pub use smoltcp::wire::{
     Ipv6Repr, UDP_HEADER_LEN, UdpPacket, UdpRepr,
 };
 
-/// EtherType of an 802.1Q VLAN tag.
-pub const ETHERTYPE_VLAN: u16 = 0x8100;
 /// IANA-assigned UDP destination port for VXLAN (RFC 7348, section 5).
 pub const VXLAN_PORT: u16 = 4789;
 /// Bytes VXLAN-over-IPv4 encapsulation adds in front of the inner Ethernet frame:
