@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The xvs demo: builds, creates a two-host, two-tenant testbed in network namespaces, runs one
 # xvsd per host, shows traffic flowing inside each tenant and isolation holding between them,
-# prints the counters, and tears everything down.
+# all seen through xvsctl (status, ports, a live tenant change, trace, FDB, counters), and
+# tears everything down.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh
@@ -21,9 +22,15 @@ trap cleanup EXIT
 
 say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 in_ns() { local n=$1; shift; ip netns exec "$P-$n" "$@"; }
+# xvsctl on host N's xvsd, echoing the command as an operator would type it
+ctl() {
+  local h=$1; shift
+  printf '\033[2mh%s$ xvsctl %s\033[0m\n' "$h" "$*"
+  ./target/release/xvsctl --socket "$TMP/h$h.sock" "$@"
+}
 
-say "building xvs (release)"
-cargo build --release -p xvs-switch --bins 2>&1 | grep -vE "xvs-switch@" | tail -1
+say "building xvsd and xvsctl (release)"
+cargo build --release -p xvs-switch -p xvsctl --bins 2>&1 | grep -vE "xvs-switch@" | tail -1
 
 say "testbed: hosts $P-h1, $P-h2; tenants blue (VNI 100) and red (VNI 200), both using 10.0.0.0/24 and the same MACs"
 ./scripts/testbed.sh up "$P"
@@ -47,9 +54,9 @@ for h in 1 2; do
   for _ in $(seq 100); do [ -s "$TMP/h$h.json" ] && break; sleep 0.1; done
   [ -s "$TMP/h$h.json" ] || { cat "$TMP/h$h.log"; exit 1; }
 done
-python3 -c "
-import json; d = json.load(open('$TMP/h1.json'))
-for p in d['ports']: print(f\"  h1 port {p['name']:10} {p['kind']:6} tenant={p['tenant'] or '-':5} xdp={p['xdp_mode']} afxdp={','.join(p['afxdp_mode'])}\")"
+ctl 1 status
+ctl 1 port list
+ctl 1 tenant list
 
 say "blue: vm1 (host 1) pings vm2 (host 2) across VXLAN"
 in_ns vm1 ping -c 3 -i 0.3 10.0.0.2
@@ -77,23 +84,24 @@ say "isolation: 10.0.0.77 exists only in red"
 if in_ns vm3 ping -c 2 -W 1 10.0.0.77 >/dev/null; then echo "  red  vm3 -> 10.0.0.77: reachable"; else echo "  red  vm3 -> 10.0.0.77: UNREACHABLE (unexpected)"; exit 1; fi
 if in_ns vm1 ping -c 2 -W 1 10.0.0.77 >/dev/null; then echo "  blue vm1 -> 10.0.0.77: REACHABLE (isolation broken)"; exit 1; else echo "  blue vm1 -> 10.0.0.77: unreachable, as it must be"; fi
 
+say "what the switch learned and decides, asked of xvsd on host 1"
+ctl 1 fdb show
+# vm1's frame to vm2: blue's FDB says vm2 is behind host 2's VTEP
+ctl 1 trace "$P-p1" --udp 02:00:00:00:00:01,02:00:00:00:00:02,10.0.0.1,10.0.0.2
+# the same frame with a source MAC that is not vm1's: anti-spoofing drops it
+ctl 1 trace "$P-p1" --udp 02:00:00:00:00:66,02:00:00:00:00:02,10.0.0.1,10.0.0.2
+
+say "a live change: tenant green added on host 1, shown, removed; blue and red keep forwarding"
+ctl 1 tenant add green --vni 300
+ctl 1 vtep add green 192.168.77.2
+ctl 1 tenant show green
+in_ns vm1 ping -c 2 -i 0.2 -W 2 10.0.0.2 | tail -2
+ctl 1 tenant del green
+ctl 1 tenant list
+
 say "counters of xvsd on host 1"
 sleep 0.5
-python3 - "$TMP/h1.json" <<'PY'
-import json, sys
-d = json.load(open(sys.argv[1]))
-s = d["stats"]
-print(f"  {'port':12} {'rx pkts':>10} {'tx pkts':>10}  drops")
-for p, c in zip(d["ports"], s["ports"]):
-    print(f"  {p['name']:12} {c['rx_packets']:>10} {c['tx_packets']:>10}  {c['drops'] or '-'}")
-print(f"  {'tenant':12} {'rx pkts':>10} {'tx pkts':>10}  drops")
-for (name, vni), c in zip(d["tenants"], s["tenants"]):
-    print(f"  {name + ' (' + str(vni) + ')':12} {c['rx_packets']:>10} {c['tx_packets']:>10}  {c['drops'] or '-'}")
-print("  events:", s["events"])
-print("  host stack:", d["host"])
-print("  underlay neighbours:", d["neighbors"])
-print(f"  core: cpu {d['core']['cpu']}, {d['core']['packets']} frames, {d['core']['ns_per_packet']:.0f} ns busy per frame")
-PY
+ctl 1 stats
 
 say "stopping xvsd (SIGTERM) and tearing down"
 for p in "${PIDS[@]}"; do kill -TERM "$p"; done
