@@ -62,6 +62,12 @@ if ! { command -v cargo-fuzz >/dev/null && cargo-fuzz --version 2>/dev/null | gr
   log "installing cargo-fuzz $CARGO_FUZZ_VERSION"
   cargo +"$TOOLCHAIN" install --locked "cargo-fuzz@$CARGO_FUZZ_VERSION"
 fi
+# --- cargo-machete (scripts/test.sh: no unused dependencies) ----------------------------
+CARGO_MACHETE_VERSION=0.9.2
+if ! { command -v cargo-machete >/dev/null && cargo-machete --version 2>/dev/null | grep -q "$CARGO_MACHETE_VERSION"; }; then
+  log "installing cargo-machete $CARGO_MACHETE_VERSION"
+  cargo +"$TOOLCHAIN" install --locked "cargo-machete@$CARGO_MACHETE_VERSION"
+fi
 rustup which --toolchain nightly rustc >/dev/null 2>&1 ||
   { echo "setup: the fuzz targets need a nightly toolchain (rustup toolchain install nightly)" >&2; exit 1; }
 log "ok"

@@ -13,6 +13,7 @@ cargo fmt --all -- --check
 
 step "lints"
 cargo clippy --all-targets -- -D warnings
+cargo machete   # no unused dependencies
 
 step "unit, property and in-memory pipeline tests"
 cargo test --lib --bins --tests -p xvs-switch -p xvs-common -p xvs-benches
