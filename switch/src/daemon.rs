@@ -1,26 +1,29 @@
 //! xvsd: validates the configuration, attaches XDP programs and AF_XDP sockets, runs the
-//! forwarding core, serves the control socket, and on SIGINT/SIGTERM detaches everything.
+//! forwarding cores' poll loops, serves the control socket and the metrics, and on
+//! SIGINT/SIGTERM detaches everything.
+//!
+//! May depend on: everything below it (control server, cores, preflight, io, datapath, ...);
+//! nothing depends on it but the xvsd binary.
+
+pub use crate::control::server::Options;
+pub use crate::preflight::preflight;
 
 use crate::config::Config;
 use crate::control::server::{self, ControlState, PortIo, lock_state};
-use crate::datapath::{Core, FdbRow, TraceFacts};
+use crate::cores::{CoreHandle, CoreLoad, CoreMsg, CoreReport, Cores, QosRow, Snapshot};
+use crate::datapath::Core;
 use crate::host::{HostCounters, HostStack};
-use crate::io::afxdp::{DEFAULT_UMEM_FRAMES, UmemFrames, Waker, XskMode, wait_readable};
+use crate::io::afxdp::{DEFAULT_UMEM_FRAMES, UmemFrames, Waker, wait_readable};
 use crate::io::netdev;
 use crate::io::ports::IoPort;
-use crate::io::xdp::AttachMode;
 use crate::neigh::NeighShare;
-use crate::pipeline::Change;
 use crate::stats::Stats;
 use crate::store::{FileStore, Store};
-use crate::tables::{FdbDest, Tables};
-use crate::types::{PortId, TenantId};
+use crate::tables::Tables;
+use crate::types::PortId;
 use anyhow::bail;
-use crossbeam::channel::{Receiver, Sender};
-use serde::Serialize;
-use std::net::{IpAddr, SocketAddr};
+use crossbeam::channel::Receiver;
 use std::os::fd::RawFd;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -34,362 +37,6 @@ const AGE_EVERY_NS: u64 = 1_000_000_000;
 const AGE_LATEST_NS: u64 = 10_000_000_000;
 /// Longest sleep, so timers (ARP retries, aging) run.
 const MAX_SLEEP_MS: u16 = 50;
-
-/// Options beyond the config file.
-#[derive(Debug, Clone, Default)]
-pub struct Options {
-    /// Where to write the status and counters as JSON, refreshed while running.
-    pub stats_file: Option<PathBuf>,
-    /// Force AF_XDP copy mode even where zero-copy would work.
-    pub force_copy: bool,
-    /// Config path, for status.
-    pub config_path: Option<PathBuf>,
-    /// Control socket path (`None`: no control socket).
-    pub socket: Option<PathBuf>,
-    /// Group that may use the control socket.
-    pub socket_group: Option<String>,
-    /// State file (the desired configuration, kept across restarts).
-    pub state: Option<PathBuf>,
-    /// Prometheus endpoint (loopback only).
-    pub metrics: Option<SocketAddr>,
-}
-
-/// Checks everything that can be checked before touching an interface; returns the tables.
-pub fn preflight(cfg: &Config, prev: Option<&Tables>) -> anyhow::Result<Tables> {
-    host_checks(cfg, prev.is_none())?;
-    let up = &cfg.uplink.interface;
-    let tables = cfg.build_after(prev, netdev::mac(up), netdev::mtu(up))?;
-    // Frames are not split across buffers: refuse an underlay MTU whose frames would not fit
-    // one (the kernel would drop them on receive).
-    let cap = crate::io::afxdp::FRAME_CAPACITY;
-    if usize::from(tables.underlay.mtu) + crate::wire::ETHERNET_HEADER_LEN > cap {
-        bail!(
-            "uplink MTU {} does not fit a frame buffer of {cap} bytes (at most {})",
-            tables.underlay.mtu,
-            cap - crate::wire::ETHERNET_HEADER_LEN
-        );
-    }
-    Ok(tables)
-}
-
-/// What `cfg` needs of this host: root, the uplink with the VTEP IP, the cores' CPUs, as
-/// many queues on every port as there are cores. `starting`: xvsd is starting (warn about
-/// cores outside the CPUs it may use now).
-pub fn host_checks(cfg: &Config, starting: bool) -> anyhow::Result<()> {
-    if !nix::unistd::geteuid().is_root() {
-        bail!("xvsd must run as root (XDP and AF_XDP need CAP_NET_ADMIN and CAP_BPF)");
-    }
-    let up = &cfg.uplink.interface;
-    if !netdev::exists(up) {
-        bail!("uplink interface {up:?} not found");
-    }
-    // A VM port whose interface is missing is not an error: it waits for its interface (a
-    // stopped VM must not keep the host's other VMs off the network).
-    let (vtep_ip, _) = cfg.vtep_cidr()?;
-    if !netdev::has_addr(up, IpAddr::V4(vtep_ip)) {
-        bail!("VTEP IP {vtep_ip} is not configured on uplink {up:?} (add it with `ip addr add`)");
-    }
-    // Cores are checked against the CPUs this machine has, not against how many this
-    // process may use now: under `taskset -c 1` (or a cpuset) CPU 1 is fine, and moving
-    // xvsd's threads later must not make every change fail.
-    let online = online_cpus();
-    for c in &cfg.daemon.cores {
-        if !online.contains(c) {
-            bail!("daemon: core {c} does not exist (this machine's CPUs are {})", cpu_list(&online));
-        }
-    }
-    if starting {
-        let allowed = allowed_cpus();
-        for c in cfg.daemon.cores.iter().filter(|c| !allowed.is_empty() && !allowed.contains(c)) {
-            tracing::warn!(
-                "daemon: core {c} is outside the CPUs xvsd was started on ({}; taskset or cpuset): \
-                 its forwarding thread is pinned there anyway if the kernel allows it",
-                cpu_list(&allowed)
-            );
-        }
-    }
-    let n = cfg.daemon.cores.len();
-    let mut seen = std::collections::HashSet::new();
-    if let Some(c) = cfg.daemon.cores.iter().find(|c| !seen.insert(**c)) {
-        bail!("daemon: core {c} is listed twice");
-    }
-    if n > 1 {
-        // Each core owns one queue of every port, so frames never change cores.
-        let queued = cfg.ports.iter().map(|p| &p.interface).filter(|n| netdev::exists(n) && !netdev::is_tap(n));
-        for name in std::iter::once(up).chain(queued) {
-            let q = netdev::rx_queues(name);
-            if (q as usize) < n {
-                bail!("daemon: {n} cores need {n} queues on every port, but {name:?} has {q}");
-            }
-        }
-        if cfg.uplink.rate.is_some() {
-            bail!("daemon: QoS (uplink.rate) needs a single forwarding core in this version");
-        }
-    }
-    Ok(())
-}
-
-/// Messages from the control plane to the forwarding core. The core never blocks on them.
-pub enum CoreMsg {
-    /// A new table snapshot, with ports to attach and detach.
-    Update {
-        /// The snapshot.
-        tables: Arc<Tables>,
-        /// FDB changes.
-        change: Change,
-        /// New ports' sockets.
-        attach: Vec<(PortId, IoPort)>,
-        /// Ports to close.
-        detach: Vec<PortId>,
-        /// Told once the core runs on the new snapshot.
-        done: Sender<()>,
-    },
-    /// Static FDB entries added or removed (no other table changed).
-    Fdb {
-        /// Entries to add or replace.
-        add: Vec<(TenantId, crate::wire::MacAddr, FdbDest)>,
-        /// Entries to remove.
-        del: Vec<(TenantId, crate::wire::MacAddr)>,
-        /// Told once the core has applied them.
-        done: Sender<()>,
-    },
-    /// Zero the counters.
-    ClearStats,
-    /// Decide a frame as forwarding would, for a trace (explained by the control side).
-    Trace {
-        /// Ingress port.
-        port: PortId,
-        /// The frame.
-        frame: Vec<u8>,
-        /// Where the facts go.
-        reply: Sender<TraceFacts>,
-    },
-    /// Copy out learned and static FDB entries (rendered by the control side).
-    FdbDump {
-        /// Only this tenant.
-        tenant: Option<TenantId>,
-        /// Where to copy them: sized by the sender for the whole table.
-        buf: Vec<FdbRow>,
-        /// Where the rows go, with the tables and the core's clock to read them by.
-        reply: Sender<(Vec<FdbRow>, Arc<Tables>, u64)>,
-    },
-}
-
-/// What the core publishes every 100 ms.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct CoreReport {
-    /// Pipeline counters.
-    pub stats: Stats,
-    /// Host stack counters.
-    pub host: HostCounters,
-    /// Underlay neighbours: IP and MAC (none while incomplete).
-    #[serde(skip)]
-    pub neighbors: Vec<(std::net::Ipv4Addr, Option<crate::wire::MacAddr>)>,
-    /// Core load.
-    pub core: CoreLoad,
-    /// AF_XDP mode of each queue, by port id.
-    pub afxdp: Vec<(u16, Vec<XskMode>)>,
-    /// The uplink scheduler's view of each tenant.
-    pub qos: Vec<QosRow>,
-    /// Load of each core (filled in when reports are merged).
-    pub per_core: Vec<CoreLoad>,
-}
-
-/// One tenant in the uplink scheduler.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct QosRow {
-    /// Tenant id.
-    pub tenant: u16,
-    /// Counters.
-    pub stats: crate::qos::TenantQosStats,
-    /// Measured wire rate over the last publishing interval (100 ms), bits/s.
-    pub rate_bps: u64,
-}
-
-/// Load of the forwarding core.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct CoreLoad {
-    /// CPU the core runs on.
-    pub cpu: usize,
-    /// When these counters were taken: nanoseconds on the core's clock (from its start). The
-    /// difference of two readings is the exact interval between them, whatever the delay of
-    /// the stats file or the control socket.
-    pub at_ns: u64,
-    /// Nanoseconds spent in polls that received frames.
-    pub busy_ns: u64,
-    /// Nanoseconds spent in polls that found nothing (spinning before sleeping).
-    pub spin_ns: u64,
-    /// Nanoseconds spent asleep in poll(2).
-    pub idle_ns: u64,
-    /// Frames received.
-    pub packets: u64,
-    /// Busy nanoseconds per frame received (receive, forward, transmit, recycle).
-    pub ns_per_packet: f64,
-    /// Share of time busy (busy / (busy + spin + idle)).
-    pub busy_share: f64,
-    /// CPU cycles per stage of the poll loop (time-stamp counter), cumulative.
-    pub stage_cycles: crate::datapath::StageCycles,
-    /// Cycles of all stages per frame received (includes idle polls' ring checks).
-    pub cycles_per_packet: f64,
-    /// Underlay neighbours (VTEP next hops) this core uses but has no MAC for: its frames
-    /// to them are dropped as `vtep_unresolved` until ARP (on any core) answers.
-    pub neighbors_unresolved: u32,
-}
-
-impl CoreLoad {
-    /// The load as published at `now`: the raw times and counts with the figures derived
-    /// from them (per frame, busy share) and the core's stage profile.
-    fn taken(&self, profile: &crate::datapath::StageCycles, now: u64) -> CoreLoad {
-        let per_frame = |x: f64| if self.packets > 0 { x / self.packets as f64 } else { 0.0 };
-        let all = (self.busy_ns + self.spin_ns + self.idle_ns).max(1);
-        CoreLoad {
-            at_ns: now,
-            ns_per_packet: per_frame(self.busy_ns as f64),
-            busy_share: self.busy_ns as f64 / all as f64,
-            stage_cycles: *profile,
-            cycles_per_packet: per_frame(profile.total() as f64),
-            ..self.clone()
-        }
-    }
-}
-
-/// One port as shown in status.
-#[derive(Debug, Clone, Serialize)]
-pub struct PortStatus {
-    /// Interface.
-    pub name: String,
-    /// `uplink` or `vm`.
-    pub kind: &'static str,
-    /// Tenant name, for VM ports.
-    pub tenant: Option<String>,
-    /// MAC.
-    pub mac: Option<String>,
-    /// IPs (VM ports).
-    pub ips: Vec<String>,
-    /// AF_XDP binding of each queue.
-    pub afxdp_mode: Vec<XskMode>,
-    /// XDP attach mode (`tc_ingress` for taps read through a packet socket).
-    pub xdp_mode: Option<AttachMode>,
-    /// `attached`, or `waiting` while its interface is missing or down.
-    pub state: &'static str,
-    /// How frames are read and written: `af_xdp` or `af_packet` (taps); none while waiting.
-    pub io: Option<&'static str>,
-    /// Times the interface went away or down while attached.
-    pub lost: u64,
-    /// Times the port was attached again by itself after that (or after starting without it).
-    pub reattached: u64,
-}
-
-/// Status and counters, as the stats file, `xvsctl stats --json` and the metrics show them.
-#[derive(Debug, Clone, Serialize)]
-pub struct Snapshot {
-    /// xvsd version.
-    pub version: &'static str,
-    /// Seconds since start.
-    pub uptime_secs: f64,
-    /// Config file.
-    pub config: Option<PathBuf>,
-    /// Where the desired state is kept.
-    pub state: String,
-    /// Uplink interface.
-    pub uplink: String,
-    /// Forwarding cores' CPUs.
-    pub cores: Vec<usize>,
-    /// Ports by port id (`null` where removed).
-    pub ports: Vec<Option<PortStatus>>,
-    /// Tenant (name, VNI) by tenant id (`null` where removed).
-    pub tenants: Vec<Option<(String, u32)>>,
-    /// Pipeline counters.
-    pub stats: Stats,
-    /// Host stack counters.
-    pub host: HostCounters,
-    /// XDP program counters per interface.
-    pub xdp: Vec<(String, Vec<(&'static str, u64)>)>,
-    /// Underlay neighbours.
-    pub neighbors: Vec<(String, String)>,
-    /// Core load.
-    pub core: CoreLoad,
-    /// Uplink rate (bits/s) when QoS is on, and each tenant in the scheduler.
-    pub qos: Option<(u64, Vec<QosRow>)>,
-    /// Load of each forwarding core.
-    pub per_core: Vec<CoreLoad>,
-}
-
-/// The control plane's handles on the forwarding cores.
-pub struct Cores {
-    /// One per core: its channel, its waker, what it reports, its UMEM.
-    pub cores: Vec<CoreHandle>,
-}
-
-/// One forwarding core as the control plane sees it.
-pub struct CoreHandle {
-    /// CPU.
-    pub cpu: usize,
-    /// Messages to it.
-    pub tx: Sender<CoreMsg>,
-    /// Wakes it from poll(2).
-    pub waker: Arc<Waker>,
-    /// What it published last.
-    pub report: Arc<Mutex<Option<CoreReport>>>,
-    /// Its UMEM, for binding new sockets.
-    pub umem: crate::io::afxdp::UmemHandle,
-}
-
-impl Cores {
-    /// Sends `make(core index)` to every core and waits (bounded) for each to confirm through
-    /// the `done` sender it was given.
-    pub fn send_all_and_wait(&self, mut make: impl FnMut(usize, Sender<()>) -> CoreMsg) -> Result<(), String> {
-        let mut waits = Vec::new();
-        for (i, c) in self.cores.iter().enumerate() {
-            let (tx, rx) = crossbeam::channel::bounded(1);
-            c.tx.send(make(i, tx)).map_err(|_| "forwarding core is gone".to_string())?;
-            c.waker.wake();
-            waits.push(rx);
-        }
-        for rx in waits {
-            rx.recv_timeout(Duration::from_secs(5))
-                .map_err(|_| "the forwarding core did not confirm the change within 5 s".to_string())?;
-        }
-        Ok(())
-    }
-
-    /// Sends a message to one core.
-    pub fn send(&self, core: usize, msg: CoreMsg) -> Result<(), String> {
-        let c = self.cores.get(core).ok_or("no forwarding core")?;
-        c.tx.send(msg).map_err(|_| "forwarding core is gone".to_string())?;
-        c.waker.wake();
-        Ok(())
-    }
-
-    /// Every core's report merged: counters added up, the first core's view of the rest.
-    pub fn report(&self) -> Option<CoreReport> {
-        let mut merged: Option<CoreReport> = None;
-        for c in &self.cores {
-            let Some(r) = c.report.lock().ok().and_then(|g| g.clone()) else { continue };
-            match merged.as_mut() {
-                None => {
-                    let mut first = r.clone();
-                    first.per_core = vec![r.core.clone()];
-                    merged = Some(first);
-                }
-                Some(m) => {
-                    m.stats.add(&r.stats);
-                    m.host.add(&r.host);
-                    for (id, modes) in r.afxdp {
-                        match m.afxdp.iter_mut().find(|(i, _)| *i == id) {
-                            Some((_, v)) => v.extend(modes),
-                            None => m.afxdp.push((id, modes)),
-                        }
-                    }
-                    m.core.packets += r.core.packets;
-                    m.core.busy_ns += r.core.busy_ns;
-                    m.per_core.push(r.core.clone());
-                }
-            }
-        }
-        merged
-    }
-}
 
 /// Runs xvsd until `stop` is set. `cfg` is used unless the state store holds a configuration.
 pub fn run(cfg: Config, opts: Options, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
@@ -717,54 +364,6 @@ fn publish(
     r.afxdp.extend(core.ports.iter().enumerate().filter_map(|(i, p)| p.as_ref().map(|s| (i as u16, s.modes()))));
 }
 
-/// The CPUs this machine has online (`/sys/devices/system/cpu/online`, e.g. "0-3,6").
-fn online_cpus() -> Vec<usize> {
-    std::fs::read_to_string("/sys/devices/system/cpu/online")
-        .ok()
-        .and_then(|s| parse_cpu_list(&s))
-        .unwrap_or_else(|| (0..std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)).collect())
-}
-
-/// The CPUs this process may run on now (its affinity mask).
-fn allowed_cpus() -> Vec<usize> {
-    nix::sched::sched_getaffinity(nix::unistd::Pid::from_raw(0))
-        .map(|set| (0..nix::sched::CpuSet::count()).filter(|&c| set.is_set(c).unwrap_or(false)).collect())
-        .unwrap_or_default()
-}
-
-/// Parses a kernel CPU list ("0-3,6"); `None` if malformed.
-fn parse_cpu_list(s: &str) -> Option<Vec<usize>> {
-    let mut v = Vec::new();
-    for part in s.trim().split(',').filter(|p| !p.is_empty()) {
-        match part.split_once('-') {
-            Some((a, b)) => {
-                let (a, b): (usize, usize) = (a.parse().ok()?, b.parse().ok()?);
-                if b < a || b - a > 65_536 {
-                    return None;
-                }
-                v.extend(a..=b);
-            }
-            None => v.push(part.parse().ok()?),
-        }
-    }
-    Some(v)
-}
-
-/// Writes CPUs as a kernel CPU list ("0-3,6").
-fn cpu_list(cpus: &[usize]) -> String {
-    let mut out: Vec<String> = Vec::new();
-    let mut i = 0;
-    while i < cpus.len() {
-        let mut j = i;
-        while j + 1 < cpus.len() && cpus[j + 1] == cpus[j] + 1 {
-            j += 1;
-        }
-        out.push(if j > i { format!("{}-{}", cpus[i], cpus[j]) } else { cpus[i].to_string() });
-        i = j + 1;
-    }
-    out.join(",")
-}
-
 fn pin_to(cpu: usize) {
     let mut set = nix::sched::CpuSet::new();
     if set.set(cpu).is_ok()
@@ -780,21 +379,5 @@ fn write_json(path: &std::path::Path, snap: &Snapshot) {
         && std::fs::write(&tmp, text).is_ok()
     {
         let _ = std::fs::rename(&tmp, path);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn cpu_lists_parse_and_print() {
-        assert_eq!(parse_cpu_list("0-3,6\n"), Some(vec![0, 1, 2, 3, 6]));
-        assert_eq!(parse_cpu_list("1"), Some(vec![1]));
-        assert_eq!(parse_cpu_list("3-1"), None);
-        assert_eq!(parse_cpu_list("x"), None);
-        assert_eq!(cpu_list(&[0, 1, 2, 3, 6, 8, 9]), "0-3,6,8-9");
-        assert_eq!(cpu_list(&[1]), "1");
-        assert!(online_cpus().contains(&0));
     }
 }

@@ -7,8 +7,10 @@
 
 pub mod config;
 pub mod control;
+pub mod cores;
 pub mod daemon;
 pub mod datapath;
+pub mod drop;
 pub mod fdb;
 pub mod frames;
 pub mod host;
@@ -19,6 +21,7 @@ pub mod neigh;
 pub mod offload;
 pub mod pipeline;
 pub mod port;
+pub mod preflight;
 pub mod qos;
 pub mod sim;
 pub mod stats;

@@ -1,6 +1,6 @@
 //! Counters of one core. Single writer (the core); they are copied out for readers.
 
-use crate::pipeline::DropReason;
+use crate::drop::DropReason;
 use serde::Serialize;
 
 /// Packet, byte and drop counters of one port or one tenant.

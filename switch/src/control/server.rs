@@ -3,14 +3,14 @@
 //! store, then the cores, then the removed ports), follows VM ports' interfaces, answers
 //! queries from the running daemon and serves the control socket.
 //!
-//! May depend on: control::plane and proto, daemon (core messages, reports), io, store,
-//! tables, stats, types.
+//! May depend on: control::plane, explain and proto, cores (core messages, reports),
+//! preflight, io, store, tables, stats, types. Never on daemon or metrics.
 
 use super::explain;
 use super::plane::{self, Apply, FdbPlan, Plan, Plane};
 use super::proto::{self, Command, Response};
 use crate::config::Config;
-use crate::daemon::{self, CoreMsg, CoreReport, Cores, Options, PortStatus, Snapshot};
+use crate::cores::{CoreMsg, CoreReport, Cores, PortStatus, Snapshot};
 use crate::io::afxdp::QueueSet;
 use crate::io::netdev;
 use crate::io::packet::PacketPort;
@@ -24,12 +24,32 @@ use crate::types::{PortId, mac_str};
 use serde_json::{Value, json};
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
+use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use xvs_common::Counter;
+
+/// Options beyond the config file.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// Where to write the status and counters as JSON, refreshed while running.
+    pub stats_file: Option<PathBuf>,
+    /// Force AF_XDP copy mode even where zero-copy would work.
+    pub force_copy: bool,
+    /// Config path, for status.
+    pub config_path: Option<PathBuf>,
+    /// Control socket path (`None`: no control socket).
+    pub socket: Option<PathBuf>,
+    /// Group that may use the control socket.
+    pub socket_group: Option<String>,
+    /// State file (the desired configuration, kept across restarts).
+    pub state: Option<PathBuf>,
+    /// Prometheus endpoint (loopback only).
+    pub metrics: Option<SocketAddr>,
+}
 
 /// The kernel side of one port: its XDP or tc program (the sockets live in the core).
 pub struct PortIo {
@@ -226,7 +246,7 @@ impl ControlState {
     /// and the new ports first (if one fails, nothing has changed yet), then the store, then
     /// the cores, then the removed ports.
     fn apply(&mut self, a: Apply) -> Reply {
-        daemon::host_checks(&a.config, false).map_err(|e| format!("{e:#}"))?;
+        crate::preflight::host_checks(&a.config, false).map_err(|e| format!("{e:#}"))?;
         let mut opened = Vec::new();
         let mut attach: Vec<Vec<(PortId, IoPort)>> = (0..self.cores.cores.len()).map(|_| Vec::new()).collect();
         for (id, p) in a.tables.live_ports() {

@@ -4,11 +4,10 @@
 //! Pure logic: no I/O, no clock (time is passed in), no allocation per batch (scratch space is
 //! sized at construction), no panics on any input. Every drop is a counted [`DropReason`].
 
-mod drop;
 pub mod encap;
 pub mod icmp;
 
-pub use drop::DropReason;
+pub use crate::drop::DropReason;
 pub use encap::{EncapTemplate, Outer, Underlayer};
 
 use crate::fdb::{Fdb, Learn, Origin};

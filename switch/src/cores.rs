@@ -1,0 +1,283 @@
+//! The control side's handles on the forwarding cores: the messages a core takes (it never
+//! blocks on them), what it reports every 100 ms, and the status and counters snapshot the
+//! stats file, `xvsctl stats` and the metrics show.
+//!
+//! May depend on: datapath (trace facts, FDB rows), io (port types, the waker, UMEM
+//! handles), pipeline (`Change`), stats, host, qos, tables, types.
+
+use crate::datapath::{FdbRow, TraceFacts};
+use crate::host::HostCounters;
+use crate::io::afxdp::{Waker, XskMode};
+use crate::io::ports::IoPort;
+use crate::io::xdp::AttachMode;
+use crate::pipeline::Change;
+use crate::stats::Stats;
+use crate::tables::{FdbDest, Tables};
+use crate::types::{PortId, TenantId};
+use crossbeam::channel::Sender;
+use serde::Serialize;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// Messages from the control plane to the forwarding core. The core never blocks on them.
+pub enum CoreMsg {
+    /// A new table snapshot, with ports to attach and detach.
+    Update {
+        /// The snapshot.
+        tables: Arc<Tables>,
+        /// FDB changes.
+        change: Change,
+        /// New ports' sockets.
+        attach: Vec<(PortId, IoPort)>,
+        /// Ports to close.
+        detach: Vec<PortId>,
+        /// Told once the core runs on the new snapshot.
+        done: Sender<()>,
+    },
+    /// Static FDB entries added or removed (no other table changed).
+    Fdb {
+        /// Entries to add or replace.
+        add: Vec<(TenantId, crate::wire::MacAddr, FdbDest)>,
+        /// Entries to remove.
+        del: Vec<(TenantId, crate::wire::MacAddr)>,
+        /// Told once the core has applied them.
+        done: Sender<()>,
+    },
+    /// Zero the counters.
+    ClearStats,
+    /// Decide a frame as forwarding would, for a trace (explained by the control side).
+    Trace {
+        /// Ingress port.
+        port: PortId,
+        /// The frame.
+        frame: Vec<u8>,
+        /// Where the facts go.
+        reply: Sender<TraceFacts>,
+    },
+    /// Copy out learned and static FDB entries (rendered by the control side).
+    FdbDump {
+        /// Only this tenant.
+        tenant: Option<TenantId>,
+        /// Where to copy them: sized by the sender for the whole table.
+        buf: Vec<FdbRow>,
+        /// Where the rows go, with the tables and the core's clock to read them by.
+        reply: Sender<(Vec<FdbRow>, Arc<Tables>, u64)>,
+    },
+}
+
+/// What the core publishes every 100 ms.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct CoreReport {
+    /// Pipeline counters.
+    pub stats: Stats,
+    /// Host stack counters.
+    pub host: HostCounters,
+    /// Underlay neighbours: IP and MAC (none while incomplete).
+    #[serde(skip)]
+    pub neighbors: Vec<(std::net::Ipv4Addr, Option<crate::wire::MacAddr>)>,
+    /// Core load.
+    pub core: CoreLoad,
+    /// AF_XDP mode of each queue, by port id.
+    pub afxdp: Vec<(u16, Vec<XskMode>)>,
+    /// The uplink scheduler's view of each tenant.
+    pub qos: Vec<QosRow>,
+    /// Load of each core (filled in when reports are merged).
+    pub per_core: Vec<CoreLoad>,
+}
+
+/// One tenant in the uplink scheduler.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct QosRow {
+    /// Tenant id.
+    pub tenant: u16,
+    /// Counters.
+    pub stats: crate::qos::TenantQosStats,
+    /// Measured wire rate over the last publishing interval (100 ms), bits/s.
+    pub rate_bps: u64,
+}
+
+/// Load of the forwarding core.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct CoreLoad {
+    /// CPU the core runs on.
+    pub cpu: usize,
+    /// When these counters were taken: nanoseconds on the core's clock (from its start). The
+    /// difference of two readings is the exact interval between them, whatever the delay of
+    /// the stats file or the control socket.
+    pub at_ns: u64,
+    /// Nanoseconds spent in polls that received frames.
+    pub busy_ns: u64,
+    /// Nanoseconds spent in polls that found nothing (spinning before sleeping).
+    pub spin_ns: u64,
+    /// Nanoseconds spent asleep in poll(2).
+    pub idle_ns: u64,
+    /// Frames received.
+    pub packets: u64,
+    /// Busy nanoseconds per frame received (receive, forward, transmit, recycle).
+    pub ns_per_packet: f64,
+    /// Share of time busy (busy / (busy + spin + idle)).
+    pub busy_share: f64,
+    /// CPU cycles per stage of the poll loop (time-stamp counter), cumulative.
+    pub stage_cycles: crate::datapath::StageCycles,
+    /// Cycles of all stages per frame received (includes idle polls' ring checks).
+    pub cycles_per_packet: f64,
+    /// Underlay neighbours (VTEP next hops) this core uses but has no MAC for: its frames
+    /// to them are dropped as `vtep_unresolved` until ARP (on any core) answers.
+    pub neighbors_unresolved: u32,
+}
+
+impl CoreLoad {
+    /// The load as published at `now`: the raw times and counts with the figures derived
+    /// from them (per frame, busy share) and the core's stage profile.
+    pub(crate) fn taken(&self, profile: &crate::datapath::StageCycles, now: u64) -> CoreLoad {
+        let per_frame = |x: f64| if self.packets > 0 { x / self.packets as f64 } else { 0.0 };
+        let all = (self.busy_ns + self.spin_ns + self.idle_ns).max(1);
+        CoreLoad {
+            at_ns: now,
+            ns_per_packet: per_frame(self.busy_ns as f64),
+            busy_share: self.busy_ns as f64 / all as f64,
+            stage_cycles: *profile,
+            cycles_per_packet: per_frame(profile.total() as f64),
+            ..self.clone()
+        }
+    }
+}
+
+/// One port as shown in status.
+#[derive(Debug, Clone, Serialize)]
+pub struct PortStatus {
+    /// Interface.
+    pub name: String,
+    /// `uplink` or `vm`.
+    pub kind: &'static str,
+    /// Tenant name, for VM ports.
+    pub tenant: Option<String>,
+    /// MAC.
+    pub mac: Option<String>,
+    /// IPs (VM ports).
+    pub ips: Vec<String>,
+    /// AF_XDP binding of each queue.
+    pub afxdp_mode: Vec<XskMode>,
+    /// XDP attach mode (`tc_ingress` for taps read through a packet socket).
+    pub xdp_mode: Option<AttachMode>,
+    /// `attached`, or `waiting` while its interface is missing or down.
+    pub state: &'static str,
+    /// How frames are read and written: `af_xdp` or `af_packet` (taps); none while waiting.
+    pub io: Option<&'static str>,
+    /// Times the interface went away or down while attached.
+    pub lost: u64,
+    /// Times the port was attached again by itself after that (or after starting without it).
+    pub reattached: u64,
+}
+
+/// Status and counters, as the stats file, `xvsctl stats --json` and the metrics show them.
+#[derive(Debug, Clone, Serialize)]
+pub struct Snapshot {
+    /// xvsd version.
+    pub version: &'static str,
+    /// Seconds since start.
+    pub uptime_secs: f64,
+    /// Config file.
+    pub config: Option<PathBuf>,
+    /// Where the desired state is kept.
+    pub state: String,
+    /// Uplink interface.
+    pub uplink: String,
+    /// Forwarding cores' CPUs.
+    pub cores: Vec<usize>,
+    /// Ports by port id (`null` where removed).
+    pub ports: Vec<Option<PortStatus>>,
+    /// Tenant (name, VNI) by tenant id (`null` where removed).
+    pub tenants: Vec<Option<(String, u32)>>,
+    /// Pipeline counters.
+    pub stats: Stats,
+    /// Host stack counters.
+    pub host: HostCounters,
+    /// XDP program counters per interface.
+    pub xdp: Vec<(String, Vec<(&'static str, u64)>)>,
+    /// Underlay neighbours.
+    pub neighbors: Vec<(String, String)>,
+    /// Core load.
+    pub core: CoreLoad,
+    /// Uplink rate (bits/s) when QoS is on, and each tenant in the scheduler.
+    pub qos: Option<(u64, Vec<QosRow>)>,
+    /// Load of each forwarding core.
+    pub per_core: Vec<CoreLoad>,
+}
+
+/// The control plane's handles on the forwarding cores.
+pub struct Cores {
+    /// One per core: its channel, its waker, what it reports, its UMEM.
+    pub cores: Vec<CoreHandle>,
+}
+
+/// One forwarding core as the control plane sees it.
+pub struct CoreHandle {
+    /// CPU.
+    pub cpu: usize,
+    /// Messages to it.
+    pub tx: Sender<CoreMsg>,
+    /// Wakes it from poll(2).
+    pub waker: Arc<Waker>,
+    /// What it published last.
+    pub report: Arc<Mutex<Option<CoreReport>>>,
+    /// Its UMEM, for binding new sockets.
+    pub umem: crate::io::afxdp::UmemHandle,
+}
+
+impl Cores {
+    /// Sends `make(core index)` to every core and waits (bounded) for each to confirm through
+    /// the `done` sender it was given.
+    pub fn send_all_and_wait(&self, mut make: impl FnMut(usize, Sender<()>) -> CoreMsg) -> Result<(), String> {
+        let mut waits = Vec::new();
+        for (i, c) in self.cores.iter().enumerate() {
+            let (tx, rx) = crossbeam::channel::bounded(1);
+            c.tx.send(make(i, tx)).map_err(|_| "forwarding core is gone".to_string())?;
+            c.waker.wake();
+            waits.push(rx);
+        }
+        for rx in waits {
+            rx.recv_timeout(Duration::from_secs(5))
+                .map_err(|_| "the forwarding core did not confirm the change within 5 s".to_string())?;
+        }
+        Ok(())
+    }
+
+    /// Sends a message to one core.
+    pub fn send(&self, core: usize, msg: CoreMsg) -> Result<(), String> {
+        let c = self.cores.get(core).ok_or("no forwarding core")?;
+        c.tx.send(msg).map_err(|_| "forwarding core is gone".to_string())?;
+        c.waker.wake();
+        Ok(())
+    }
+
+    /// Every core's report merged: counters added up, the first core's view of the rest.
+    pub fn report(&self) -> Option<CoreReport> {
+        let mut merged: Option<CoreReport> = None;
+        for c in &self.cores {
+            let Some(r) = c.report.lock().ok().and_then(|g| g.clone()) else { continue };
+            match merged.as_mut() {
+                None => {
+                    let mut first = r.clone();
+                    first.per_core = vec![r.core.clone()];
+                    merged = Some(first);
+                }
+                Some(m) => {
+                    m.stats.add(&r.stats);
+                    m.host.add(&r.host);
+                    for (id, modes) in r.afxdp {
+                        match m.afxdp.iter_mut().find(|(i, _)| *i == id) {
+                            Some((_, v)) => v.extend(modes),
+                            None => m.afxdp.push((id, modes)),
+                        }
+                    }
+                    m.core.packets += r.core.packets;
+                    m.core.busy_ns += r.core.busy_ns;
+                    m.per_core.push(r.core.clone());
+                }
+            }
+        }
+        merged
+    }
+}
