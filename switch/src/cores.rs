@@ -14,7 +14,7 @@ use crate::pipeline::Change;
 use crate::stats::Stats;
 use crate::tables::{FdbDest, Tables};
 use crate::types::{PortId, TenantId};
-use crossbeam::channel::Sender;
+use crossbeam::channel::{Receiver, Sender};
 use serde::Serialize;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -229,7 +229,13 @@ pub struct CoreHandle {
 impl Cores {
     /// Sends `make(core index)` to every core and waits (bounded) for each to confirm through
     /// the `done` sender it was given.
-    pub fn send_all_and_wait(&self, mut make: impl FnMut(usize, Sender<()>) -> CoreMsg) -> Result<(), String> {
+    pub fn send_all_and_wait(&self, make: impl FnMut(usize, Sender<()>) -> CoreMsg) -> Result<(), String> {
+        Cores::wait(self.send_all(make)?)
+    }
+
+    /// Sends `make(core index)` to every core without waiting; returns what each confirms
+    /// through (see [`Cores::wait`]), so the caller can do other work meanwhile.
+    pub fn send_all(&self, mut make: impl FnMut(usize, Sender<()>) -> CoreMsg) -> Result<Vec<Receiver<()>>, String> {
         let mut waits = Vec::new();
         for (i, c) in self.cores.iter().enumerate() {
             let (tx, rx) = crossbeam::channel::bounded(1);
@@ -237,6 +243,11 @@ impl Cores {
             c.waker.wake();
             waits.push(rx);
         }
+        Ok(waits)
+    }
+
+    /// Waits (bounded) for every core's confirmation of what [`Cores::send_all`] sent.
+    pub fn wait(waits: Vec<Receiver<()>>) -> Result<(), String> {
         for rx in waits {
             rx.recv_timeout(Duration::from_secs(5))
                 .map_err(|_| "the forwarding core did not confirm the change within 5 s".to_string())?;

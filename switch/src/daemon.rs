@@ -357,7 +357,7 @@ fn publish(
     r.neighbors.clear();
     r.neighbors.extend(core.pipeline.neigh.iter().map(|(ip, n)| (ip, n.mac)));
     r.core = CoreLoad {
-        neighbors_unresolved: core.pipeline.neigh.iter().filter(|(_, n)| n.mac.is_none()).count() as u32,
+        neighbors_unresolved: r.neighbors.iter().filter(|(_, mac)| mac.is_none()).count() as u32,
         ..load.taken(&core.profile, now)
     };
     r.afxdp.clear();

@@ -293,18 +293,13 @@ impl ControlState {
     /// time; if storing fails the cores get the inverse and the change is refused.
     fn fdb_change(&mut self, f: FdbPlan) -> Reply {
         let t0 = Instant::now();
-        let mut waits = Vec::new();
-        for k in 0..self.cores.cores.len() {
-            let (done_tx, done_rx) = crossbeam::channel::bounded(1);
-            self.cores.send(k, CoreMsg::Fdb { add: f.add.clone(), del: f.del.clone(), done: done_tx })?;
-            waits.push(done_rx);
-        }
+        let waits = self.cores.send_all(|_, done| CoreMsg::Fdb { add: f.add.clone(), del: f.del.clone(), done })?;
         let saved = {
             let (plane, mut after) = (&self.plane, None);
             let mut current = || after.get_or_insert_with(|| plane.after_fdb(&f)).clone();
             self.store.log(&f.record, &mut current)
         };
-        let live = waits.iter().all(|w| w.recv_timeout(Duration::from_secs(5)).is_ok());
+        let live = Cores::wait(waits).is_ok();
         let live_us = t0.elapsed().as_micros() as u64;
         if let Err(e) = saved {
             let _ = self.cores.send_all_and_wait(|_, done| CoreMsg::Fdb {
