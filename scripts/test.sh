@@ -14,9 +14,14 @@ cargo fmt --all -- --check
 step "lints"
 cargo clippy --all-targets -- -D warnings
 cargo machete   # no unused dependencies
+# xvsctl speaks the protocol crate alone: no switch, no XDP toolchain, no libxdp
+if cargo tree -p xvsctl -e normal,build --prefix none | grep -E '^(xvs-switch|aya|xsk-rs|libxdp)'; then
+  echo "xvsctl must not depend on the switch or the XDP stack (see above)" >&2
+  exit 1
+fi
 
 step "unit, property and in-memory pipeline tests"
-cargo test --lib --bins --tests -p xvs-switch -p xvs-common -p xvs-benches
+cargo test --lib --bins --tests -p xvs-switch -p xvs-proto -p xvs-common -p xvs-benches
 
 step "fuzz targets (each for 15 s; a longer campaign: ./scripts/fuzz.sh 600)"
 FUZZ_SANITIZER=none ./scripts/fuzz.sh 15

@@ -2,12 +2,12 @@
 //! `--json` on every command, exit status 0 on success and 1 with a one-line error otherwise.
 
 use clap::{CommandFactory, Parser, Subcommand};
-use serde_json::Value;
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use xvs_switch::control::proto::{Command as Cmd, DEFAULT_SOCKET, FdbEntry, Request, Response, VERSION};
+use xvs_proto::reply::{Counters, Done, PortStatus, Reply, Snapshot};
+use xvs_proto::{ArpProbe, Command as Cmd, DEFAULT_SOCKET, FdbEntry, Request, Response, UdpProbe, VERSION};
 
 /// Control the xvs virtual switch (xvsd).
 #[derive(Parser, Debug)]
@@ -272,18 +272,14 @@ impl Client {
         Ok(Client { reader: BufReader::new(s.try_clone()?), writer: s })
     }
 
-    fn call(&mut self, cmd: Cmd) -> anyhow::Result<Value> {
-        let mut line = serde_json::to_vec(&Request { version: VERSION, cmd })?;
+    fn call(&mut self, cmd: &Cmd) -> anyhow::Result<Reply> {
+        let mut line = serde_json::to_vec(&Request { version: VERSION, cmd: cmd.clone() })?;
         line.push(b'\n');
         self.writer.write_all(&line)?;
         let mut resp = String::new();
         self.reader.read_line(&mut resp)?;
         let r: Response = serde_json::from_str(&resp).map_err(|e| anyhow::anyhow!("bad reply from xvsd: {e}"))?;
-        if r.ok {
-            Ok(r.result.unwrap_or(Value::Null))
-        } else {
-            anyhow::bail!(r.error.unwrap_or_else(|| "failed".into()))
-        }
+        Ok(r.into_reply(cmd)?)
     }
 }
 
@@ -343,12 +339,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     anyhow::ensure!(secs > 0.0 && secs.is_finite(), "--watch needs a positive number of seconds");
                     let mut c = Client::connect(&cli.socket)?;
                     loop {
-                        let v = c.call(Cmd::Stats {})?;
+                        let v = c.call(&Cmd::Stats {})?;
                         print!("\x1b[H\x1b[2J");
                         if cli.json {
                             println!("{}", serde_json::to_string_pretty(&v)?)
-                        } else {
-                            print_stats(&v)
+                        } else if let Reply::Stats(s) = &v {
+                            print_stats(s.as_deref())
                         }
                         std::io::stdout().flush()?;
                         std::thread::sleep(std::time::Duration::from_secs_f64(secs));
@@ -358,20 +354,33 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
         },
         Noun::Trace { port, hex, udp, arp } => {
-            let frame = if let Some(h) = hex {
-                h
-            } else if let Some(u) = udp {
-                let f: Vec<&str> = u.split(',').collect();
-                anyhow::ensure!(f.len() == 4, "--udp needs SRC_MAC,DST_MAC,SRC_IP,DST_IP");
-                to_hex(&xvs_switch::frames::udp4_min(mac(f[0])?, mac(f[1])?, ip(f[2])?, ip(f[3])?))
-            } else if let Some(a) = arp {
-                let f: Vec<&str> = a.split(',').collect();
-                anyhow::ensure!(f.len() == 3, "--arp needs SRC_MAC,SRC_IP,TARGET_IP");
-                to_hex(&xvs_switch::frames::arp_request(mac(f[0])?, ip(f[1])?, ip(f[2])?))
-            } else {
-                anyhow::bail!("trace needs a frame: --hex, --udp or --arp");
+            let field = |s: &str| s.trim().to_string();
+            let udp = match udp {
+                Some(u) => {
+                    let f: Vec<&str> = u.split(',').collect();
+                    anyhow::ensure!(f.len() == 4, "--udp needs SRC_MAC,DST_MAC,SRC_IP,DST_IP (got {u:?})");
+                    Some(UdpProbe {
+                        src_mac: field(f[0]),
+                        dst_mac: field(f[1]),
+                        src_ip: field(f[2]),
+                        dst_ip: field(f[3]),
+                    })
+                }
+                None => None,
             };
-            Cmd::Trace { port, frame_hex: frame }
+            let arp = match arp {
+                Some(a) => {
+                    let f: Vec<&str> = a.split(',').collect();
+                    anyhow::ensure!(f.len() == 3, "--arp needs SRC_MAC,SRC_IP,TARGET_IP (got {a:?})");
+                    Some(ArpProbe { src_mac: field(f[0]), src_ip: field(f[1]), target_ip: field(f[2]) })
+                }
+                None => None,
+            };
+            anyhow::ensure!(
+                hex.is_some() || udp.is_some() || arp.is_some(),
+                "trace needs a frame: --hex, --udp or --arp"
+            );
+            Cmd::Trace { port, frame_hex: hex, udp, arp }
         }
         Noun::Qos { verb: QosVerb::Show } => Cmd::QosShow {},
         Noun::Config { verb } => match verb {
@@ -381,26 +390,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             },
         },
     };
-    let shown = cmd.clone();
-    let v = Client::connect(&cli.socket)?.call(cmd)?;
+    let v = Client::connect(&cli.socket)?.call(&cmd)?;
     if cli.json {
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
     }
-    print_human(&shown, &v);
+    print_human(&v);
     Ok(())
-}
-
-fn mac(s: &str) -> anyhow::Result<xvs_switch::wire::MacAddr> {
-    Ok(xvs_switch::types::parse_mac(s.trim())?)
-}
-
-fn ip(s: &str) -> anyhow::Result<std::net::Ipv4Addr> {
-    s.trim().parse().map_err(|_| anyhow::anyhow!("malformed IPv4 address {s:?}"))
-}
-
-fn to_hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 /// Prints rows as a left-aligned table.
@@ -421,160 +417,179 @@ fn table(headers: &[&str], rows: &[Vec<String>]) {
     }
 }
 
-fn s(v: &Value) -> String {
-    match v {
-        Value::String(x) => x.clone(),
-        Value::Null => "-".into(),
-        Value::Array(a) => a.iter().map(s).collect::<Vec<_>>().join(","),
-        other => other.to_string(),
+/// An optional value, `-` when absent.
+fn opt<T: ToString>(v: &Option<T>) -> String {
+    v.as_ref().map_or_else(|| "-".to_string(), T::to_string)
+}
+
+/// A reply enum's wire name (`attached`, `af_xdp`, ...).
+fn name<T: serde::Serialize>(v: &T) -> String {
+    serde_json::to_value(v).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default()
+}
+
+fn print_counters(c: &Option<Counters>) {
+    let Some(c) = c else {
+        println!("{:<11} none yet", "counters:");
+        return;
+    };
+    println!(
+        "{:<11} rx {} pkts {} bytes, tx {} pkts {} bytes, {} dropped",
+        "counters:",
+        c.rx_packets,
+        c.rx_bytes,
+        c.tx_packets,
+        c.tx_bytes,
+        c.dropped()
+    );
+    for (r, n) in &c.drops {
+        println!("{:<11}   {r}: {n}", "");
     }
 }
 
-fn n(v: &Value) -> u64 {
-    v.as_u64().unwrap_or(0)
+fn port_cells(p: &PortStatus) -> [String; 6] {
+    [
+        p.name.clone(),
+        name(&p.kind),
+        opt(&p.tenant),
+        name(&p.state),
+        p.io.as_ref().map_or_else(|| "-".into(), name),
+        p.xdp_mode.as_ref().map_or_else(|| "-".into(), name),
+    ]
 }
 
-fn drops_total(c: &Value) -> u64 {
-    c["drops"].as_object().map_or(0, |m| m.values().map(n).sum())
-}
-
-fn print_human(cmd: &Cmd, v: &Value) {
-    match cmd {
-        Cmd::Status {} => {
-            for k in ["version", "protocol", "uplink", "vtep_ip", "underlay_mtu", "cores", "config", "state", "tenants"]
-            {
-                println!("{:<13} {}", format!("{k}:"), s(&v[k]));
-            }
-            println!("{:<13} {:.0}s", "uptime:", v["uptime_secs"].as_f64().unwrap_or(0.0));
-            let rows: Vec<Vec<String>> = v["ports"]
-                .as_array()
-                .into_iter()
-                .flatten()
+fn print_human(v: &Reply) {
+    match v {
+        Reply::Status(st) => {
+            println!("{:<13} {}", "version:", st.version);
+            println!("{:<13} {}", "protocol:", st.protocol);
+            println!("{:<13} {}", "uplink:", st.uplink);
+            println!("{:<13} {}", "vtep_ip:", st.vtep_ip);
+            println!("{:<13} {}", "underlay_mtu:", st.underlay_mtu);
+            let cores: Vec<String> = st.cores.iter().map(usize::to_string).collect();
+            println!("{:<13} {}", "cores:", if cores.is_empty() { "-".into() } else { cores.join(",") });
+            println!(
+                "{:<13} {}",
+                "config:",
+                st.config.as_ref().map_or_else(|| "-".into(), |c| c.display().to_string())
+            );
+            println!("{:<13} {}", "state:", st.state);
+            println!("{:<13} {}", "tenants:", st.tenants);
+            println!("{:<13} {:.0}s", "uptime:", st.uptime_secs);
+            let rows: Vec<Vec<String>> = st
+                .ports
+                .iter()
                 .map(|p| {
-                    vec![
-                        s(&p["name"]),
-                        s(&p["kind"]),
-                        s(&p["tenant"]),
-                        s(&p["state"]),
-                        s(&p["io"]),
-                        s(&p["xdp_mode"]),
-                        s(&p["afxdp_mode"]),
-                    ]
+                    let mut r = port_cells(p).to_vec();
+                    r.push(p.afxdp_mode.iter().map(name).collect::<Vec<_>>().join(","));
+                    r
                 })
                 .collect();
             println!();
             table(&["port", "kind", "tenant", "state", "io", "program", "af_xdp"], &rows);
         }
-        Cmd::TenantList {} => {
-            let rows: Vec<Vec<String>> = v
-                .as_array()
-                .into_iter()
-                .flatten()
-                .map(|t| vec![s(&t["name"]), s(&t["vni"]), s(&t["mac_limit"]), s(&t["ports"]), s(&t["vteps"])])
+        Reply::Tenants(ts) => {
+            let rows: Vec<Vec<String>> = ts
+                .iter()
+                .map(|t| {
+                    vec![
+                        t.name.clone(),
+                        t.vni.to_string(),
+                        t.mac_limit.to_string(),
+                        t.ports.join(","),
+                        t.vteps.join(","),
+                    ]
+                })
                 .collect();
             table(&["name", "vni", "mac_limit", "ports", "vteps"], &rows);
         }
-        Cmd::PortList {} => {
-            let rows: Vec<Vec<String>> = v
-                .as_array()
-                .into_iter()
-                .flatten()
+        Reply::Ports(ps) => {
+            let rows: Vec<Vec<String>> = ps
+                .iter()
                 .map(|p| {
-                    vec![
-                        s(&p["name"]),
-                        s(&p["kind"]),
-                        s(&p["tenant"]),
-                        s(&p["mac"]),
-                        s(&p["ips"]),
-                        s(&p["state"]),
-                        s(&p["io"]),
-                        format!("{}/{}", s(&p["lost"]), s(&p["reattached"])),
-                    ]
+                    let s = &p.status;
+                    let [port, kind, tenant, state, io, _] = port_cells(s);
+                    let mac = opt(&s.mac);
+                    vec![port, kind, tenant, mac, s.ips.join(","), state, io, format!("{}/{}", s.lost, s.reattached)]
                 })
                 .collect();
             table(&["port", "kind", "tenant", "mac", "ips", "state", "io", "lost/back"], &rows);
         }
-        Cmd::VtepList { .. } => {
-            let rows: Vec<Vec<String>> = v
-                .as_array()
-                .into_iter()
-                .flatten()
-                .map(|r| vec![s(&r["tenant"]), s(&r["vni"]), s(&r["vtep"])])
-                .collect();
+        Reply::Vteps(vs) => {
+            let rows: Vec<Vec<String>> =
+                vs.iter().map(|r| vec![r.tenant.clone(), r.vni.to_string(), r.vtep.clone()]).collect();
             table(&["tenant", "vni", "vtep"], &rows);
         }
-        Cmd::FdbShow { .. } => {
-            let rows: Vec<Vec<String>> = v
-                .as_array()
-                .into_iter()
-                .flatten()
-                .map(|r| vec![s(&r["tenant"]), s(&r["mac"]), s(&r["dest"]), s(&r["origin"]), s(&r["age_secs"])])
+        Reply::Fdb(rows) => {
+            let rows: Vec<Vec<String>> = rows
+                .iter()
+                .map(|r| vec![r.tenant.clone(), r.mac.clone(), r.dest.clone(), r.origin.clone(), opt(&r.age_secs)])
                 .collect();
             table(&["tenant", "mac", "dest", "origin", "age_s"], &rows);
         }
-        Cmd::TenantShow { .. } | Cmd::PortShow { .. } => {
-            for (k, val) in v.as_object().into_iter().flatten() {
-                if k == "counters" {
-                    continue;
-                }
-                println!("{:<11} {}", format!("{k}:"), s(val));
-            }
-            let c = &v["counters"];
-            println!(
-                "{:<11} rx {} pkts {} bytes, tx {} pkts {} bytes, {} dropped",
-                "counters:",
-                n(&c["rx_packets"]),
-                n(&c["rx_bytes"]),
-                n(&c["tx_packets"]),
-                n(&c["tx_bytes"]),
-                drops_total(c)
-            );
-            for (r, cnt) in c["drops"].as_object().into_iter().flatten() {
-                println!("{:<11}   {r}: {}", "", n(cnt));
-            }
+        Reply::Tenant(t) => {
+            println!("{:<11} {}", "name:", t.name);
+            println!("{:<11} {}", "vni:", t.vni);
+            println!("{:<11} {}", "mac_limit:", t.mac_limit);
+            println!("{:<11} {}", "ports:", t.ports.join(","));
+            println!("{:<11} {}", "vteps:", t.vteps.join(","));
+            println!("{:<11} {}", "static_fdb:", t.static_fdb);
+            print_counters(&t.counters);
         }
-        Cmd::Stats {} => print_stats(v),
-        Cmd::QosShow {} => {
-            match v["link_bps"].as_u64() {
+        Reply::Port(p) => {
+            let s = &p.status;
+            let [port, kind, tenant, state, io, program] = port_cells(s);
+            for (k, v) in [("name", port), ("kind", kind), ("tenant", tenant), ("mac", opt(&s.mac))] {
+                println!("{:<11} {v}", format!("{k}:"));
+            }
+            println!("{:<11} {}", "ips:", s.ips.join(","));
+            for (k, v) in [("state", state), ("io", io), ("program", program)] {
+                println!("{:<11} {v}", format!("{k}:"));
+            }
+            println!("{:<11} {}", "af_xdp:", s.afxdp_mode.iter().map(name).collect::<Vec<_>>().join(","));
+            println!("{:<11} {}", "lost:", s.lost);
+            println!("{:<11} {}", "reattached:", s.reattached);
+            print_counters(&p.counters);
+        }
+        Reply::Stats(s) => print_stats(s.as_deref()),
+        Reply::Qos(q) => {
+            match q.link_bps {
                 Some(l) => println!("uplink rate: {}", rate_str(l)),
                 None => println!("uplink rate: not set (no QoS scheduling)"),
             }
-            let rows: Vec<Vec<String>> = v["tenants"]
-                .as_array()
-                .into_iter()
-                .flatten()
+            let rate = |r: Option<u64>| r.map_or("-".into(), rate_str);
+            let rows: Vec<Vec<String>> = q
+                .tenants
+                .iter()
                 .map(|t| {
                     vec![
-                        s(&t["tenant"]),
-                        s(&t["vni"]),
-                        t["guarantee_bps"].as_u64().map_or("-".into(), rate_str),
-                        t["limit_bps"].as_u64().map_or("-".into(), rate_str),
-                        s(&t["weight"]),
-                        t["rate_bps"].as_u64().map_or("-".into(), rate_str),
-                        s(&t["backlog"]),
-                        s(&t["drops"]),
+                        t.tenant.clone(),
+                        t.vni.to_string(),
+                        if t.guarantee_bps == 0 { "-".into() } else { rate_str(t.guarantee_bps) },
+                        rate(t.limit_bps),
+                        t.weight.to_string(),
+                        rate(t.rate_bps),
+                        opt(&t.backlog),
+                        opt(&t.drops),
                     ]
                 })
                 .collect();
             table(&["tenant", "vni", "guarantee", "limit", "weight", "rate", "backlog", "drops"], &rows);
         }
-        Cmd::Trace { .. } => {
-            for st in v["steps"].as_array().into_iter().flatten() {
-                println!("  {}", s(st));
+        Reply::Trace(t) => {
+            for st in &t.steps {
+                println!("  {st}");
             }
-            println!("action: {}", s(&v["action"]));
+            println!("action: {}", t.action);
         }
-        Cmd::ConfigExport {} => {
-            let t = s(&v["toml"]);
-            print!("{t}");
-            if !t.ends_with('\n') {
+        Reply::Config(c) => {
+            print!("{}", c.toml);
+            if !c.toml.ends_with('\n') {
                 println!();
             }
         }
-        _ => match v.get("live_us") {
-            Some(us) => println!("applied (live in the core after {} µs)", s(us)),
-            None => println!("{}", s(v)),
-        },
+        Reply::FdbApplied(a) => println!("applied (live in the core after {} µs)", a.live_us),
+        Reply::Done(Done::Applied) => println!("applied"),
+        Reply::Done(Done::Cleared) => println!("cleared"),
     }
 }
 
@@ -587,47 +602,42 @@ fn rate_str(bps: u64) -> String {
     }
 }
 
-fn print_stats(v: &Value) {
-    if v.is_null() {
+fn print_stats(v: Option<&Snapshot>) {
+    let Some(v) = v else {
         println!("no counters yet");
         return;
-    }
-    let ports = v["ports"].as_array().cloned().unwrap_or_default();
-    let counters = v["stats"]["ports"].as_array().cloned().unwrap_or_default();
+    };
     let mut rows = Vec::new();
     let mut drop_rows = Vec::new();
-    for (p, c) in ports.iter().zip(&counters) {
-        if p.is_null() {
-            continue;
-        }
+    for (p, c) in v.ports.iter().zip(&v.stats.ports) {
+        let Some(p) = p else { continue };
         rows.push(vec![
-            s(&p["name"]),
-            s(&p["tenant"]),
-            n(&c["rx_packets"]).to_string(),
-            n(&c["rx_bytes"]).to_string(),
-            n(&c["tx_packets"]).to_string(),
-            n(&c["tx_bytes"]).to_string(),
-            drops_total(c).to_string(),
+            p.name.clone(),
+            opt(&p.tenant),
+            c.rx_packets.to_string(),
+            c.rx_bytes.to_string(),
+            c.tx_packets.to_string(),
+            c.tx_bytes.to_string(),
+            c.dropped().to_string(),
         ]);
-        for (r, cnt) in c["drops"].as_object().into_iter().flatten() {
-            drop_rows.push(vec![format!("port {}", s(&p["name"])), r.clone(), n(cnt).to_string()]);
+        for (r, n) in &c.drops {
+            drop_rows.push(vec![format!("port {}", p.name), r.clone(), n.to_string()]);
         }
     }
     table(&["port", "tenant", "rx_pkts", "rx_bytes", "tx_pkts", "tx_bytes", "drops"], &rows);
     println!();
-    let tenants = v["tenants"].as_array().cloned().unwrap_or_default();
-    let tc = v["stats"]["tenants"].as_array().cloned().unwrap_or_default();
-    let rows: Vec<Vec<String>> = tenants
+    let rows: Vec<Vec<String>> = v
+        .tenants
         .iter()
-        .zip(&tc)
-        .filter(|(t, _)| !t.is_null())
-        .map(|(t, c)| {
+        .zip(&v.stats.tenants)
+        .filter_map(|(t, c)| t.as_ref().map(|t| (t, c)))
+        .map(|((name, vni), c)| {
             vec![
-                s(&t[0]),
-                s(&t[1]),
-                n(&c["rx_packets"]).to_string(),
-                n(&c["tx_packets"]).to_string(),
-                drops_total(c).to_string(),
+                name.clone(),
+                vni.to_string(),
+                c.rx_packets.to_string(),
+                c.tx_packets.to_string(),
+                c.dropped().to_string(),
             ]
         })
         .collect();
@@ -636,32 +646,22 @@ fn print_stats(v: &Value) {
         println!();
         table(&["where", "reason", "count"], &drop_rows);
     }
-    let core = &v["core"];
+    let core = &v.core;
     println!();
     println!(
         "core cpu {}: {} frames, {:.0} ns busy per frame, busy {:.1}% of the time",
-        s(&core["cpu"]),
-        n(&core["packets"]),
-        core["ns_per_packet"].as_f64().unwrap_or(0.0),
-        core["busy_share"].as_f64().unwrap_or(0.0) * 100.0
+        core.cpu,
+        core.packets,
+        core.ns_per_packet,
+        core.busy_share * 100.0
     );
-    let e = &v["stats"]["events"];
+    let e = &v.stats.events;
     println!(
         "events: flooded {}, arp suppressed {}, fdb learned {}, moved {}, limit hit {}, to host {}",
-        n(&e["flooded"]),
-        n(&e["arp_suppressed"]),
-        n(&e["fdb_learned"]),
-        n(&e["fdb_moved"]),
-        n(&e["fdb_full"]),
-        n(&e["to_host"])
+        e.flooded, e.arp_suppressed, e.fdb_learned, e.fdb_moved, e.fdb_full, e.to_host
     );
     println!(
         "offloads for VMs: checksums completed {}, TCP super-frames segmented {} (into {}), segments coalesced {} (into {}), ICMP too big sent {}",
-        n(&e["csum_completed"]),
-        n(&e["tso_frames"]),
-        n(&e["tso_segments"]),
-        n(&e["coalesced_segments"]),
-        n(&e["coalesced_frames"]),
-        n(&e["icmp_too_big"])
+        e.csum_completed, e.tso_frames, e.tso_segments, e.coalesced_segments, e.coalesced_frames, e.icmp_too_big
     );
 }

@@ -9,14 +9,11 @@ use crate::datapath::{FdbRow, TraceFacts};
 use crate::host::HostCounters;
 use crate::io::afxdp::{Waker, XskMode};
 use crate::io::ports::IoPort;
-use crate::io::xdp::AttachMode;
 use crate::pipeline::Change;
 use crate::stats::Stats;
 use crate::tables::{FdbDest, Tables};
 use crate::types::{PortId, TenantId};
 use crossbeam::channel::{Receiver, Sender};
-use serde::Serialize;
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -67,14 +64,13 @@ pub enum CoreMsg {
 }
 
 /// What the core publishes every 100 ms.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default)]
 pub struct CoreReport {
     /// Pipeline counters.
     pub stats: Stats,
     /// Host stack counters.
     pub host: HostCounters,
     /// Underlay neighbours: IP and MAC (none while incomplete).
-    #[serde(skip)]
     pub neighbors: Vec<(std::net::Ipv4Addr, Option<crate::wire::MacAddr>)>,
     /// Core load.
     pub core: CoreLoad,
@@ -86,125 +82,7 @@ pub struct CoreReport {
     pub per_core: Vec<CoreLoad>,
 }
 
-/// One tenant in the uplink scheduler.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct QosRow {
-    /// Tenant id.
-    pub tenant: u16,
-    /// Counters.
-    pub stats: crate::qos::TenantQosStats,
-    /// Measured wire rate over the last publishing interval (100 ms), bits/s.
-    pub rate_bps: u64,
-}
-
-/// Load of the forwarding core.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct CoreLoad {
-    /// CPU the core runs on.
-    pub cpu: usize,
-    /// When these counters were taken: nanoseconds on the core's clock (from its start). The
-    /// difference of two readings is the exact interval between them, whatever the delay of
-    /// the stats file or the control socket.
-    pub at_ns: u64,
-    /// Nanoseconds spent in polls that received frames.
-    pub busy_ns: u64,
-    /// Nanoseconds spent in polls that found nothing (spinning before sleeping).
-    pub spin_ns: u64,
-    /// Nanoseconds spent asleep in poll(2).
-    pub idle_ns: u64,
-    /// Frames received.
-    pub packets: u64,
-    /// Busy nanoseconds per frame received (receive, forward, transmit, recycle).
-    pub ns_per_packet: f64,
-    /// Share of time busy (busy / (busy + spin + idle)).
-    pub busy_share: f64,
-    /// CPU cycles per stage of the poll loop (time-stamp counter), cumulative.
-    pub stage_cycles: crate::datapath::StageCycles,
-    /// Cycles of all stages per frame received (includes idle polls' ring checks).
-    pub cycles_per_packet: f64,
-    /// Underlay neighbours (VTEP next hops) this core uses but has no MAC for: its frames
-    /// to them are dropped as `vtep_unresolved` until ARP (on any core) answers.
-    pub neighbors_unresolved: u32,
-}
-
-impl CoreLoad {
-    /// The load as published at `now`: the raw times and counts with the figures derived
-    /// from them (per frame, busy share) and the core's stage profile.
-    pub(crate) fn taken(&self, profile: &crate::datapath::StageCycles, now: u64) -> CoreLoad {
-        let per_frame = |x: f64| if self.packets > 0 { x / self.packets as f64 } else { 0.0 };
-        let all = (self.busy_ns + self.spin_ns + self.idle_ns).max(1);
-        CoreLoad {
-            at_ns: now,
-            ns_per_packet: per_frame(self.busy_ns as f64),
-            busy_share: self.busy_ns as f64 / all as f64,
-            stage_cycles: *profile,
-            cycles_per_packet: per_frame(profile.total() as f64),
-            ..self.clone()
-        }
-    }
-}
-
-/// One port as shown in status.
-#[derive(Debug, Clone, Serialize)]
-pub struct PortStatus {
-    /// Interface.
-    pub name: String,
-    /// `uplink` or `vm`.
-    pub kind: &'static str,
-    /// Tenant name, for VM ports.
-    pub tenant: Option<String>,
-    /// MAC.
-    pub mac: Option<String>,
-    /// IPs (VM ports).
-    pub ips: Vec<String>,
-    /// AF_XDP binding of each queue.
-    pub afxdp_mode: Vec<XskMode>,
-    /// XDP attach mode (`tc_ingress` for taps read through a packet socket).
-    pub xdp_mode: Option<AttachMode>,
-    /// `attached`, or `waiting` while its interface is missing or down.
-    pub state: &'static str,
-    /// How frames are read and written: `af_xdp` or `af_packet` (taps); none while waiting.
-    pub io: Option<&'static str>,
-    /// Times the interface went away or down while attached.
-    pub lost: u64,
-    /// Times the port was attached again by itself after that (or after starting without it).
-    pub reattached: u64,
-}
-
-/// Status and counters, as the stats file, `xvsctl stats --json` and the metrics show them.
-#[derive(Debug, Clone, Serialize)]
-pub struct Snapshot {
-    /// xvsd version.
-    pub version: &'static str,
-    /// Seconds since start.
-    pub uptime_secs: f64,
-    /// Config file.
-    pub config: Option<PathBuf>,
-    /// Where the desired state is kept.
-    pub state: String,
-    /// Uplink interface.
-    pub uplink: String,
-    /// Forwarding cores' CPUs.
-    pub cores: Vec<usize>,
-    /// Ports by port id (`null` where removed).
-    pub ports: Vec<Option<PortStatus>>,
-    /// Tenant (name, VNI) by tenant id (`null` where removed).
-    pub tenants: Vec<Option<(String, u32)>>,
-    /// Pipeline counters.
-    pub stats: Stats,
-    /// Host stack counters.
-    pub host: HostCounters,
-    /// XDP program counters per interface.
-    pub xdp: Vec<(String, Vec<(&'static str, u64)>)>,
-    /// Underlay neighbours.
-    pub neighbors: Vec<(String, String)>,
-    /// Core load.
-    pub core: CoreLoad,
-    /// Uplink rate (bits/s) when QoS is on, and each tenant in the scheduler.
-    pub qos: Option<(u64, Vec<QosRow>)>,
-    /// Load of each forwarding core.
-    pub per_core: Vec<CoreLoad>,
-}
+pub use xvs_proto::reply::{CoreLoad, PortStatus, QosRow, Snapshot};
 
 /// The control plane's handles on the forwarding cores.
 pub struct Cores {

@@ -43,25 +43,7 @@ pub struct Core<P: Port, M: FrameMem> {
     kernel_seen: Vec<KernelDrops>,
 }
 
-/// Cycles a core spent per stage of its poll loop, cumulative.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
-pub struct StageCycles {
-    /// Taking frames from the receive rings.
-    pub rx: u64,
-    /// The pipeline: parse, isolate, look up, rewrite, stage.
-    pub process: u64,
-    /// The uplink scheduler, transmit rings and kicks.
-    pub tx: u64,
-    /// Completion rings back to the free list, free frames to the fill rings.
-    pub recycle: u64,
-}
-
-impl StageCycles {
-    /// All stages together.
-    pub fn total(&self) -> u64 {
-        self.rx + self.process + self.tx + self.recycle
-    }
-}
+pub use xvs_proto::reply::StageCycles;
 
 fn no_cycles() -> u64 {
     0

@@ -8,39 +8,11 @@ use crate::tables::{Tables, UPLINK};
 use crate::wire::{
     ArpOperation, ArpPacket, ArpRepr, EtherType, EthernetFrame, EthernetRepr, IpProtocol, Ipv4Packet, MacAddr,
 };
-use serde::Serialize;
 use smoltcp::phy::ChecksumCapabilities;
 use smoltcp::wire::{Icmpv4Packet, Icmpv4Repr};
 use std::net::Ipv4Addr;
 
-/// ARP and ICMP counters of the host stack.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
-pub struct HostCounters {
-    /// ARP requests for our VTEP IP answered.
-    pub arp_replies_sent: u64,
-    /// ARP requests we sent to resolve next hops.
-    pub arp_requests_sent: u64,
-    /// ARP answers that resolved or refreshed a neighbour.
-    pub arp_resolved: u64,
-    /// Neighbours given up on or expired.
-    pub neighbors_expired: u64,
-    /// ICMP echo requests answered.
-    pub icmp_echo_replies: u64,
-    /// Frames for the host that it does not handle.
-    pub ignored: u64,
-}
-
-impl HostCounters {
-    /// Adds another core's counters.
-    pub fn add(&mut self, o: &HostCounters) {
-        self.arp_replies_sent += o.arp_replies_sent;
-        self.arp_requests_sent += o.arp_requests_sent;
-        self.arp_resolved += o.arp_resolved;
-        self.neighbors_expired += o.neighbors_expired;
-        self.icmp_echo_replies += o.icmp_echo_replies;
-        self.ignored += o.ignored;
-    }
-}
+pub use xvs_proto::reply::HostCounters;
 
 /// Timing of neighbour resolution.
 #[derive(Debug, Clone, Copy)]

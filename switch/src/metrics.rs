@@ -31,7 +31,7 @@ pub fn render(state: &Mutex<ControlState>) -> String {
             bytes.get_or_create(&l).inc_by(by);
         }
         for r in DropReason::ALL {
-            let n = c.drop_count(*r);
+            let n = c.drop_count(r.name());
             if n > 0 {
                 drops
                     .get_or_create(&vec![("port".into(), p.name.clone()), ("reason".into(), r.name().into())])
@@ -50,7 +50,7 @@ pub fn render(state: &Mutex<ControlState>) -> String {
             tenant_packets.get_or_create(&l).inc_by(pk);
         }
         for r in DropReason::ALL {
-            let n = c.drop_count(*r);
+            let n = c.drop_count(r.name());
             if n > 0 {
                 tenant_drops
                     .get_or_create(&vec![("tenant".into(), name.clone()), ("reason".into(), r.name().into())])

@@ -59,20 +59,7 @@ impl Default for TenantQos {
     }
 }
 
-/// Counters of one tenant in the scheduler.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
-pub struct TenantQosStats {
-    /// Frames sent.
-    pub packets: u64,
-    /// Wire bytes sent.
-    pub bytes: u64,
-    /// Wire bytes sent in the guaranteed tier.
-    pub guaranteed_bytes: u64,
-    /// Frames refused because the tenant's queue was full.
-    pub drops: u64,
-    /// Frames waiting now.
-    pub backlog: u32,
-}
+pub use xvs_proto::reply::TenantQosStats;
 
 /// Fraction bits of the fixed-point nanoseconds-per-byte figures, so no division is left
 /// on the per-frame path (a 128-bit division costs more than the rest of a dequeue).

@@ -1,10 +1,10 @@
 //! Counters of one core. Single writer (the core); they are copied out for readers.
 
 use crate::drop::DropReason;
-use serde::Serialize;
+pub use xvs_proto::reply::Events;
 
 /// Packet, byte and drop counters of one port or one tenant.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Counters {
     /// Frames received.
     pub rx_packets: u64,
@@ -15,19 +15,7 @@ pub struct Counters {
     /// Bytes sent.
     pub tx_bytes: u64,
     /// Drops by reason, indexed by `DropReason as usize`.
-    #[serde(serialize_with = "ser_drops")]
     pub drops: [u64; DropReason::COUNT],
-}
-
-fn ser_drops<S: serde::Serializer>(d: &[u64; DropReason::COUNT], s: S) -> Result<S::Ok, S::Error> {
-    use serde::ser::SerializeMap;
-    let mut m = s.serialize_map(None)?;
-    for r in DropReason::ALL {
-        if d[*r as usize] != 0 {
-            m.serialize_entry(r.name(), &d[*r as usize])?;
-        }
-    }
-    m.end()
 }
 
 impl Default for Counters {
@@ -59,37 +47,8 @@ impl Counters {
     }
 }
 
-/// Other things worth counting that are not drops.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
-pub struct Events {
-    /// Frames flooded (broadcast, multicast, unknown unicast).
-    pub flooded: u64,
-    /// ARP requests answered locally (suppressed).
-    pub arp_suppressed: u64,
-    /// New FDB entries learned.
-    pub fdb_learned: u64,
-    /// FDB entries that moved.
-    pub fdb_moved: u64,
-    /// Learning refused because of a MAC limit or full table.
-    pub fdb_full: u64,
-    /// Frames handed to the VTEP host stack.
-    pub to_host: u64,
-    /// Partial checksums of VM frames completed (checksum offload).
-    pub csum_completed: u64,
-    /// TCP super-frames from VMs segmented (TSO/GSO).
-    pub tso_frames: u64,
-    /// Segments made of them.
-    pub tso_segments: u64,
-    /// ICMP "fragmentation needed" / ICMPv6 "packet too big" sent back to VMs.
-    pub icmp_too_big: u64,
-    /// TCP segments sent to VMs coalesced into super-frames (receive offload for the guest).
-    pub coalesced_segments: u64,
-    /// Super-frames they made.
-    pub coalesced_frames: u64,
-}
-
 /// All counters of one core.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Stats {
     /// Per port, by port id.
     pub ports: Vec<Counters>,
@@ -134,19 +93,36 @@ impl Stats {
         for (a, b) in self.tenants.iter_mut().zip(&o.tenants) {
             a.add(b);
         }
-        let (e, f) = (&mut self.events, &o.events);
-        e.flooded += f.flooded;
-        e.arp_suppressed += f.arp_suppressed;
-        e.fdb_learned += f.fdb_learned;
-        e.fdb_moved += f.fdb_moved;
-        e.fdb_full += f.fdb_full;
-        e.to_host += f.to_host;
-        e.csum_completed += f.csum_completed;
-        e.tso_frames += f.tso_frames;
-        e.tso_segments += f.tso_segments;
-        e.icmp_too_big += f.icmp_too_big;
-        e.coalesced_segments += f.coalesced_segments;
-        e.coalesced_frames += f.coalesced_frames;
+        self.events.add(&o.events);
         self.batches += o.batches;
+    }
+}
+
+impl Counters {
+    /// These counters as replies carry them (drops by reason name, non-zero ones only).
+    pub fn to_reply(&self) -> xvs_proto::reply::Counters {
+        xvs_proto::reply::Counters {
+            rx_packets: self.rx_packets,
+            rx_bytes: self.rx_bytes,
+            tx_packets: self.tx_packets,
+            tx_bytes: self.tx_bytes,
+            drops: DropReason::ALL
+                .iter()
+                .filter(|r| self.drops[**r as usize] != 0)
+                .map(|r| (r.name().to_string(), self.drops[*r as usize]))
+                .collect(),
+        }
+    }
+}
+
+impl Stats {
+    /// These counters as replies carry them.
+    pub fn to_reply(&self) -> xvs_proto::reply::Stats {
+        xvs_proto::reply::Stats {
+            ports: self.ports.iter().map(Counters::to_reply).collect(),
+            tenants: self.tenants.iter().map(Counters::to_reply).collect(),
+            events: self.events.clone(),
+            batches: self.batches,
+        }
     }
 }

@@ -22,7 +22,7 @@ if kind == "flood":
         c.close()
     time.sleep(0.5)
     after = status()
-    print(busy.get("error"), "| then ok:", after["ok"])
+    print(busy.get("error"), "(%s)" % busy.get("kind"), "| then ok:", after["ok"])
     sys.exit(0)
 payload = {
     "truncated": b'{"version":1,"op":"tenant_add","name":"x"\n',
@@ -40,4 +40,5 @@ except BrokenPipeError:
     pass
 f = s.makefile("rb")
 line = f.readline()
-print(json.loads(line)["error"] if line else "NO-REPLY")
+r = json.loads(line) if line else None
+print("%s (%s)" % (r["error"], r.get("kind")) if r else "NO-REPLY")

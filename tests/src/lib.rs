@@ -158,6 +158,15 @@ impl Bed {
         serde_json::from_str(&self.ctl_ok(h, &a)).expect("JSON from xvsctl")
     }
 
+    /// `xvsctl --json` read as the control protocol's reply type `T` (`xvs_proto::reply`):
+    /// a reply that does not fit its type fails the test.
+    pub fn ctl_reply<T: serde::de::DeserializeOwned>(&self, h: u8, args: &[&str]) -> T {
+        let mut a = vec!["--json"];
+        a.extend_from_slice(args);
+        let out = self.ctl_ok(h, &a);
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("xvsctl {args:?}: {e}: {out}"))
+    }
+
     /// Starts xvsd on host `h` with `config` (and a fresh state file), waiting until it
     /// forwards.
     pub fn xvsd(&self, h: u8, config: &str) -> Xvsd {
@@ -263,6 +272,12 @@ impl Xvsd {
             std::thread::sleep(Duration::from_millis(50));
         }
         panic!("cannot read {}", self.stats.display());
+    }
+
+    /// Its latest published counters and status, as the control protocol's type.
+    pub fn snapshot(&self) -> xvs_proto::reply::Snapshot {
+        let v = self.stats();
+        serde_json::from_value(v.clone()).unwrap_or_else(|e| panic!("stats file: {e}: {v}"))
     }
 
     /// Waits for the counters to be refreshed (they are written every 200 ms).

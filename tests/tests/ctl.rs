@@ -2,10 +2,10 @@
 //! that leave the state unchanged, live reconfiguration under traffic, restart after kill -9,
 //! malformed requests, socket permissions.
 
-use serde_json::Value;
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::Duration;
+use xvs_proto::reply::{FdbRow, PortInfo, Snapshot, Status, TenantInfo, Trace, VtepRow, XskMode};
 use xvs_systests::{Bed, root, xvsctl_bin};
 
 fn helper(name: &str) -> String {
@@ -29,14 +29,14 @@ fn every_command_with_json_and_errors_that_change_nothing() {
     let p = bed.p.clone();
     bed.ok("vm1", 20, "ping -c 2 -i 0.2 -W 2 10.0.0.2");
 
-    let st = bed.ctl_json(1, &["status"]);
-    assert_eq!(st["uplink"], format!("{p}-u1"));
-    assert_eq!(st["ports"].as_array().unwrap().len(), 3);
-    assert!(st["ports"][0]["afxdp_mode"][0].is_string(), "AF_XDP mode per socket: {st}");
+    let st: Status = bed.ctl_reply(1, &["status"]);
+    assert_eq!(st.uplink, format!("{p}-u1"));
+    assert_eq!(st.ports.len(), 3);
+    assert_eq!(st.ports[0].afxdp_mode, vec![XskMode::Copy], "AF_XDP mode per socket (veth: copy): {st:?}");
     assert!(bed.ctl_ok(1, &["status"]).contains("AF_XDP"), "human status has a table");
 
-    let tenants = bed.ctl_json(1, &["tenant", "list"]);
-    assert_eq!(tenants.as_array().unwrap().len(), 2);
+    let tenants: Vec<TenantInfo> = bed.ctl_reply(1, &["tenant", "list"]);
+    assert_eq!(tenants.len(), 2);
     let before = bed.ctl_ok(1, &["config", "export"]);
 
     // Rejected commands: a one-line error naming the bad value, exit 1, nothing changed.
@@ -88,25 +88,23 @@ fn every_command_with_json_and_errors_that_change_nothing() {
 
     // Accepted commands.
     bed.ctl_ok(1, &["tenant", "add", "green", "--vni", "300", "--mac-limit", "64"]);
-    let g = bed.ctl_json(1, &["tenant", "show", "green"]);
-    assert_eq!((g["vni"].as_u64(), g["mac_limit"].as_u64()), (Some(300), Some(64)));
+    let g: TenantInfo = bed.ctl_reply(1, &["tenant", "show", "green"]);
+    assert_eq!((g.vni, g.mac_limit), (300, 64));
     bed.ctl_ok(1, &["vtep", "add", "green", "192.168.77.2"]);
-    assert_eq!(bed.ctl_json(1, &["vtep", "list", "green"])[0]["vtep"], "192.168.77.2");
+    let vteps: Vec<VtepRow> = bed.ctl_reply(1, &["vtep", "list", "green"]);
+    assert_eq!(vteps[0].vtep, "192.168.77.2");
     bed.ctl_ok(1, &["port", "add", &spare, "--tenant", "green", "--mac", "02:00:00:00:00:31", "--ip", "10.0.0.31"]);
-    let ports = bed.ctl_json(1, &["port", "list"]);
-    assert!(ports.as_array().unwrap().iter().any(|x| x["name"] == spare.as_str() && x["tenant"] == "green"), "{ports}");
+    let ports: Vec<PortInfo> = bed.ctl_reply(1, &["port", "list"]);
+    assert!(ports.iter().any(|x| x.status.name == spare && x.status.tenant.as_deref() == Some("green")), "{ports:?}");
     assert_eq!(bed.xdp_attached("h1"), 4, "the new port got its XDP program");
     bed.ctl_ok(1, &["fdb", "add", "green", "02:00:00:00:00:41", "192.168.77.2", "02:00:00:00:00:42", "192.168.77.2"]);
-    let fdb = bed.ctl_json(1, &["fdb", "show", "green"]);
-    let statics: Vec<&Value> = fdb.as_array().unwrap().iter().filter(|r| r["origin"] == "static").collect();
-    assert_eq!(statics.len(), 3, "two remote static entries and the port's MAC: {fdb}");
-    let all = bed.ctl_json(1, &["fdb", "show"]);
-    assert!(
-        all.as_array().unwrap().iter().any(|r| r["origin"] == "learned remote" && r["age_secs"].is_number()),
-        "{all}"
-    );
+    let fdb: Vec<FdbRow> = bed.ctl_reply(1, &["fdb", "show", "green"]);
+    let statics = fdb.iter().filter(|r| r.origin == "static").count();
+    assert_eq!(statics, 3, "two remote static entries and the port's MAC: {fdb:?}");
+    let all: Vec<FdbRow> = bed.ctl_reply(1, &["fdb", "show"]);
+    assert!(all.iter().any(|r| r.origin == "learned remote" && r.age_secs.is_some()), "{all:?}");
     bed.ctl_ok(1, &["fdb", "del", "green", "02:00:00:00:00:42"]);
-    assert_eq!(bed.ctl_json(1, &["fdb", "show", "green"]).as_array().unwrap().len(), 2);
+    assert_eq!(bed.ctl_reply::<Vec<FdbRow>>(1, &["fdb", "show", "green"]).len(), 2);
     // static entries are bounded by the tenant's mac_limit (64: its port's MAC and one are in)
     let many: Vec<String> =
         (0..63).flat_map(|i| [format!("02:00:00:00:01:{i:02x}"), "192.168.77.2".to_string()]).collect();
@@ -120,25 +118,25 @@ fn every_command_with_json_and_errors_that_change_nothing() {
     );
     bed.ctl_ok(1, &args[..args.len() - 2]); // 64: at the bound
 
-    let tr = bed
-        .ctl_json(1, &["trace", &format!("{p}-p1"), "--udp", "02:00:00:00:00:01,02:00:00:00:00:02,10.0.0.1,10.0.0.2"]);
-    assert!(tr["action"].as_str().unwrap().starts_with("encapsulate VNI 100"), "{tr}");
-    assert!(tr["steps"].as_array().unwrap().iter().any(|s| s.as_str().unwrap().contains("fdb lookup")), "{tr}");
-    let tr = bed
-        .ctl_json(1, &["trace", &format!("{p}-p1"), "--udp", "02:00:00:00:00:09,02:00:00:00:00:02,10.0.0.1,10.0.0.2"]);
-    assert_eq!(tr["reason"], "spoofed_src_mac");
+    let tr: Trace = bed
+        .ctl_reply(1, &["trace", &format!("{p}-p1"), "--udp", "02:00:00:00:00:01,02:00:00:00:00:02,10.0.0.1,10.0.0.2"]);
+    assert!(tr.action.starts_with("encapsulate VNI 100"), "{tr:?}");
+    assert!(tr.steps.iter().any(|s| s.contains("fdb lookup")), "{tr:?}");
+    let tr: Trace = bed
+        .ctl_reply(1, &["trace", &format!("{p}-p1"), "--udp", "02:00:00:00:00:09,02:00:00:00:00:02,10.0.0.1,10.0.0.2"]);
+    assert_eq!(tr.reason.as_deref(), Some("spoofed_src_mac"));
     assert!(
         bed.ctl_ok(1, &["trace", &format!("{p}-p3"), "--arp", "02:00:00:00:00:01,10.0.0.1,10.0.0.2"])
             .contains("action: flood")
     );
 
-    let stats = bed.ctl_json(1, &["stats"]);
-    assert!(stats["stats"]["ports"][1]["rx_packets"].as_u64().unwrap() > 0, "{stats}");
-    assert!(stats["core"]["busy_share"].is_number());
+    let stats: Snapshot = bed.ctl_reply(1, &["stats"]);
+    assert!(stats.stats.ports[1].rx_packets > 0, "{stats:?}");
+    assert!((0.0..=1.0).contains(&stats.core.busy_share), "{stats:?}");
     assert!(bed.ctl_ok(1, &["stats"]).contains("RX_PKTS"));
     bed.ctl_ok(1, &["stats", "clear"]);
     std::thread::sleep(Duration::from_millis(300));
-    assert_eq!(bed.ctl_json(1, &["stats"])["stats"]["ports"][1]["rx_packets"], 0);
+    assert_eq!(bed.ctl_reply::<Snapshot>(1, &["stats"]).stats.ports[1].rx_packets, 0);
 
     // watch refreshes in place until interrupted
     let mut w = Command::new(xvsctl_bin())
@@ -226,7 +224,8 @@ fn reconfiguring_another_tenant_during_a_stream_loses_nothing() {
         cycles += 1;
     }
     let out = generator.wait_with_output().unwrap();
-    let sent: u64 = serde_json::from_slice::<Value>(&out.stdout).expect("pktgen report")["sent"].as_u64().unwrap();
+    let sent: u64 =
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).expect("pktgen report")["sent"].as_u64().unwrap();
     line.clear();
     rx_out.read_line(&mut line).unwrap();
     let _ = rx.wait();
@@ -281,20 +280,21 @@ fn malformed_requests_get_an_error_and_permissions_hold() {
         ("not_json", "malformed request"),
         ("huge", "too large"),
         // more idle connections than served at once: refused with a reason, then served
-        ("flood", "too many control connections (at most 64); try again | then ok: True"),
+        ("flood", "too many control connections (at most 64); try again (busy) | then ok: True"),
     ] {
         let o = Command::new("timeout")
             .args(["20", "python3", &helper("raw_ctl.py"), sock.to_str().unwrap(), kind])
             .output()
             .unwrap();
         let reply = String::from_utf8_lossy(&o.stdout);
+        let kind = if kind == "flood" { "(busy)" } else { "(malformed)" };
         assert!(
-            reply.contains(expect),
+            reply.contains(expect) && reply.contains(kind),
             "{kind}: expected {expect:?}, got {reply:?} {}",
             String::from_utf8_lossy(&o.stderr)
         );
     }
-    assert_eq!(bed.ctl_json(1, &["status"])["protocol"], 1, "xvsd still answers");
+    assert_eq!(bed.ctl_reply::<Status>(1, &["status"]).protocol, xvs_proto::VERSION, "xvsd still answers");
 
     // mode 0660 root:root: a user outside the group is refused
     let meta = std::fs::metadata(&sock).unwrap();
@@ -322,8 +322,8 @@ fn static_fdb_macs_match_however_the_file_writes_them() {
     );
     let h1 = bed.xvsd(1, &cfg);
     let count = |mac: &str| {
-        let fdb = bed.ctl_json(1, &["fdb", "show", "blue"]);
-        fdb.as_array().unwrap().iter().filter(|r| r["mac"] == mac && r["origin"] == "static").count()
+        let fdb: Vec<FdbRow> = bed.ctl_reply(1, &["fdb", "show", "blue"]);
+        fdb.iter().filter(|r| r.mac == mac && r.origin == "static").count()
     };
     assert_eq!(count("02:00:00:00:00:0a"), 1, "{}", bed.ctl_ok(1, &["fdb", "show", "blue"]));
     // re-adding in canonical form replaces, it does not duplicate

@@ -8,7 +8,8 @@ use hdrhistogram::Histogram;
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
 use std::time::Instant;
-use xvs_switch::control::proto::{Command, FdbEntry, Request, Response, VERSION};
+use xvs_proto::reply::Reply;
+use xvs_proto::{Command, FdbEntry, Request, Response, VERSION};
 
 fn main() {
     let a: Vec<String> = std::env::args().collect();
@@ -36,11 +37,8 @@ fn main() {
                 }
             })
             .collect();
-        let mut req = serde_json::to_vec(&Request {
-            version: VERSION,
-            cmd: Command::FdbAdd { tenant: a[2].clone(), entries: list },
-        })
-        .unwrap();
+        let cmd = Command::FdbAdd { tenant: a[2].clone(), entries: list };
+        let mut req = serde_json::to_vec(&Request { version: VERSION, cmd: cmd.clone() }).unwrap();
         req.push(b'\n');
         let t = Instant::now();
         w.write_all(&req).unwrap();
@@ -48,9 +46,9 @@ fn main() {
         r.read_line(&mut line).unwrap();
         h.record(t.elapsed().as_micros() as u64).unwrap();
         let resp: Response = serde_json::from_str(&line).expect("reply");
-        assert!(resp.ok, "xvsd refused: {:?}", resp.error);
-        if let Some(us) = resp.result.as_ref().and_then(|r| r["live_us"].as_u64()) {
-            live.record(us).unwrap();
+        match resp.into_reply(&cmd) {
+            Ok(Reply::FdbApplied(a)) => live.record(a.live_us).unwrap(),
+            other => panic!("xvsd answered {other:?}"),
         }
         done += n;
     }

@@ -2,7 +2,8 @@
 //! forwarding thread): a frame's trace from the facts a core read for it, and FDB rows from
 //! the entries a core copied out.
 //!
-//! May depend on: datapath (`TraceFacts`, `FdbRow`), pipeline, fdb, tables, types, wire.
+//! May depend on: datapath (`TraceFacts`, `FdbRow`), pipeline, fdb, tables, types, wire, the
+//! control protocol's reply types.
 
 use crate::datapath::{FdbRow, TraceFacts};
 use crate::fdb::Origin;
@@ -10,7 +11,7 @@ use crate::pipeline::{Action, DropReason, Underlayer, encap};
 use crate::tables::{FdbDest, Tables, UPLINK};
 use crate::types::{PortId, TenantId, mac_str};
 use crate::wire::{EthernetFrame, Ipv4Packet};
-use serde_json::{Value, json};
+use xvs_proto::reply::{self, Trace};
 
 fn tenant_name(t: &Tables, id: TenantId) -> &str {
     t.tenant(id).map_or("?", |x| x.name.as_str())
@@ -36,11 +37,12 @@ fn origin_str(o: Origin) -> &'static str {
 }
 
 /// Every step of the decision `f` for `frame` arriving on `port`, as `xvsctl trace` shows it.
-pub fn trace(f: &TraceFacts, port: PortId, frame: &[u8]) -> Value {
+pub fn trace(f: &TraceFacts, port: PortId, frame: &[u8]) -> Trace {
     let (t, now) = (&*f.tables, f.now);
     let mut steps: Vec<String> = Vec::new();
     let Some(p) = t.port(port) else {
-        return json!({"steps": ["no such port"], "action": "drop", "reason": "unknown_port"});
+        let reason = Some("unknown_port".to_string());
+        return Trace { steps: vec!["no such port".into()], action: "drop".into(), reason };
     };
     steps.push(format!("ingress port {} ({})", p.name, if port == UPLINK { "uplink" } else { "vm" }));
     if port == UPLINK {
@@ -131,27 +133,27 @@ pub fn trace(f: &TraceFacts, port: PortId, frame: &[u8]) -> Value {
     if let Some(r) = reason {
         steps.push(format!("drop: {r}"));
     }
-    json!({"steps": steps, "action": action_s, "reason": reason})
+    Trace { steps, action: action_s, reason: reason.map(str::to_string) }
 }
 
 /// FDB entries as `xvsctl fdb show` lists them, sorted by tenant and MAC; ages at `now` on
 /// the clock of the core that copied them.
-pub fn fdb_rows(t: &Tables, rows: &[FdbRow], now: u64) -> Vec<Value> {
+pub fn fdb_rows(t: &Tables, rows: &[FdbRow], now: u64) -> Vec<reply::FdbRow> {
     let mut rows: Vec<&FdbRow> = rows.iter().collect();
     rows.sort_by(|a, b| (tenant_name(t, a.0), a.1).cmp(&(tenant_name(t, b.0), b.1)));
     rows.iter()
         .map(|(tn, mac, e)| {
             let age = match e.origin {
-                Origin::Static => Value::Null,
-                _ => json!((now.saturating_sub(e.last_seen) as f64 / 1e8).round() / 10.0),
+                Origin::Static => None,
+                _ => Some((now.saturating_sub(e.last_seen) as f64 / 1e8).round() / 10.0),
             };
-            json!({
-                "tenant": tenant_name(t, *tn),
-                "mac": mac_str(mac),
-                "dest": dest_str(t, e.dest),
-                "origin": origin_str(e.origin),
-                "age_secs": age,
-            })
+            reply::FdbRow {
+                tenant: tenant_name(t, *tn).to_string(),
+                mac: mac_str(mac),
+                dest: dest_str(t, e.dest),
+                origin: origin_str(e.origin).to_string(),
+                age_secs: age,
+            }
         })
         .collect()
 }
@@ -167,7 +169,7 @@ mod tests {
     use std::net::Ipv4Addr;
     use std::sync::Arc;
 
-    fn trace<P: Port, M: FrameMem>(core: &crate::datapath::Core<P, M>, port: PortId, frame: &[u8], now: u64) -> Value {
+    fn trace<P: Port, M: FrameMem>(core: &crate::datapath::Core<P, M>, port: PortId, frame: &[u8], now: u64) -> Trace {
         super::trace(&core.trace_facts(port, frame, now), port, frame)
     }
 
@@ -187,17 +189,17 @@ mod tests {
         s.run();
         let to_remote = frames::udp4_min(vm1, remote, a, b);
         let tr = trace(&s.core, PortId(1), &to_remote, s.now);
-        assert!(tr["action"].as_str().unwrap().starts_with("encapsulate VNI 100"), "{tr}");
+        assert!(tr.action.starts_with("encapsulate VNI 100"), "{tr:?}");
         // past the aging time forwarding floods; so does the trace, and it says why
         let later = s.now + 301 * 1_000_000_000;
         let tr = trace(&s.core, PortId(1), &to_remote, later);
-        assert!(tr["action"].as_str().unwrap().starts_with("flood"), "{tr}");
-        assert!(tr["steps"].to_string().contains("aged out"), "{tr}");
+        assert!(tr.action.starts_with("flood"), "{tr:?}");
+        assert!(tr.steps.iter().any(|s| s.contains("aged out")), "{tr:?}");
         // a 9000-byte frame is judged whole (it was cut to 2,048 bytes, which fit): too big
         // for the 9000-byte underlay once encapsulated, as forwarding finds
         let jumbo = frames::udp4(vm1, remote, a, b, 1, 2, &vec![0u8; 8958]);
         assert_eq!(jumbo.len(), 9000);
         let tr = trace(&s.core, PortId(1), &jumbo, s.now);
-        assert!(tr["action"].as_str().unwrap().contains("too big"), "{tr}");
+        assert!(tr.action.contains("too big"), "{tr:?}");
     }
 }

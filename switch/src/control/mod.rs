@@ -4,5 +4,5 @@
 pub mod explain;
 pub mod model;
 pub mod plane;
-pub mod proto;
+pub use xvs_proto as proto;
 pub mod server;

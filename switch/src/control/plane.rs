@@ -7,16 +7,16 @@
 //! May depend on: config, tables, pipeline (`Change`), store (`Record`), types, wire and the
 //! control protocol's types. Never on io, daemon or anything that does I/O.
 
-use super::proto::{Command, FdbEntry};
+use super::proto::reply::{ConfigToml, Reply, VtepRow};
+use super::proto::{ArpProbe, Command, FdbEntry, UdpProbe};
 use crate::config::{Config, DEFAULT_MAC_LIMIT, PolicerConfig, PortConfig, StaticFdbConfig, TenantConfig};
 use crate::pipeline::Change;
 use crate::store::Record;
 use crate::tables::{FdbDest, PortKind, Tables};
 use crate::types::{PortId, TenantId, is_assignable_mac, mac_str, parse_mac};
 use crate::wire::MacAddr;
-use serde_json::{Value, json};
 use std::collections::{BTreeMap, HashMap};
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 
 /// Static FDB entries per tenant name: MAC -> VTEP.
@@ -44,7 +44,7 @@ pub enum Plan {
     /// Static FDB entries added or removed in place: see [`FdbPlan`].
     Fdb(Box<FdbPlan>),
     /// Nothing changes; the answer is this.
-    Answer(Value),
+    Answer(Reply),
     /// Nothing changes; the answer needs the running daemon (counters, sockets, cores).
     Read(Read),
 }
@@ -320,17 +320,19 @@ impl Plane {
                 if let Some(t) = &tenant {
                     self.tenant_cfg(t)?;
                 }
-                let rows: Vec<Value> = self
+                let rows = self
                     .tables
                     .live_tenants()
                     .filter(|(_, t)| tenant.as_ref().is_none_or(|n| *n == t.name))
                     .flat_map(|(_, t)| {
-                        t.vteps
-                            .iter()
-                            .map(move |v| json!({"tenant": t.name, "vni": t.vni.get(), "vtep": v.to_string()}))
+                        t.vteps.iter().map(move |v| VtepRow {
+                            tenant: t.name.clone(),
+                            vni: t.vni.get(),
+                            vtep: v.to_string(),
+                        })
                     })
                     .collect();
-                Ok(Plan::Answer(Value::Array(rows)))
+                Ok(Plan::Answer(Reply::Vteps(rows)))
             }
             Command::FdbAdd { tenant, entries } => {
                 if entries.is_empty() {
@@ -353,11 +355,19 @@ impl Plane {
             }
             Command::Stats {} => Ok(Plan::Read(Read::Stats)),
             Command::StatsClear {} => Ok(Plan::Read(Read::StatsClear)),
-            Command::Trace { port, frame_hex } => {
+            Command::Trace { port, frame_hex, udp, arp } => {
                 let id = self.port_id(&port)?;
-                Ok(Plan::Read(Read::Trace(id, decode_hex(&frame_hex)?)))
+                let frame = match (frame_hex, udp, arp) {
+                    (Some(h), None, None) => decode_hex(&h)?,
+                    (None, Some(u), None) => udp_frame(&u)?,
+                    (None, None, Some(a)) => arp_frame(&a)?,
+                    _ => return Err("trace needs exactly one frame: frame_hex, udp or arp".into()),
+                };
+                Ok(Plan::Read(Read::Trace(id, frame)))
             }
-            Command::ConfigExport {} => Ok(Plan::Answer(json!({"toml": self.materialize().to_toml()}))),
+            Command::ConfigExport {} => {
+                Ok(Plan::Answer(Reply::Config(ConfigToml { toml: self.materialize().to_toml() })))
+            }
             Command::ConfigImport { toml } => {
                 let c = Config::from_toml(&toml).map_err(|e| e.to_string())?;
                 self.plan_config(c)
@@ -517,10 +527,38 @@ pub fn decode_hex(s: &str) -> Result<Vec<u8>, String> {
     })
 }
 
+fn probe_mac(what: &str, s: &str) -> Result<MacAddr, String> {
+    parse_mac(s.trim()).map_err(|e| format!("{what}: {e}"))
+}
+
+fn probe_ip(what: &str, s: &str) -> Result<Ipv4Addr, String> {
+    s.trim().parse().map_err(|_| format!("{what}: malformed IPv4 address {s:?}"))
+}
+
+/// The 60-byte UDP frame a `trace` probe describes.
+fn udp_frame(u: &UdpProbe) -> Result<Vec<u8>, String> {
+    Ok(crate::frames::udp4_min(
+        probe_mac("src_mac", &u.src_mac)?,
+        probe_mac("dst_mac", &u.dst_mac)?,
+        probe_ip("src_ip", &u.src_ip)?,
+        probe_ip("dst_ip", &u.dst_ip)?,
+    ))
+}
+
+/// The ARP request a `trace` probe describes.
+fn arp_frame(a: &ArpProbe) -> Result<Vec<u8>, String> {
+    Ok(crate::frames::arp_request(
+        probe_mac("src_mac", &a.src_mac)?,
+        probe_ip("src_ip", &a.src_ip)?,
+        probe_ip("target_ip", &a.target_ip)?,
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::control::model::{Fault, Model, Outcome};
+    use serde_json::{Value, json};
 
     const CONFIG: &str = r#"
 [uplink]
@@ -649,7 +687,8 @@ ips = ["10.0.0.1"]
         );
         applies(&mut m, json!({"op": "vtep_del", "tenant": "red", "ip": "192.168.77.3"}));
         let Ok(Plan::Answer(v)) = m.plane.plan(cmd(json!({"op": "vtep_list", "tenant": "blue"}))) else { panic!() };
-        assert_eq!(v, json!([{"tenant": "blue", "vni": 100, "vtep": "192.168.77.2"}]));
+        let row = VtepRow { tenant: "blue".into(), vni: 100, vtep: "192.168.77.2".into() };
+        assert_eq!(v, Reply::Vteps(vec![row]));
     }
 
     #[test]
@@ -716,8 +755,8 @@ ips = ["10.0.0.1"]
         let swapped = text.replace("vni = 200", "vni = 201");
         applies(&mut m, json!({"op": "config_import", "toml": swapped}));
         assert_eq!(m.plane.desired().tenants[1].vni, 201);
-        let Ok(Plan::Answer(v)) = m.plane.plan(cmd(json!({"op": "config_export"}))) else { panic!() };
-        assert_eq!(Config::from_toml(v["toml"].as_str().unwrap()).unwrap(), m.plane.materialize());
+        let Ok(Plan::Answer(Reply::Config(c))) = m.plane.plan(cmd(json!({"op": "config_export"}))) else { panic!() };
+        assert_eq!(Config::from_toml(&c.toml).unwrap(), m.plane.materialize());
     }
 
     #[test]
@@ -737,6 +776,28 @@ ips = ["10.0.0.1"]
         );
         assert_eq!(read(json!({"op": "stats_clear"})), Ok(Read::StatsClear));
         assert!(read(json!({"op": "trace", "port": "b1", "frame_hex": "aéb"})).unwrap_err().contains("'é'"));
+        let (m1, m2, udp) = ("02:00:00:00:00:01", "02:00:00:00:00:02", "udp");
+        let probe = json!({"src_mac": m1, "dst_mac": m2, "src_ip": "10.0.0.1", "dst_ip": "10.0.0.2"});
+        let want = crate::frames::udp4_min(
+            parse_mac(m1).unwrap(),
+            parse_mac(m2).unwrap(),
+            Ipv4Addr::new(10, 0, 0, 1),
+            Ipv4Addr::new(10, 0, 0, 2),
+        );
+        assert_eq!(read(json!({"op": "trace", "port": "b1", udp: probe})), Ok(Read::Trace(PortId(1), want)));
+        let arp = json!({"src_mac": m1, "src_ip": "10.0.0.1", "target_ip": "10.0.0.9"});
+        let want = crate::frames::arp_request(parse_mac(m1).unwrap(), [10, 0, 0, 1].into(), [10, 0, 0, 9].into());
+        assert_eq!(read(json!({"op": "trace", "port": "b1", "arp": arp})), Ok(Read::Trace(PortId(1), want)));
+        let mut bad = probe.clone();
+        bad["dst_ip"] = json!("10.0.0.300");
+        let e = read(json!({"op": "trace", "port": "b1", udp: bad})).unwrap_err();
+        assert!(e.contains("dst_ip: malformed IPv4 address \"10.0.0.300\""), "{e}");
+        bad["dst_ip"] = json!("10.0.0.2");
+        bad["src_mac"] = json!("02:zz:00:00:00:01");
+        assert!(read(json!({"op": "trace", "port": "b1", udp: bad})).unwrap_err().contains("src_mac"));
+        let both = json!({"op": "trace", "port": "b1", "frame_hex": "00", udp: probe});
+        assert!(read(both).unwrap_err().contains("exactly one frame"));
+        assert!(read(json!({"op": "trace", "port": "b1"})).unwrap_err().contains("exactly one frame"));
         assert!(read(json!({"op": "port_show", "interface": "x"})).unwrap_err().contains("unknown port \"x\""));
         assert!(read(json!({"op": "tenant_show", "name": "x"})).unwrap_err().contains("unknown tenant \"x\""));
         assert!(read(json!({"op": "fdb_show", "tenant": "x"})).unwrap_err().contains("unknown tenant \"x\""));

@@ -8,7 +8,8 @@
 
 use super::explain;
 use super::plane::{self, Apply, FdbPlan, Plan, Plane};
-use super::proto::{self, Command, Response};
+use super::proto::reply::{self, Done, FdbApplied, PortInfo, QosShow, QosTenant, Reply, Status, TenantInfo};
+use super::proto::{self, Command, Error, ErrorKind};
 use crate::config::Config;
 use crate::cores::{CoreMsg, CoreReport, Cores, PortStatus, Snapshot};
 use crate::io::afxdp::QueueSet;
@@ -21,7 +22,6 @@ use crate::stats::Counters;
 use crate::store::Store;
 use crate::tables::{Port, PortKind, Tables};
 use crate::types::{PortId, mac_str};
-use serde_json::{Value, json};
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::SocketAddr;
@@ -57,8 +57,8 @@ pub struct PortIo {
     pub attached: Attached,
     /// The interface index it was opened on (a recreated interface gets a new one).
     pub ifindex: u32,
-    /// `af_xdp` or `af_packet`.
-    pub io: &'static str,
+    /// AF_XDP, or a packet socket (taps).
+    pub io: reply::PortIo,
 }
 
 impl PortIo {
@@ -80,7 +80,7 @@ impl PortIo {
             for c in &cores.cores {
                 per.push(IoPort::Packet(Box::new(PacketPort::open(&port.name, c.umem.clone(), fanout)?)));
             }
-            return Ok((PortIo { attached, ifindex, io: "af_packet" }, per));
+            return Ok((PortIo { attached, ifindex, io: reply::PortIo::AfPacket }, per));
         }
         let role = match port.kind {
             PortKind::Uplink => Role::Uplink { vtep_ip: t.underlay.vtep_ip, udp_port: crate::wire::VXLAN_PORT },
@@ -101,7 +101,7 @@ impl PortIo {
             socks[k].push(s);
         }
         let per = socks.into_iter().map(|q| IoPort::Xsk(QueueSet::new(q))).collect();
-        Ok((PortIo { attached, ifindex, io: "af_xdp" }, per))
+        Ok((PortIo { attached, ifindex, io: reply::PortIo::AfXdp }, per))
     }
 }
 
@@ -131,7 +131,16 @@ pub struct ControlState {
     started: Instant,
 }
 
-type Reply = Result<Value, String>;
+/// What a request got: its reply, or why not.
+type Outcome = Result<Reply, Error>;
+
+/// A step of carrying a request out failed.
+fn failed(e: impl Into<String>) -> Error {
+    Error::new(ErrorKind::Failed, e)
+}
+
+/// A response to send.
+pub type Response = proto::Response<Reply>;
 
 impl ControlState {
     /// The control state of a running xvsd.
@@ -234,7 +243,7 @@ impl ControlState {
             Ok(Plan::Fdb(f)) => self.fdb_change(*f),
             Ok(Plan::Answer(v)) => Ok(v),
             Ok(Plan::Read(r)) => self.read(r),
-            Err(e) => Err(e),
+            Err(e) => Err(Error::new(ErrorKind::Refused, e)),
         };
         match done {
             Ok(v) => Response::ok(v),
@@ -245,8 +254,9 @@ impl ControlState {
     /// Carries out a whole-configuration change entirely or not at all: the host's checks
     /// and the new ports first (if one fails, nothing has changed yet), then the store, then
     /// the cores, then the removed ports.
-    fn apply(&mut self, a: Apply) -> Reply {
-        crate::preflight::host_checks(&a.config, false).map_err(|e| format!("{e:#}"))?;
+    fn apply(&mut self, a: Apply) -> Outcome {
+        crate::preflight::host_checks(&a.config, false)
+            .map_err(|e| Error::new(ErrorKind::Refused, format!("{e:#}")))?;
         let mut opened = Vec::new();
         let mut attach: Vec<Vec<(PortId, IoPort)>> = (0..self.cores.cores.len()).map(|_| Vec::new()).collect();
         for (id, p) in a.tables.live_ports() {
@@ -263,10 +273,10 @@ impl ControlState {
                         attach[k].push((id, s));
                     }
                 }
-                Err(e) => return Err(format!("port {:?}: {e:#}", p.name)),
+                Err(e) => return Err(failed(format!("port {:?}: {e:#}", p.name))),
             }
         }
-        self.store.save(&a.config).map_err(|e| format!("saving state: {e:#}"))?;
+        self.store.save(&a.config).map_err(|e| failed(format!("saving state: {e:#}")))?;
         let detach: Vec<PortId> = a.removed.iter().map(|(id, _)| *id).collect();
         let live = self
             .cores
@@ -284,16 +294,19 @@ impl ControlState {
         self.ports_io.extend(opened);
         self.plane.commit_apply(a);
         if !live {
-            return Err("stored, but the forwarding core did not confirm the change within 5 s".into());
+            return Err(failed("stored, but the forwarding core did not confirm the change within 5 s"));
         }
-        Ok(json!("applied"))
+        Ok(Reply::Done(Done::Applied))
     }
 
     /// Carries out a static FDB change: published to the cores and made durable at the same
     /// time; if storing fails the cores get the inverse and the change is refused.
-    fn fdb_change(&mut self, f: FdbPlan) -> Reply {
+    fn fdb_change(&mut self, f: FdbPlan) -> Outcome {
         let t0 = Instant::now();
-        let waits = self.cores.send_all(|_, done| CoreMsg::Fdb { add: f.add.clone(), del: f.del.clone(), done })?;
+        let waits = self
+            .cores
+            .send_all(|_, done| CoreMsg::Fdb { add: f.add.clone(), del: f.del.clone(), done })
+            .map_err(failed)?;
         let saved = {
             let (plane, mut after) = (&self.plane, None);
             let mut current = || after.get_or_insert_with(|| plane.after_fdb(&f)).clone();
@@ -307,102 +320,101 @@ impl ControlState {
                 del: f.undo_del.clone(),
                 done,
             });
-            return Err(format!("saving state: {e:#} (change rolled back)"));
+            return Err(failed(format!("saving state: {e:#} (change rolled back)")));
         }
         self.plane.commit_fdb(f);
         if !live {
-            return Err("stored, but the forwarding core did not confirm the change within 5 s".into());
+            return Err(failed("stored, but the forwarding core did not confirm the change within 5 s"));
         }
-        Ok(json!({"applied": true, "live_us": live_us}))
+        Ok(Reply::FdbApplied(FdbApplied { applied: true, live_us }))
     }
 
     /// Answers a query from the running daemon.
-    fn read(&self, r: plane::Read) -> Reply {
+    fn read(&self, r: plane::Read) -> Outcome {
+        let gone = || failed("it was removed meanwhile");
         match r {
-            plane::Read::Status => Ok(self.status()),
-            plane::Read::TenantList => {
-                Ok(Value::Array(self.tables().live_tenants().map(|(id, _)| self.tenant_json(id.index())).collect()))
-            }
-            plane::Read::TenantShow(id) => Ok(self.tenant_json(id.index())),
+            plane::Read::Status => Ok(Reply::Status(Box::new(self.status()))),
+            plane::Read::TenantList => Ok(Reply::Tenants(
+                self.tables().live_tenants().filter_map(|(id, _)| self.tenant_info(id.index())).collect(),
+            )),
+            plane::Read::TenantShow(id) => Ok(Reply::Tenant(self.tenant_info(id.index()).ok_or_else(gone)?)),
             plane::Read::PortList => {
-                Ok(Value::Array(self.tables().live_ports().map(|(id, _)| self.port_json(id)).collect()))
+                Ok(Reply::Ports(self.tables().live_ports().filter_map(|(id, _)| self.port_info(id)).collect()))
             }
-            plane::Read::PortShow(id) => Ok(self.port_json(id)),
-            plane::Read::QosShow => Ok(self.qos_json()),
+            plane::Read::PortShow(id) => Ok(Reply::Port(self.port_info(id).ok_or_else(gone)?)),
+            plane::Read::QosShow => Ok(Reply::Qos(self.qos_show())),
             plane::Read::FdbShow(id) => {
                 // The core copies its entries into room made here and the rows are rendered
                 // here: a dump costs the forwarding thread one pass over the table.
                 let t = self.tables();
                 let room = 2 * t.fdb_capacity as usize + t.static_fdb.len();
                 let (tx, rx) = crossbeam::channel::bounded(1);
-                self.cores.send(0, CoreMsg::FdbDump { tenant: id, buf: Vec::with_capacity(room), reply: tx })?;
-                let (rows, tables, now) = rx
-                    .recv_timeout(Duration::from_secs(5))
-                    .map_err(|_| "forwarding core did not answer".to_string())?;
-                Ok(Value::Array(explain::fdb_rows(&tables, &rows, now)))
+                self.cores
+                    .send(0, CoreMsg::FdbDump { tenant: id, buf: Vec::with_capacity(room), reply: tx })
+                    .map_err(failed)?;
+                let (rows, tables, now) =
+                    rx.recv_timeout(Duration::from_secs(5)).map_err(|_| failed("forwarding core did not answer"))?;
+                Ok(Reply::Fdb(explain::fdb_rows(&tables, &rows, now)))
             }
-            plane::Read::Stats => {
-                Ok(self.snapshot().map(|s| serde_json::to_value(s).unwrap_or(Value::Null)).unwrap_or(Value::Null))
-            }
+            plane::Read::Stats => Ok(Reply::Stats(self.snapshot().map(Box::new))),
             plane::Read::StatsClear => {
                 for k in 0..self.cores.cores.len() {
-                    self.cores.send(k, CoreMsg::ClearStats)?;
+                    self.cores.send(k, CoreMsg::ClearStats).map_err(failed)?;
                 }
-                Ok(json!("cleared"))
+                Ok(Reply::Done(Done::Cleared))
             }
             plane::Read::Trace(port, frame) => {
                 // The core only decides (one frame); the explanation is written here.
                 let (tx, rx) = crossbeam::channel::bounded(1);
-                self.cores.send(0, CoreMsg::Trace { port, frame: frame.clone(), reply: tx })?;
-                let facts = rx
-                    .recv_timeout(Duration::from_secs(5))
-                    .map_err(|_| "forwarding core did not answer".to_string())?;
-                Ok(explain::trace(&facts, port, &frame))
+                self.cores.send(0, CoreMsg::Trace { port, frame: frame.clone(), reply: tx }).map_err(failed)?;
+                let facts =
+                    rx.recv_timeout(Duration::from_secs(5)).map_err(|_| failed("forwarding core did not answer"))?;
+                Ok(Reply::Trace(explain::trace(&facts, port, &frame)))
             }
         }
     }
-    fn qos_json(&self) -> Value {
+
+    fn qos_show(&self) -> QosShow {
         let rep = self.cores.report();
-        let link = self.tables().underlay.rate;
-        let rows: Vec<Value> = self
+        let tenants = self
             .tables()
             .live_tenants()
             .map(|(id, t)| {
-                let m = rep.as_ref().and_then(|r| r.qos.iter().find(|q| q.tenant == id.0).cloned());
-                json!({
-                    "tenant": t.name,
-                    "vni": t.vni.get(),
-                    "guarantee_bps": t.qos.guarantee,
-                    "limit_bps": t.qos.limit,
-                    "weight": t.qos.weight,
-                    "rate_bps": m.as_ref().map(|m| m.rate_bps),
-                    "sent_bytes": m.as_ref().map(|m| m.stats.bytes),
-                    "backlog": m.as_ref().map(|m| m.stats.backlog),
-                    "drops": m.as_ref().map(|m| m.stats.drops),
-                })
+                let m = rep.as_ref().and_then(|r| r.qos.iter().find(|q| q.tenant == id.0));
+                QosTenant {
+                    tenant: t.name.clone(),
+                    vni: t.vni.get(),
+                    guarantee_bps: t.qos.guarantee,
+                    limit_bps: t.qos.limit,
+                    weight: t.qos.weight,
+                    rate_bps: m.map(|m| m.rate_bps),
+                    sent_bytes: m.map(|m| m.stats.bytes),
+                    backlog: m.map(|m| m.stats.backlog),
+                    drops: m.map(|m| m.stats.drops),
+                }
             })
             .collect();
-        json!({"link_bps": link, "tenants": rows})
+        QosShow { link_bps: self.tables().underlay.rate, tenants }
     }
 
-    fn counters_of_tenant(&self, idx: usize) -> Option<Counters> {
-        self.cores.report()?.stats.tenants.get(idx).cloned()
+    fn counters_of_tenant(&self, idx: usize) -> Option<reply::Counters> {
+        self.cores.report()?.stats.tenants.get(idx).map(Counters::to_reply)
     }
 
-    fn counters_of_port(&self, idx: usize) -> Option<Counters> {
-        self.cores.report()?.stats.ports.get(idx).cloned()
+    fn counters_of_port(&self, idx: usize) -> Option<reply::Counters> {
+        self.cores.report()?.stats.ports.get(idx).map(Counters::to_reply)
     }
 
-    fn tenant_json(&self, idx: usize) -> Value {
-        let Some(t) = self.tables().tenants.get(idx).and_then(Option::as_ref) else { return Value::Null };
-        json!({
-            "name": t.name,
-            "vni": t.vni.get(),
-            "mac_limit": t.mac_limit,
-            "ports": t.ports.iter().filter_map(|p| self.tables().port(*p).map(|x| x.name.clone())).collect::<Vec<_>>(),
-            "vteps": t.vteps.iter().map(|v| v.to_string()).collect::<Vec<_>>(),
-            "static_fdb": self.plane.static_entries(&t.name),
-            "counters": self.counters_of_tenant(idx),
+    fn tenant_info(&self, idx: usize) -> Option<TenantInfo> {
+        let t = self.tables().tenants.get(idx).and_then(Option::as_ref)?;
+        Some(TenantInfo {
+            name: t.name.clone(),
+            vni: t.vni.get(),
+            mac_limit: t.mac_limit,
+            ports: t.ports.iter().filter_map(|p| self.tables().port(*p).map(|x| x.name.clone())).collect(),
+            vteps: t.vteps.iter().map(|v| v.to_string()).collect(),
+            static_fdb: self.plane.static_entries(&t.name),
+            counters: self.counters_of_tenant(idx),
         })
     }
 
@@ -414,26 +426,26 @@ impl ControlState {
         Some(match &p.kind {
             PortKind::Uplink => PortStatus {
                 name: p.name.clone(),
-                kind: "uplink",
+                kind: reply::PortKind::Uplink,
                 tenant: None,
                 mac: Some(mac_str(&self.tables().underlay.mac)),
                 ips: vec![self.tables().underlay.vtep_ip.to_string()],
                 afxdp_mode: modes,
                 xdp_mode: self.ports_io.get(&p.name).map(|io| io.attached.mode),
-                state: if self.ports_io.contains_key(&p.name) { "attached" } else { "waiting" },
+                state: self.port_state(&p.name),
                 io: self.ports_io.get(&p.name).map(|io| io.io),
                 lost: 0,
                 reattached: 0,
             },
             PortKind::Vm { tenant, mac, ipv4, ipv6 } => PortStatus {
                 name: p.name.clone(),
-                kind: "vm",
+                kind: reply::PortKind::Vm,
                 tenant: self.tables().tenant(*tenant).map(|t| t.name.clone()),
                 mac: Some(mac_str(mac)),
                 ips: ipv4.iter().map(|a| a.to_string()).chain(ipv6.iter().map(|a| a.to_string())).collect(),
                 afxdp_mode: modes,
                 xdp_mode: self.ports_io.get(&p.name).map(|io| io.attached.mode),
-                state: if self.ports_io.contains_key(&p.name) { "attached" } else { "waiting" },
+                state: self.port_state(&p.name),
                 io: self.ports_io.get(&p.name).map(|io| io.io),
                 lost: self.life.get(&p.name).map_or(0, |l| l.lost),
                 reattached: self.life.get(&p.name).map_or(0, |l| l.reattached),
@@ -441,38 +453,39 @@ impl ControlState {
         })
     }
 
-    fn port_json(&self, id: PortId) -> Value {
-        let mut v = serde_json::to_value(self.port_status(id, self.cores.report().as_ref())).unwrap_or(Value::Null);
-        if let Some(o) = v.as_object_mut() {
-            o.insert("counters".into(), serde_json::to_value(self.counters_of_port(id.index())).unwrap_or(Value::Null));
-        }
-        v
+    fn port_state(&self, name: &str) -> reply::PortState {
+        if self.ports_io.contains_key(name) { reply::PortState::Attached } else { reply::PortState::Waiting }
     }
 
-    fn status(&self) -> Value {
+    fn port_info(&self, id: PortId) -> Option<PortInfo> {
+        let status = self.port_status(id, self.cores.report().as_ref())?;
+        Some(PortInfo { status, counters: self.counters_of_port(id.index()) })
+    }
+
+    fn status(&self) -> Status {
         let rep = self.cores.report();
-        json!({
-            "version": env!("CARGO_PKG_VERSION"),
-            "protocol": proto::VERSION,
-            "uptime_secs": self.started.elapsed().as_secs_f64(),
-            "uplink": self.tables().underlay.interface,
-            "vtep_ip": self.tables().underlay.vtep_ip.to_string(),
-            "underlay_mtu": self.tables().underlay.mtu,
-            "cores": self.plane.desired().daemon.cores,
-            "config": self.opts.config_path,
-            "state": self.store.describe(),
-            "ports": self.tables().live_ports().filter_map(|(id, _)| self.port_status(id, rep.as_ref())).collect::<Vec<_>>(),
-            "tenants": self.tables().live_tenants().count(),
-            "core": rep.as_ref().map(|r| r.core.clone()),
-            "per_core": rep.as_ref().map(|r| r.per_core.clone()),
-        })
+        Status {
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            protocol: proto::VERSION,
+            uptime_secs: self.started.elapsed().as_secs_f64(),
+            uplink: self.tables().underlay.interface.clone(),
+            vtep_ip: self.tables().underlay.vtep_ip.to_string(),
+            underlay_mtu: self.tables().underlay.mtu,
+            cores: self.plane.desired().daemon.cores.clone(),
+            config: self.opts.config_path.clone(),
+            state: self.store.describe(),
+            ports: self.tables().live_ports().filter_map(|(id, _)| self.port_status(id, rep.as_ref())).collect(),
+            tenants: self.tables().live_tenants().count(),
+            core: rep.as_ref().map(|r| r.core.clone()),
+            per_core: rep.as_ref().map(|r| r.per_core.clone()),
+        }
     }
 
     /// Status and counters (once the core has reported).
     pub fn snapshot(&self) -> Option<Snapshot> {
         let r = self.cores.report()?;
         Some(Snapshot {
-            version: env!("CARGO_PKG_VERSION"),
+            version: env!("CARGO_PKG_VERSION").to_string(),
             uptime_secs: self.started.elapsed().as_secs_f64(),
             config: self.opts.config_path.clone(),
             state: self.store.describe(),
@@ -480,7 +493,7 @@ impl ControlState {
             cores: self.plane.desired().daemon.cores.clone(),
             ports: (0..self.tables().ports.len()).map(|i| self.port_status(PortId(i as u16), Some(&r))).collect(),
             tenants: self.tables().tenants.iter().map(|t| t.as_ref().map(|t| (t.name.clone(), t.vni.get()))).collect(),
-            stats: r.stats,
+            stats: r.stats.to_reply(),
             host: r.host,
             xdp: self
                 .tables()
@@ -488,7 +501,7 @@ impl ControlState {
                 .filter_map(|(_, p)| self.ports_io.get(&p.name).map(|io| (p.name.clone(), io)))
                 .map(|(name, io)| {
                     let c = io.attached.counters();
-                    (name, Counter::ALL.iter().map(|k| (k.name(), c[*k as usize])).collect())
+                    (name, Counter::ALL.iter().map(|k| (k.name().to_string(), c[*k as usize])).collect())
                 })
                 .collect(),
             neighbors: r
@@ -532,7 +545,7 @@ pub fn listen(path: &Path, group: Option<&str>, state: Arc<Mutex<ControlState>>)
             if open.fetch_add(1, std::sync::atomic::Ordering::AcqRel) >= MAX_CONNECTIONS {
                 open.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
                 let busy = format!("too many control connections (at most {MAX_CONNECTIONS}); try again");
-                let _ = reply(&mut conn, &Response::err(busy));
+                let _ = reply(&mut conn, &Response::err(Error::new(ErrorKind::Busy, busy)));
                 continue;
             }
             let (state, open) = (Arc::clone(&state), Arc::clone(&open));
@@ -564,8 +577,8 @@ fn serve_conn(conn: UnixStream, state: &Mutex<ControlState>) {
         };
         let complete = buf.last() == Some(&b'\n');
         if !complete && n > proto::MAX_REQUEST {
-            let _ =
-                reply(&mut out, &Response::err(format!("request too large (more than {} bytes)", proto::MAX_REQUEST)));
+            let big = format!("request too large (more than {} bytes)", proto::MAX_REQUEST);
+            let _ = reply(&mut out, &Response::err(Error::new(ErrorKind::Malformed, big)));
             return;
         }
         while matches!(buf.last(), Some(b'\n' | b'\r')) {
@@ -595,7 +608,7 @@ pub fn handle_guarded(state: &Mutex<ControlState>, cmd: Command) -> Response {
 }
 
 /// Runs `f` on the locked `state`, turning a panic into an error response for `what`.
-fn guarded<T>(state: &Mutex<T>, what: &str, f: impl FnOnce(&mut T) -> Response) -> Response {
+fn guarded<T, R>(state: &Mutex<T>, what: &str, f: impl FnOnce(&mut T) -> proto::Response<R>) -> proto::Response<R> {
     let mut s = state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&mut s))) {
         Ok(r) => r,
@@ -606,7 +619,8 @@ fn guarded<T>(state: &Mutex<T>, what: &str, f: impl FnOnce(&mut T) -> Response) 
                 .or_else(|| p.downcast_ref::<String>().cloned())
                 .unwrap_or_default();
             tracing::error!(command = %what, "control handler failed: {msg}");
-            Response::err(format!("internal error in {what}: {msg} (the request was not applied; please report it)"))
+            let msg = format!("internal error in {what}: {msg} (the request was not applied; please report it)");
+            proto::Response::err(Error::new(ErrorKind::Internal, msg))
         }
     }
 }
@@ -630,13 +644,14 @@ mod tests {
     #[test]
     fn a_panicking_handler_fails_its_request_only() {
         let state = Mutex::new(1u32);
-        let r = guarded(&state, "tenant_add", |_| panic!("boom"));
+        let r: proto::Response<u32> = guarded(&state, "tenant_add", |_| panic!("boom"));
         assert!(!r.ok);
+        assert_eq!(r.kind, Some(ErrorKind::Internal));
         let e = r.error.unwrap();
         assert!(e.contains("internal error in tenant_add: boom"), "{e}");
         // the lock is usable again and the state is what it was
-        let r = guarded(&state, "status", |s| Response::ok(json!(*s)));
+        let r = guarded(&state, "status", |s| proto::Response::ok(*s));
         assert!(r.ok);
-        assert_eq!(r.result, Some(json!(1)));
+        assert_eq!(r.result, Some(1));
     }
 }

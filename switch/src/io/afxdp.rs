@@ -4,7 +4,6 @@
 #![allow(unsafe_code)]
 
 use crate::port::{BATCH, Desc, FrameMem, FreeList, KernelDrops, Port};
-use serde::Serialize;
 use std::num::NonZeroU32;
 use std::ops::Range;
 use std::os::fd::{AsRawFd, FromRawFd, RawFd};
@@ -20,15 +19,7 @@ pub const FRAME_CAPACITY: usize = FRAME_SIZE as usize - 256;
 /// Descriptors per ring.
 pub const RING_SIZE: u32 = 2048;
 
-/// How a socket is bound.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum XskMode {
-    /// The driver DMAs straight into the UMEM.
-    ZeroCopy,
-    /// The kernel copies frames between its buffers and the UMEM (veth, tap, generic XDP).
-    Copy,
-}
+pub use xvs_proto::reply::XskMode;
 
 /// The UMEM of one core as [`FrameMem`]. Owned by the core thread.
 pub struct UmemFrames {

@@ -6,7 +6,6 @@
 use aya::Ebpf;
 use aya::maps::{Array, PerCpuArray, XskMap};
 use aya::programs::{SchedClassifier, TcAttachType, Xdp, XdpMode};
-use serde::Serialize;
 use std::os::fd::RawFd;
 use xvs_common::{Counter, MAP_COUNTERS, MAP_UPLINK_CONF, MAP_XSKS, PROG_UPLINK, PROG_VM, PROG_VM_TC, UplinkConf};
 
@@ -29,17 +28,7 @@ pub enum Role {
     VmTap,
 }
 
-/// How the program is attached.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum AttachMode {
-    /// Native (driver) XDP.
-    Driver,
-    /// Generic (skb) XDP.
-    Generic,
-    /// No XDP: a tc ingress program (tap ports, read through a packet socket).
-    TcIngress,
-}
+pub use xvs_proto::reply::AttachMode;
 
 /// An XDP program attached to one interface.
 pub struct Attached {
