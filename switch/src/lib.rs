@@ -5,6 +5,7 @@
 //! (pure, batched, time passed in), [`port`] is the device interface with [`memport`] as the
 //! in-memory implementation; [`tables`], [`fdb`] and [`neigh`] hold state, [`config`] builds it.
 
+pub mod bucket;
 pub mod config;
 pub mod control;
 pub mod cores;

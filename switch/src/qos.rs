@@ -61,75 +61,7 @@ impl Default for TenantQos {
 
 pub use xvs_proto::reply::TenantQosStats;
 
-/// Fraction bits of the fixed-point nanoseconds-per-byte figures, so no division is left
-/// on the per-frame path (a 128-bit division costs more than the rest of a dequeue).
-const FP: u32 = 20;
-
-/// Nanoseconds per byte at `rate_bps`, in 2^-FP ns (0 for rate 0: unlimited).
-fn ns_per_byte(rate_bps: u64) -> u64 {
-    if rate_bps == 0 {
-        0
-    } else {
-        ((8_000_000_000u128 << FP) / u128::from(rate_bps)).clamp(1, u128::from(u64::MAX)) as u64
-    }
-}
-
-/// Time `bytes` take at `ns_per_byte` (2^-FP ns per byte), plus a carried fraction, in
-/// 2^-FP ns: one multiplication.
-#[inline]
-fn cost_fp(bytes: u64, ns_per_byte: u64, frac: u64) -> u128 {
-    u128::from(bytes) * u128::from(ns_per_byte) + u128::from(frac)
-}
-
-const FRAC_MASK: u64 = (1 << FP) - 1;
-
-/// A token bucket kept as a virtual time, in the earliest-departure-time style: the
-/// tenant may send while `t` is not in the future, and each frame moves `t` on by its time
-/// at the rate (so a frame may overdraw by itself, repaid before the next). Unused time
-/// counts for up to `burst_ns`. Checking is a comparison; taking is one multiplication.
-#[derive(Debug, Clone, Copy)]
-struct Bucket {
-    /// 2^-FP ns per byte; 0 means unlimited.
-    ns_per_byte: u64,
-    /// Tokens are spent up to this time (ns); past `now` means in debt.
-    t: u64,
-    /// The fraction of a nanosecond `t` carries, 2^-FP ns.
-    frac: u64,
-    /// The bucket's depth as time at its rate (ns).
-    burst_ns: u64,
-}
-
-impl Bucket {
-    /// A bucket of `burst` bytes at `rate` bits/s, full or empty at `now`.
-    fn new(rate: u64, burst: u64, now: u64, full: bool) -> Bucket {
-        let npb = ns_per_byte(rate);
-        let burst_ns = (cost_fp(burst, npb, 0) >> FP).min(u128::from(u64::MAX / 4)) as u64;
-        Bucket { ns_per_byte: npb, t: if full { now.saturating_sub(burst_ns) } else { now }, frac: 0, burst_ns }
-    }
-
-    /// Whether the bucket has a rate (a guarantee bucket without one guarantees nothing).
-    #[inline]
-    fn is_limited(&self) -> bool {
-        self.ns_per_byte != 0
-    }
-
-    /// Whether a frame may go at `now` (always, without a rate).
-    #[inline]
-    fn ready(&self, now: u64) -> bool {
-        self.t <= now
-    }
-
-    #[inline]
-    fn take(&mut self, n: u64, now: u64) {
-        if !self.is_limited() {
-            return;
-        }
-        let fine = cost_fp(n, self.ns_per_byte, self.frac);
-        let base = self.t.max(now.saturating_sub(self.burst_ns));
-        self.t = base.saturating_add((fine >> FP).min(u128::from(u64::MAX / 4)) as u64);
-        self.frac = fine as u64 & FRAC_MASK;
-    }
-}
+use crate::bucket::{FP, FRAC_MASK, TokenBucket as Bucket, cost_fp, ns_per_byte};
 
 /// One flow (a VM port): its bounded FIFO's position in the frame array and its place in its
 /// tenant's round-robin of flows. 16 bytes, four to a cache line.
@@ -415,7 +347,7 @@ impl Scheduler {
         t.guar = Bucket::new(qos.guarantee, burst(qos.guarantee, 200), now, false);
         t.lim = Bucket::new(limit, burst(limit, 20_000), now, true);
         t.weight = weight;
-        t.g_wait = ((cost_fp(G_TURN_BYTES, t.guar.ns_per_byte, 0) >> FP) as u64).min(G_WAIT_NS) as u32;
+        t.g_wait = ((cost_fp(G_TURN_BYTES, t.guar.ns_per_byte(), 0) >> FP) as u64).min(G_WAIT_NS) as u32;
         t.deficit = 0;
         *old = qos;
         self.size_quantum();
@@ -611,9 +543,9 @@ impl Scheduler {
         // Wake up when the limit allows again, or when the guarantee is due (plus the wait
         // that lets the next turn carry more than one small frame).
         let wake = if !lim_ok {
-            t.lim.t
+            t.lim.ready_at()
         } else if guar && !guar_ok {
-            t.guar.t + u64::from(t.g_wait)
+            t.guar.ready_at() + u64::from(t.g_wait)
         } else {
             return;
         };

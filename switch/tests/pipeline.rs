@@ -529,3 +529,45 @@ fn ipv6_neighbour_discovery_and_other_ethertypes_from_a_vm() {
     assert_eq!(drops(&s, B1, DropReason::EthertypeNotAllowed), 1);
     assert_eq!(s.core.free.len(), 1024, "every frame returned");
 }
+
+#[test]
+fn a_policed_port_sends_its_burst_at_once_then_its_rate() {
+    // 8 Mbit/s of wire bits (1 byte per µs), 2,000 bytes deep, on b1 only
+    let cfg = CONFIG.replacen(
+        "ips = [\"10.0.0.1\"]\n",
+        "ips = [\"10.0.0.1\"]\npolicer = { rate = \"8M\", burst = \"2000\" }\n",
+        1,
+    );
+    let t = Config::from_toml(&cfg).unwrap().build(None, None).unwrap();
+    let mut s = Sim::new(Arc::new(t), 1024);
+    let f = frames::udp4_min(VM1, VM3, ip(10, 0, 0, 1), ip(10, 0, 0, 3)); // 60 + 24 wire bytes
+    let wire = 60 + xvs_switch::qos::WIRE_OVERHEAD;
+    for _ in 0..40 {
+        s.inject(B1, &f);
+    }
+    s.run();
+    let first = s.take(B3).len() as u64;
+    assert_eq!(first, 2_000 / wire, "the whole burst, even right after the core started");
+    assert_eq!(drops(&s, B1, DropReason::Policed), 40 - first);
+    // 10 ms later: 10,000 bytes of rate, capped at the 2,000-byte depth
+    s.advance(10_000_000);
+    for _ in 0..40 {
+        s.inject(B1, &f);
+    }
+    s.run();
+    assert_eq!(s.take(B3).len() as u64, 2_000 / wire);
+    // 420 µs later: 420 bytes, five frames of 84
+    s.advance(420_000 + 1_000);
+    for _ in 0..10 {
+        s.inject(B1, &f);
+    }
+    s.run();
+    let n = s.take(B3).len() as u64;
+    assert!((5..=6).contains(&n), "{n} frames after 421 µs at 1 byte/µs (plus what the last burst left)");
+    // b3 has no policer
+    for _ in 0..40 {
+        s.inject(B3, &frames::udp4_min(VM3, VM1, ip(10, 0, 0, 3), ip(10, 0, 0, 1)));
+    }
+    s.run();
+    assert_eq!(s.take(B1).len(), 40);
+}

@@ -10,6 +10,7 @@ pub mod icmp;
 pub use crate::drop::DropReason;
 pub use encap::{EncapTemplate, Outer, Underlayer};
 
+use crate::bucket::TokenBucket;
 use crate::fdb::{Fdb, Learn, Origin};
 use crate::neigh::Neighbors;
 use crate::port::{BATCH, Desc, FrameMem, FreeList, TxStage};
@@ -132,43 +133,22 @@ pub struct Pipeline {
     policers: Vec<Option<PolicerState>>,
 }
 
-/// A VM port's policer: a token bucket in wire bytes, refilled with the time passed in.
+/// A VM port's policer: a token bucket in wire bytes, full when the policer is set.
 #[derive(Debug, Clone, Copy)]
 struct PolicerState {
     conf: crate::tables::Policer,
-    tokens: u64,
-    last: u64,
+    bucket: TokenBucket,
 }
 
-impl PolicerState {
-    #[inline]
-    fn admit(&mut self, bytes: u64, now: u64) -> bool {
-        if now > self.last {
-            let add = (u128::from(now - self.last) * u128::from(self.conf.rate) / 8_000_000_000) as u64;
-            if add > 0 {
-                self.tokens = (self.tokens + add).min(self.conf.burst);
-                self.last += (u128::from(add) * 8_000_000_000 / u128::from(self.conf.rate.max(1))) as u64;
-                if self.tokens == self.conf.burst {
-                    self.last = now;
-                }
-            }
-        }
-        if self.tokens >= bytes {
-            self.tokens -= bytes;
-            true
-        } else {
-            false
-        }
-    }
-}
-
+/// Keeps one policer per port that has one; a new or changed one starts full (a bucket
+/// full at time 0 is full at every later time).
 fn sync_policers(policers: &mut Vec<Option<PolicerState>>, t: &Tables) {
     policers.resize(t.ports.len(), None);
     for (i, slot) in policers.iter_mut().enumerate() {
         let want = t.ports[i].as_ref().and_then(|p| p.policer);
         match (want, slot.as_mut()) {
             (Some(c), Some(s)) if s.conf == c => {}
-            (Some(c), _) => *slot = Some(PolicerState { conf: c, tokens: c.burst, last: 0 }),
+            (Some(c), _) => *slot = Some(PolicerState { conf: c, bucket: TokenBucket::new(c.rate, c.burst, 0, true) }),
             (None, _) => *slot = None,
         }
     }
@@ -324,7 +304,8 @@ impl Pipeline {
         // A VM port's policer applies to what the VM sends, before anything is forwarded.
         if let Some(Some(pol)) = self.policers.get_mut(ingress.index()) {
             for (d, (a, _)) in rx.iter().zip(self.actions.iter_mut()) {
-                if !matches!(a, Action::Drop(_)) && !pol.admit(u64::from(d.len) + crate::qos::WIRE_OVERHEAD, now) {
+                if !matches!(a, Action::Drop(_)) && !pol.bucket.admit(u64::from(d.len) + crate::qos::WIRE_OVERHEAD, now)
+                {
                     *a = Action::Drop(DropReason::Policed);
                 }
             }
