@@ -1,5 +1,6 @@
 //! Pipeline cost per packet on one core, in memory: local switching, encapsulation,
-//! decapsulation and flooding to 8 VTEPs, each with 1 and with 1,000,000 FDB entries.
+//! decapsulation and flooding to 8 VTEPs, each with 1 and with 1,000,000 FDB entries; and
+//! local switching from a policed port (a policer that passes everything: the bucket's cost).
 //!
 //! Each iteration receives a batch of 64 minimum-size frames on one port and runs a whole poll
 //! of the core (receive, decide, rewrite, stage, transmit, recycle). Writing the 64 frames
@@ -58,7 +59,11 @@ fn remote_mac(i: u32) -> MacAddr {
 
 /// A switch with `entries` learned remote MACs spread over its VTEPs.
 fn switch(entries: u32, vteps: usize) -> Sim {
-    let t = Config::from_toml(&config(vteps)).unwrap().build(None, None).unwrap();
+    switch_from(&config(vteps), entries, vteps)
+}
+
+fn switch_from(config: &str, entries: u32, vteps: usize) -> Sim {
+    let t = Config::from_toml(config).unwrap().build(None, None).unwrap();
     let mut s = Sim::new(Arc::new(t), 8192);
     let now = s.now;
     for i in 0..vteps {
@@ -109,6 +114,23 @@ fn bench(c: &mut Criterion) {
         let local: Vec<Vec<u8>> =
             (0..BATCH).map(|_| frames::udp4_min(vm1, vm2, ip1, Ipv4Addr::new(10, 0, 0, 2))).collect();
         g.bench_function(BenchmarkId::new("local", entries), |b| b.iter(|| run(&mut s, PortId(1), &local)));
+        if entries == 1 {
+            // b1 policed at 400 Gbit/s, the clock moving 1 µs a batch: every frame conforms
+            let policed = config(1).replacen(
+                "ips = [\"10.0.0.1\"]\n",
+                "ips = [\"10.0.0.1\"]\npolicer = { rate = \"400G\" }\n",
+                1,
+            );
+            let mut p = switch_from(&policed, 1, 1);
+            g.bench_function("local_policed", |b| {
+                b.iter(|| {
+                    p.advance(1_000);
+                    run(&mut p, PortId(1), &local)
+                })
+            });
+            let dropped = p.core.pipeline.stats.ports[1].dropped();
+            assert_eq!(dropped, 0, "the policer passes everything");
+        }
 
         // encap: destinations are learned remote MACs (the 1-entry case adds one)
         if entries == 1 {

@@ -2,60 +2,12 @@
 //! default is a local file written atomically. A distributed store can implement the same
 //! trait later without any other code assuming a file.
 
-use crate::config::{Config, StaticFdbConfig};
-use crate::types::parse_mac;
+use crate::config::Config;
 use anyhow::Context;
-use serde::{Deserialize, Serialize};
 use std::io::Write;
-use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
-/// A small change recorded without rewriting the whole configuration.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "op", rename_all = "snake_case")]
-pub enum Record {
-    /// Static FDB entries added or replaced in a tenant (MACs normalised).
-    FdbAdd {
-        /// Tenant name.
-        tenant: String,
-        /// (MAC, VTEP) pairs.
-        entries: Vec<(String, IpAddr)>,
-    },
-    /// Static FDB entries removed from a tenant.
-    FdbDel {
-        /// Tenant name.
-        tenant: String,
-        /// MACs.
-        macs: Vec<String>,
-    },
-}
-
-impl Record {
-    /// Applies the record to `cfg` (unknown tenants and MACs are ignored: the record was
-    /// validated when it was made).
-    pub fn apply(&self, cfg: &mut Config) {
-        match self {
-            // MACs compare as addresses, not as text: a file may write `0A` or `-`.
-            Record::FdbAdd { tenant, entries } => {
-                if let Some(t) = cfg.tenants.iter_mut().find(|t| t.name == *tenant) {
-                    for (mac, vtep) in entries {
-                        let m = parse_mac(mac).ok();
-                        match t.fdb.iter_mut().find(|f| parse_mac(&f.mac).ok() == m) {
-                            Some(f) => (f.mac, f.vtep) = (mac.clone(), *vtep),
-                            None => t.fdb.push(StaticFdbConfig { mac: mac.clone(), vtep: *vtep }),
-                        }
-                    }
-                }
-            }
-            Record::FdbDel { tenant, macs } => {
-                if let Some(t) = cfg.tenants.iter_mut().find(|t| t.name == *tenant) {
-                    let gone: Vec<_> = macs.iter().filter_map(|m| parse_mac(m).ok()).collect();
-                    t.fdb.retain(|f| parse_mac(&f.mac).map_or(true, |m| !gone.contains(&m)));
-                }
-            }
-        }
-    }
-}
+pub use crate::config::Record;
 
 /// Durable storage of the desired configuration.
 pub trait Store: Send {

@@ -3,7 +3,7 @@
 //! and of what the store would give back at the next start, lets any effect fail, and checks
 //! after every request that the three agree with the plane.
 //!
-//! May depend on: control::plane and proto, config, store (`Record`), tables, types.
+//! May depend on: control::plane and proto, config, tables, types.
 
 use super::plane::{Plan, Plane};
 use super::proto::Command;

@@ -4,14 +4,13 @@
 //! `&self`, so a refused request cannot change anything; the daemon carries the effects out
 //! (`control::server`) and commits the plan only once they succeeded.
 //!
-//! May depend on: config, tables, pipeline (`Change`), store (`Record`), types, wire and the
+//! May depend on: config, tables, pipeline (`Change`), types, wire and the
 //! control protocol's types. Never on io, daemon or anything that does I/O.
 
 use super::proto::reply::{ConfigToml, Reply, VtepRow};
 use super::proto::{ArpProbe, Command, FdbEntry, UdpProbe};
-use crate::config::{Config, DEFAULT_MAC_LIMIT, PolicerConfig, PortConfig, StaticFdbConfig, TenantConfig};
+use crate::config::{Config, DEFAULT_MAC_LIMIT, PolicerConfig, PortConfig, Record, StaticFdbConfig, TenantConfig};
 use crate::pipeline::Change;
-use crate::store::Record;
 use crate::tables::{FdbDest, PortKind, Tables};
 use crate::types::{PortId, TenantId, is_assignable_mac, mac_str, parse_mac};
 use crate::wire::MacAddr;
