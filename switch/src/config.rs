@@ -1,6 +1,9 @@
 //! The declarative configuration (TOML) that xvsd starts from, and its validation into a
 //! [`Tables`] snapshot. Every check lives here, before any interface is touched; an invalid
 //! config yields one error naming the bad value and builds nothing.
+//!
+//! May depend on: tables, qos (rates, admission), types, wire; serde and toml. No I/O:
+//! interfaces are checked by `preflight`.
 
 use crate::tables::{FdbDest, Policer, Port, PortKind, Tables, Tenant, Underlay};
 use crate::types::{InvalidMac, InvalidVni, PortId, Rate, TenantId, Vni, is_assignable_mac, mac_str, parse_mac};

@@ -1,6 +1,9 @@
 //! One forwarding core's poll loop body, generic over the port type: receive a batch from each
 //! port, run the pipeline, transmit what was staged, recycle frames. The same code drives
 //! in-memory ports in tests and benchmarks and AF_XDP sockets in xvsd.
+//!
+//! May depend on: pipeline, fdb, port (the port interface), qos (the uplink scheduler), tables,
+//! types, wire. Never on io: the daemon runs it over AF_XDP ports, `sim` over in-memory ones.
 
 use crate::fdb::Entry;
 use crate::pipeline::{Action, Change, DropReason, Pipeline};

@@ -1,5 +1,7 @@
 //! Why a frame was dropped: a stable vocabulary that counters, the CLI and traces print
 //! verbatim (like VPP's `vxlan_error.def`). Never rename a reason; add new ones at the end.
+//!
+//! May depend on: nothing but serde.
 
 use serde::Serialize;
 

@@ -5,6 +5,8 @@
 //! entries age out with the clock passed in. The table is allocated at its full capacity up
 //! front, so learning never allocates, and each tenant is held to its MAC limit so one tenant
 //! cannot exhaust the table for the others.
+//!
+//! May depend on: tables (`FdbDest`), types, wire; hashbrown and foldhash.
 
 use crate::tables::FdbDest;
 use crate::types::TenantId;

@@ -1,5 +1,7 @@
 //! Frame builders for tests, benchmarks, fuzzing and the traffic generator (allocates; not
 //! for the data path).
+//!
+//! May depend on: pipeline (encapsulation headers), tables, wire; smoltcp.
 
 use crate::pipeline::EncapTemplate;
 use crate::tables::Underlay;

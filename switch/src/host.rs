@@ -1,6 +1,8 @@
 //! The VTEP's own small host stack on the underlay: answers ARP for our VTEP IP and ICMP echo
 //! to it, and resolves the MAC of each remote VTEP's next hop with ARP, retrying and expiring
 //! entries. Pure logic over the frame memory, time passed in; built on `smoltcp::wire`.
+//!
+//! May depend on: neigh, port, tables, wire; smoltcp.
 
 use crate::neigh::Neighbors;
 use crate::port::{Desc, FrameMem, FreeList, TxStage};

@@ -1,5 +1,7 @@
 //! In-memory frame memory and ports: the same [`Port`] interface as AF_XDP, without the kernel,
 //! so the pipeline is tested, fuzzed and benchmarked in process.
+//!
+//! May depend on: port.
 
 use crate::port::{Desc, FrameMem, FreeList, Port};
 use std::collections::VecDeque;

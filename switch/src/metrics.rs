@@ -1,5 +1,8 @@
 //! Optional Prometheus endpoint (loopback only): the same counters as `xvsctl stats`, in the
 //! Prometheus text format, encoded with the `prometheus-client` crate.
+//!
+//! May depend on: control::server (the snapshot), pipeline (`DropReason`); prometheus-client,
+//! hyper, tokio.
 
 use crate::control::server::ControlState;
 use crate::pipeline::DropReason;

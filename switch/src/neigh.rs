@@ -1,5 +1,7 @@
 //! Underlay neighbours: the MAC of each remote VTEP's next hop, as resolved by the VTEP host
 //! stack with ARP. Fixed capacity, allocated up front.
+//!
+//! May depend on: wire; hashbrown and foldhash.
 
 use crate::wire::MacAddr;
 use foldhash::fast::RandomState;

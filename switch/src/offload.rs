@@ -11,6 +11,8 @@
 //! Pure: bytes in, bytes out, no I/O, no allocation; every malformed header is a
 //! [`DropReason`], never a panic. Depends on [`crate::pipeline::DropReason`] and the checksum
 //! helpers of [`crate::wire`] only.
+//!
+//! May depend on: pipeline (checksums), wire.
 
 use crate::pipeline::DropReason;
 pub use crate::wire::{fold_wide as fold, sum_wide as sum};

@@ -4,6 +4,8 @@
 //! sockets, or a plain buffer for in-memory ports) and move between ports as [`Desc`]s, so
 //! forwarding from one port to another copies nothing. A frame's data always starts at the
 //! beginning of its data area; encapsulation and decapsulation move the data within it.
+//!
+//! May depend on: types.
 
 use crate::types::PortId;
 use std::ops::Range;

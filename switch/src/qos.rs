@@ -29,6 +29,8 @@
 //! frames at once (`enqueue_burst`, `dequeue_burst`), which release exactly what
 //! frame-by-frame calls would. A turn checks each frame against the tenant's buckets and
 //! deficit, then takes the frames of a flow out as one run and accounts for them once.
+//!
+//! May depend on: bucket, port (`Desc`), and io for two hints (huge pages, prefetch).
 
 use crate::port::Desc;
 use serde::Serialize;

@@ -1,5 +1,7 @@
 //! A whole switch in memory: a [`Core`] over [`MemPort`]s, for tests, fuzzing and benchmarks
 //! (quinn-proto's `Pair` in spirit). Time is a number the caller advances.
+//!
+//! May depend on: datapath, memport, port, tables, types.
 
 use crate::datapath::Core;
 use crate::memport::{MemFrames, MemPort};

@@ -1,4 +1,6 @@
 //! Counters of one core. Single writer (the core); they are copied out for readers.
+//!
+//! May depend on: drop; the protocol crate (`Events`, reply counters).
 
 use crate::drop::DropReason;
 pub use xvs_proto::reply::Events;

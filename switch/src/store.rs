@@ -1,6 +1,8 @@
 //! Where the desired configuration is kept. Everything goes through [`Store`]; the embedded
 //! default is a local file written atomically. A distributed store can implement the same
 //! trait later without any other code assuming a file.
+//!
+//! May depend on: config (the configuration and its `Record`); files only.
 
 use crate::config::Config;
 use anyhow::Context;

@@ -1,6 +1,8 @@
 //! The table snapshot the forwarding cores read: tenants, ports, remote VTEPs, static FDB
 //! entries and ARP bindings. Immutable once built; the control plane builds a new one and
 //! publishes it (see [`crate::datapath`]). Every lookup key carries the tenant.
+//!
+//! May depend on: qos (`TenantQos`), types, wire; hashbrown and foldhash.
 
 use crate::types::{PortId, TenantId, Vni};
 use crate::wire::MacAddr;

@@ -1,4 +1,6 @@
 //! Small checked value types: parse, don't validate.
+//!
+//! May depend on: wire.
 
 use crate::wire::MacAddr;
 use core::fmt;

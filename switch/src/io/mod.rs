@@ -1,6 +1,9 @@
 //! The I/O layer: XDP and tc programs (aya), AF_XDP sockets (xsk-rs), the UMEM, packet
 //! sockets on taps, link events (netlink). The only place with `unsafe` code; everything
 //! above it is safe and I/O-free.
+//!
+//! May depend on: offload, pipeline, port, types, wire; aya, xsk-rs, nix, libc, netlink. The
+//! only module with `unsafe`.
 
 pub mod afxdp;
 pub mod links;

@@ -3,6 +3,9 @@
 //!
 //! Pure logic: no I/O, no clock (time is passed in), no allocation per batch (scratch space is
 //! sized at construction), no panics on any input. Every drop is a counted [`DropReason`].
+//!
+//! May depend on: bucket, drop, fdb, neigh, port, qos (`WIRE_OVERHEAD`), stats, tables, types,
+//! wire. No I/O, no allocation per frame.
 
 pub mod encap;
 pub mod icmp;

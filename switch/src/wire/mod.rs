@@ -3,6 +3,8 @@
 //! Ethernet, ARP, IPv4, IPv6 and UDP come from `smoltcp::wire`; 802.1Q and VXLAN are written
 //! here in the same style. The contract is smoltcp's: build a view with `new_checked`, and after
 //! that no accessor can panic.
+//!
+//! May depend on: smoltcp only.
 
 pub mod vxlan;
 
