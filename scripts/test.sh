@@ -20,8 +20,14 @@ if cargo tree -p xvsctl -e normal,build --prefix none | grep -E '^(xvs-switch|ay
   exit 1
 fi
 
+# The dataplane cannot do I/O: no system-call crate may reach it (it forbids unsafe itself)
+if cargo tree -p xvs-dataplane -e normal --prefix none | grep -Ei '^(libc|nix|rustix|aya|xsk-rs|netlink|tokio|mio|hyper|socket2) '; then
+  echo "xvs-dataplane must not depend on a system-call or I/O crate (see above)" >&2
+  exit 1
+fi
+
 step "unit, property and in-memory pipeline tests"
-cargo test --lib --bins --tests -p xvs-switch -p xvs-proto -p xvs-common -p xvs-benches
+cargo test --lib --bins --tests -p xvs-switch -p xvs-dataplane -p xvs-hint -p xvs-proto -p xvs-common -p xvs-benches
 
 step "fuzz targets (each for 15 s; a longer campaign: ./scripts/fuzz.sh 600)"
 FUZZ_SANITIZER=none ./scripts/fuzz.sh 15

@@ -35,7 +35,8 @@ const IMIX: [u32; 12] = [60, 590, 60, 60, 590, 60, 1514, 60, 590, 60, 60, 590];
 /// guarantees adding up to half the link, weights 1..4, and up to `fill` frames queued per
 /// tenant (as many as half the room allows).
 fn scheduler(tenants: usize, queue: usize, frames: usize, fill: u32, sizes: &[u32]) -> Scheduler {
-    let mut s = Scheduler::new(LINK, tenants, tenants, queue, frames);
+    // as xvsd allocates it: the large tables on huge pages
+    let mut s = Scheduler::with_advice(LINK, tenants, tenants, queue, frames, xvs_switch::io::advise_huge_pages);
     let fill = fill.min((frames / 2 / tenants) as u32);
     for t in 0..tenants {
         let qos = TenantQos { guarantee: LINK / 2 / tenants as u64, limit: None, weight: 1 + (t as u32 % 4) };

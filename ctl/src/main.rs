@@ -1,6 +1,8 @@
 //! xvsctl: the command line of xvs. Talks to xvsd over its control socket; nouns then verbs,
 //! `--json` on every command, exit status 0 on success and 1 with a one-line error otherwise.
 
+mod capture;
+
 use clap::{CommandFactory, Parser, Subcommand};
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
@@ -69,6 +71,32 @@ enum Noun {
         /// An ARP request: SRC_MAC,SRC_IP,TARGET_IP.
         #[arg(long)]
         arp: Option<String>,
+    },
+    /// Capture what PORT receives and sends, as the switch sees it, with what xvs did with
+    /// each frame (tcpdump on a port shows nothing of switched traffic: XDP takes frames
+    /// before packet taps). Prints one line per packet, or writes pcapng that tcpdump and
+    /// Wireshark read (direction in the packet flags, xvs's decision as the packet comment).
+    /// Runs until --count or --duration, or until interrupted. A capture never holds up
+    /// forwarding: frames it cannot keep up with are forwarded as always and counted as
+    /// missed (printed at the end; `ifdrop` in the file).
+    Capture {
+        /// The port's interface (a VM port or the uplink).
+        port: String,
+        /// Only this tenant's frames (on the uplink: those with the tenant's VNI).
+        #[arg(long)]
+        tenant: Option<String>,
+        /// Stop after this many packets.
+        #[arg(short = 'c', long)]
+        count: Option<u64>,
+        /// Stop after this many seconds.
+        #[arg(long, value_name = "SECS")]
+        duration: Option<f64>,
+        /// Bytes kept of each frame, 64..=4096 (default: all of it).
+        #[arg(short = 's', long)]
+        snaplen: Option<u32>,
+        /// Write pcapng to FILE ("-": standard output) instead of printing packets.
+        #[arg(short = 'w', long, value_name = "FILE")]
+        write: Option<PathBuf>,
     },
     /// Bandwidth guarantees on the uplink.
     Qos {
@@ -382,6 +410,22 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             );
             Cmd::Trace { port, frame_hex: hex, udp, arp }
         }
+        Noun::Capture { port, tenant, count, duration, snaplen, write } => {
+            let duration_ms = match duration {
+                Some(d) if d > 0.0 && d.is_finite() && d < 1e9 => Some((d * 1000.0).ceil() as u64),
+                Some(d) => anyhow::bail!("--duration needs a positive number of seconds (got {d})"),
+                None => None,
+            };
+            let cmd = Cmd::Capture { port, tenant, count, duration_ms, snaplen };
+            let mut c = Client::connect(&cli.socket)?;
+            let Reply::Capture(started) = c.call(&cmd)? else { anyhow::bail!("bad reply from xvsd to capture") };
+            let sink = match (&write, cli.json) {
+                (Some(f), _) => capture::Sink::File(f),
+                (None, true) => capture::Sink::Json,
+                (None, false) => capture::Sink::Lines,
+            };
+            return capture::run(&started, c.reader, sink);
+        }
         Noun::Qos { verb: QosVerb::Show } => Cmd::QosShow {},
         Noun::Config { verb } => match verb {
             ConfigVerb::Export => Cmd::ConfigExport {},
@@ -590,6 +634,7 @@ fn print_human(v: &Reply) {
         Reply::FdbApplied(a) => println!("applied (live in the core after {} µs)", a.live_us),
         Reply::Done(Done::Applied) => println!("applied"),
         Reply::Done(Done::Cleared) => println!("cleared"),
+        Reply::Capture(c) => println!("capturing on {}", c.port),
     }
 }
 

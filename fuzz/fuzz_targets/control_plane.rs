@@ -87,12 +87,14 @@ fn command(b: &mut Bytes) -> Value {
         7 | 8 => json!({"op": "fdb_add", "tenant": b.pick(TENANTS),
             "entries": (0..b.byte() % 4).map(|_| json!({"mac": b.pick(MACS), "vtep": b.pick(VTEPS)})).collect::<Vec<_>>()}),
         9 => json!({"op": "fdb_del", "tenant": b.pick(TENANTS), "macs": (0..b.byte() % 3).map(|_| b.pick(MACS)).collect::<Vec<_>>()}),
-        10 => match b.byte() % 3 {
+        10 => match b.byte() % 4 {
             0 => json!({"op": "trace", "port": b.pick(PORTS), "frame_hex": b.pick(&["0200", "02:00 0a", "abc", "zz", "aéb"])}),
             1 => json!({"op": "trace", "port": b.pick(PORTS), "udp": {"src_mac": b.pick(MACS), "dst_mac": b.pick(MACS),
                 "src_ip": b.pick(IPS), "dst_ip": b.pick(IPS)}}),
-            _ => json!({"op": "trace", "port": b.pick(PORTS), "arp": {"src_mac": b.pick(MACS), "src_ip": b.pick(IPS),
+            2 => json!({"op": "trace", "port": b.pick(PORTS), "arp": {"src_mac": b.pick(MACS), "src_ip": b.pick(IPS),
                 "target_ip": b.pick(IPS)}}),
+            _ => json!({"op": "capture", "port": b.pick(PORTS), "tenant": b.pick(TENANTS),
+                "snaplen": [0u32, 64, 4096, 9000][b.byte() as usize % 4], "count": b.byte() % 3}),
         },
         11 => json!({"op": SHOWS[b.byte() as usize % SHOWS.len()],
             "name": b.pick(TENANTS), "interface": b.pick(PORTS), "tenant": b.pick(TENANTS)}),

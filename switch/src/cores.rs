@@ -2,7 +2,7 @@
 //! blocks on them), what it reports every 100 ms, and the status and counters snapshot the
 //! stats file, `xvsctl stats` and the metrics show.
 //!
-//! May depend on: datapath (trace facts, FDB rows), io (port types, the waker, UMEM
+//! May depend on: capture (taps), datapath (trace facts, FDB rows), io (port types, the waker, UMEM
 //! handles), pipeline (`Change`), stats, host, qos, tables, types.
 
 use crate::datapath::{FdbRow, TraceFacts};
@@ -51,6 +51,12 @@ pub enum CoreMsg {
         frame: Vec<u8>,
         /// Where the facts go.
         reply: Sender<TraceFacts>,
+    },
+    /// Start a packet capture (the tap's ring, allocated by the sender, is how the core
+    /// hands the records over; the tap ends when its reader drops the ring).
+    Capture {
+        /// The tap.
+        tap: crate::capture::Tap,
     },
     /// Copy out learned and static FDB entries (rendered by the control side).
     FdbDump {

@@ -177,7 +177,7 @@ fn core_loop(
 ) {
     pin_to(cpu);
     let mut share_seen = 0u64;
-    let mut core: Core<IoPort, UmemFrames> = Core::new(Arc::clone(&tables), umem);
+    let mut core: Core<IoPort, UmemFrames> = Core::with_advice(Arc::clone(&tables), umem, crate::io::advise_huge_pages);
     core.cycle_counter = crate::io::cycles;
     for (id, s) in sets {
         core.attach(id, s);
@@ -235,6 +235,11 @@ fn core_loop(
                 }
                 CoreMsg::Trace { port, frame, reply } => {
                     let _ = reply.send(core.trace_facts(port, &frame, now));
+                }
+                CoreMsg::Capture { tap } => {
+                    let wall = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
+                    tap.ring().set_clock_base(now, wall.map_or(0, |d| d.as_nanos() as u64));
+                    core.taps.push(tap);
                 }
                 CoreMsg::FdbDump { tenant, mut buf, reply } => {
                     core.copy_fdb(tenant, &mut buf);

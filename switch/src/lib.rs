@@ -1,32 +1,23 @@
 //! xvs: a userspace datacenter virtual switch. Every tenant gets its own VXLAN overlay
 //! (RFC 7348); VM ports are tap or veth devices, the uplink carries VXLAN.
 //!
-//! Layout, after smoltcp's: [`wire`] is bytes only, [`pipeline`] is the forwarding logic
-//! (pure, batched, time passed in), [`port`] is the device interface with [`memport`] as the
-//! in-memory implementation; [`tables`], [`fdb`] and [`neigh`] hold state, [`config`] builds it.
+//! This crate is the daemon around the dataplane: [`io`] (AF_XDP sockets and the UMEM, XDP
+//! and tc programs, packet sockets on taps, netlink; the only `unsafe`), the control plane
+//! and its server ([`control`]), the forwarding cores' threads and messages ([`daemon`],
+//! [`cores`]), the state store, metrics and the host checks. The dataplane itself (wire
+//! formats, tables, FDB, pipeline, QoS, the port interface, the simulation) is the
+//! `xvs-dataplane` crate, which cannot do I/O; its modules are re-exported here under their
+//! own names.
 
-pub mod bucket;
-pub mod config;
+pub use xvs_dataplane::{
+    bucket, capture, config, datapath, drop, fdb, frames, hint, host, memport, neigh, offload, pipeline, port, qos,
+    sim, stats, tables, types, wire,
+};
+
 pub mod control;
 pub mod cores;
 pub mod daemon;
-pub mod datapath;
-pub mod drop;
-pub mod fdb;
-pub mod frames;
-pub mod host;
 pub mod io;
-pub mod memport;
 pub mod metrics;
-pub mod neigh;
-pub mod offload;
-pub mod pipeline;
-pub mod port;
 pub mod preflight;
-pub mod qos;
-pub mod sim;
-pub mod stats;
 pub mod store;
-pub mod tables;
-pub mod types;
-pub mod wire;

@@ -571,3 +571,48 @@ fn a_policed_port_sends_its_burst_at_once_then_its_rate() {
     s.run();
     assert_eq!(s.take(B1).len(), 40);
 }
+
+#[test]
+fn a_capture_sees_frames_in_and_out_with_their_decision_and_changes_nothing() {
+    use xvs_switch::capture::{Dir, Ring, Tap, Verdict};
+    use xvs_switch::pipeline::Action;
+    let mut s = sim();
+    let on_b1 = Ring::new(16, 4096);
+    let on_uplink_red = Ring::new(16, 4096);
+    s.core.taps.push(Tap::new(B1, None, Arc::clone(&on_b1), s.now));
+    s.core.taps.push(Tap::new(UPLINK, Some(RED), Arc::clone(&on_uplink_red), s.now));
+    let good = frames::udp4_min(VM1, VM2, ip(10, 0, 0, 1), ip(10, 0, 0, 2));
+    let spoofed = frames::udp4_min(VM3, VM2, ip(10, 0, 0, 1), ip(10, 0, 0, 2));
+    let back = frames::udp4_min(VM3, VM1, ip(10, 0, 0, 3), ip(10, 0, 0, 1));
+    s.inject(B1, &good);
+    s.inject(B1, &spoofed);
+    s.inject(B3, &back);
+    s.run();
+    // forwarding is as without a capture
+    assert_eq!(s.take(UPLINK).len(), 1);
+    assert_eq!(s.take(B1), vec![back.clone()]);
+    assert_eq!(drops(&s, B1, DropReason::SpoofedSrcMac), 1);
+    let recs: Vec<_> = std::iter::from_fn(|| on_b1.pop()).collect();
+    assert_eq!(recs.len(), 3, "two in, one out");
+    assert_eq!((recs[0].dir, recs[0].tenant), (Dir::In, Some(BLUE)));
+    assert!(matches!(recs[0].verdict, Verdict::Decided(Action::Encap { vni: 100, .. })), "{:?}", recs[0].verdict);
+    assert_eq!(&recs[0].data[..recs[0].caplen as usize], &good[..]);
+    assert_eq!(recs[1].verdict, Verdict::Decided(Action::Drop(DropReason::SpoofedSrcMac)));
+    assert_eq!((recs[2].dir, recs[2].verdict, recs[2].tenant), (Dir::Out, Verdict::Sent, Some(BLUE)));
+    assert_eq!(&recs[2].data[..recs[2].caplen as usize], &back[..]);
+    // the uplink's capture of tenant red saw none of blue's VXLAN
+    assert!(on_uplink_red.pop().is_none());
+    assert_eq!(on_b1.lost() + on_uplink_red.lost(), 0);
+    // red's frame to a remote VTEP is seen there, as sent, with red's VNI
+    let red = frames::udp4(VM1, MacAddr::BROADCAST, ip(10, 0, 0, 1), ip(10, 0, 0, 255), 1, 2, &[0; 18]);
+    s.inject(R1, &red);
+    s.run();
+    let r = on_uplink_red.pop().expect("red's flood on the uplink");
+    assert_eq!((r.dir, r.tenant, r.verdict), (Dir::Out, Some(RED), Verdict::Sent));
+    // a capture whose reader is gone ends
+    drop(on_b1);
+    drop(on_uplink_red);
+    s.inject(B1, &good);
+    s.run();
+    assert!(s.core.taps.is_empty());
+}

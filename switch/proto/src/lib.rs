@@ -182,6 +182,27 @@ pub enum Command {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         arp: Option<ArpProbe>,
     },
+    /// Capture what a port receives and sends. The reply (a [`reply::CaptureStarted`]) is
+    /// followed on the same connection by a pcapng stream (one interface, the port; each
+    /// packet with its direction in `epb_flags` and xvs's decision as its comment), which
+    /// ends with an interface statistics block (`ifdrop`: frames the capture missed) when
+    /// `count` packets were written or `duration_ms` passed; a client may also just close.
+    Capture {
+        /// The port's interface.
+        port: String,
+        /// Only this tenant's frames (on the uplink: by VNI).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        tenant: Option<String>,
+        /// Stop after this many packets.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        count: Option<u64>,
+        /// Stop after this long.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        duration_ms: Option<u64>,
+        /// Bytes kept of each frame (default and most: 4096, a whole frame).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        snaplen: Option<u32>,
+    },
     /// The whole configuration as TOML (the format xvsd starts from).
     ConfigExport {},
     /// Replace the whole configuration.
@@ -305,6 +326,7 @@ impl Command {
             C::QosShow {} => Reply::Qos(de(result)?),
             C::Stats {} => Reply::Stats(de(result)?),
             C::Trace { .. } => Reply::Trace(de(result)?),
+            C::Capture { .. } => Reply::Capture(de(result)?),
             C::ConfigExport {} => Reply::Config(de(result)?),
             C::TenantAdd { .. }
             | C::TenantSet { .. }

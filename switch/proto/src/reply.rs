@@ -37,8 +37,27 @@ pub enum Reply {
     Trace(Trace),
     /// `config_export`.
     Config(ConfigToml),
+    /// `capture`, before its pcapng stream.
+    Capture(CaptureStarted),
     /// Every change but the static FDB's, and `stats_clear`.
     Done(Done),
+}
+
+/// A capture that started: its pcapng stream follows the reply line.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CaptureStarted {
+    /// The port.
+    pub port: String,
+    /// The tenant filter, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
+    /// Bytes kept of each frame.
+    pub snaplen: u32,
+    /// Forwarding cores capturing (each copies what it forwards on the port).
+    pub cores: usize,
+    /// Bytes per second each core may copy, as bits/s; frames beyond it, or beyond what the
+    /// reader keeps up with, are forwarded as always and counted as missed.
+    pub copy_limit_bps: u64,
 }
 
 /// A change that was carried out.

@@ -175,7 +175,7 @@ mod tests {
 
     #[test]
     fn trace_decides_as_forwarding_does_aging_and_jumbo_frames_included() {
-        let mut cfg = Config::from_toml(crate::config::tests::SAMPLE).unwrap();
+        let mut cfg = Config::from_toml(crate::config::EXAMPLE).unwrap();
         cfg.uplink.mtu = Some(9000); // a jumbo underlay
         let mut s = Sim::new(Arc::new(cfg.build(None, None).unwrap()), 256);
         let (peer, vtep2) = (MacAddr([2, 0, 0, 0, 0xff, 2]), Ipv4Addr::new(192, 168, 77, 2));

@@ -3,6 +3,7 @@
 
 pub mod explain;
 pub mod model;
+pub mod pcapng;
 pub mod plane;
 pub use xvs_proto as proto;
 pub mod server;

@@ -4,7 +4,7 @@
 //! `&self`, so a refused request cannot change anything; the daemon carries the effects out
 //! (`control::server`) and commits the plan only once they succeeded.
 //!
-//! May depend on: config, tables, pipeline (`Change`), types, wire and the
+//! May depend on: config, capture (its limits), tables, pipeline (`Change`), types, wire and the
 //! control protocol's types. Never on io, daemon or anything that does I/O.
 
 use super::proto::reply::{ConfigToml, Reply, VtepRow};
@@ -108,6 +108,25 @@ pub enum Read {
     StatsClear,
     /// `trace`: a frame arriving on a port.
     Trace(PortId, Vec<u8>),
+    /// `capture`: taps on a port, streamed on the request's connection.
+    Capture(CapturePlan),
+}
+
+/// A packet capture to start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CapturePlan {
+    /// The port.
+    pub port: PortId,
+    /// Its interface.
+    pub name: String,
+    /// Only this tenant's frames.
+    pub tenant: Option<(TenantId, String)>,
+    /// Stop after this many packets.
+    pub count: Option<u64>,
+    /// Stop after this long.
+    pub duration_ms: Option<u64>,
+    /// Bytes kept of each frame.
+    pub snaplen: u32,
 }
 
 type Planned = Result<Plan, String>;
@@ -363,6 +382,32 @@ impl Plane {
                     _ => return Err("trace needs exactly one frame: frame_hex, udp or arp".into()),
                 };
                 Ok(Plan::Read(Read::Trace(id, frame)))
+            }
+            Command::Capture { port, tenant, count, duration_ms, snaplen } => {
+                let id = self.port_id(&port)?;
+                let tenant = match tenant {
+                    Some(t) => Some((self.tenant_id(&t)?, t)),
+                    None => None,
+                };
+                if let (Some((tid, tname)), Some(PortKind::Vm { tenant: own, .. })) =
+                    (&tenant, self.tables.port(id).map(|p| &p.kind))
+                    && own != tid
+                {
+                    let own = self.tables.tenant(*own).map_or("?", |t| t.name.as_str());
+                    return Err(format!("port {port:?} belongs to tenant {own:?}, not {tname:?}"));
+                }
+                let max = crate::capture::MAX_SNAPLEN;
+                let snaplen = snaplen.unwrap_or(max);
+                if !(64..=max).contains(&snaplen) {
+                    return Err(format!("snaplen {snaplen} is out of range (64..={max})"));
+                }
+                if count == Some(0) {
+                    return Err("count 0 would capture nothing (leave it out to capture until stopped)".into());
+                }
+                if duration_ms == Some(0) {
+                    return Err("duration 0 would capture nothing (leave it out to capture until stopped)".into());
+                }
+                Ok(Plan::Read(Read::Capture(CapturePlan { port: id, name: port, tenant, count, duration_ms, snaplen })))
             }
             Command::ConfigExport {} => {
                 Ok(Plan::Answer(Reply::Config(ConfigToml { toml: self.materialize().to_toml() })))
@@ -638,6 +683,34 @@ ips = ["10.0.0.1"]
         refused(&mut m, json!({"op": "tenant_del", "name": "nope"}), "unknown tenant");
         applies(&mut m, json!({"op": "tenant_del", "name": "green"}));
         assert!(!m.plane.desired().tenants.iter().any(|t| t.name == "green"));
+    }
+
+    #[test]
+    fn captures_are_planned_or_refused_with_the_bad_value() {
+        let mut m = model();
+        let plan = m.plane.plan(cmd(json!({"op": "capture", "port": "b1", "tenant": "blue", "count": 5})));
+        match plan {
+            Ok(Plan::Read(Read::Capture(p))) => {
+                assert_eq!((p.name.as_str(), p.count, p.snaplen), ("b1", Some(5), crate::capture::MAX_SNAPLEN));
+                assert_eq!(p.tenant.map(|t| t.1).as_deref(), Some("blue"));
+            }
+            p => panic!("{p:?}"),
+        }
+        assert_eq!(
+            run(&mut m, json!({"op": "capture", "port": "up0", "tenant": "red"}), Fault::None),
+            Outcome::Answered
+        );
+        refused(&mut m, json!({"op": "capture", "port": "nope"}), "unknown port \"nope\"");
+        refused(
+            &mut m,
+            json!({"op": "capture", "port": "b1", "tenant": "red"}),
+            "belongs to tenant \"blue\", not \"red\"",
+        );
+        refused(&mut m, json!({"op": "capture", "port": "b1", "tenant": "mauve"}), "unknown tenant \"mauve\"");
+        refused(&mut m, json!({"op": "capture", "port": "b1", "snaplen": 63}), "snaplen 63");
+        refused(&mut m, json!({"op": "capture", "port": "b1", "snaplen": 4097}), "snaplen 4097");
+        refused(&mut m, json!({"op": "capture", "port": "b1", "count": 0}), "count 0");
+        refused(&mut m, json!({"op": "capture", "port": "b1", "duration_ms": 0}), "duration 0");
     }
 
     #[test]

@@ -3,11 +3,12 @@
 //! store, then the cores, then the removed ports), follows VM ports' interfaces, answers
 //! queries from the running daemon and serves the control socket.
 //!
-//! May depend on: control::plane, explain and proto, cores (core messages, reports),
+//! May depend on: control::plane, explain, pcapng and proto, capture, cores (core messages, reports),
 //! preflight, io, store, tables, stats, types. Never on daemon or metrics.
 
 use super::explain;
-use super::plane::{self, Apply, FdbPlan, Plan, Plane};
+use super::pcapng::{self, Session, Slot};
+use super::plane::{self, Apply, CapturePlan, FdbPlan, Plan, Plane};
 use super::proto::reply::{self, Done, FdbApplied, PortInfo, QosShow, QosTenant, Reply, Status, TenantInfo};
 use super::proto::{self, Command, Error, ErrorKind};
 use crate::config::Config;
@@ -129,6 +130,8 @@ pub struct ControlState {
     cores: Cores,
     opts: Options,
     started: Instant,
+    /// Packet captures running (see [`pcapng::MAX_CAPTURES`]).
+    captures: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 /// What a request got: its reply, or why not.
@@ -161,6 +164,7 @@ impl ControlState {
             cores,
             opts,
             started: Instant::now(),
+            captures: Default::default(),
         }
     }
 
@@ -363,6 +367,10 @@ impl ControlState {
                 }
                 Ok(Reply::Done(Done::Cleared))
             }
+            plane::Read::Capture(_) => Err(Error::new(
+                ErrorKind::Refused,
+                "capture streams packets on a connection of its own; it cannot run here",
+            )),
             plane::Read::Trace(port, frame) => {
                 // The core only decides (one frame); the explanation is written here.
                 let (tx, rx) = crossbeam::channel::bounded(1);
@@ -372,6 +380,45 @@ impl ControlState {
                 Ok(Reply::Trace(explain::trace(&facts, port, &frame)))
             }
         }
+    }
+
+    /// Starts a packet capture: checks the request, then gives every core a tap on the port
+    /// with a ring of its own. The returned session streams what they capture
+    /// ([`Session::stream`]), without this state's lock.
+    pub fn start_capture(&mut self, cmd: Command) -> Result<Session, Error> {
+        let p: CapturePlan = match self.plane.plan(cmd) {
+            Ok(Plan::Read(plane::Read::Capture(p))) => p,
+            Ok(_) => return Err(Error::new(ErrorKind::Refused, "not a capture request")),
+            Err(e) => return Err(Error::new(ErrorKind::Refused, e)),
+        };
+        let slot = Slot::take(&self.captures).ok_or_else(|| {
+            let m = format!("{} captures are running already (at most that many at once)", pcapng::MAX_CAPTURES);
+            Error::new(ErrorKind::Busy, m)
+        })?;
+        let mut rings = Vec::new();
+        for k in 0..self.cores.cores.len() {
+            let ring = crate::capture::Ring::new(crate::capture::RING_RECORDS, p.snaplen);
+            let tap = crate::capture::Tap::new(p.port, p.tenant.as_ref().map(|t| t.0), Arc::clone(&ring), 0);
+            self.cores.send(k, CoreMsg::Capture { tap }).map_err(failed)?;
+            rings.push(ring);
+        }
+        let started = reply::CaptureStarted {
+            port: p.name,
+            tenant: p.tenant.map(|t| t.1),
+            snaplen: p.snaplen,
+            cores: rings.len(),
+            copy_limit_bps: crate::capture::CAPTURE_RATE_BPS,
+        };
+        tracing::info!(port = %started.port, tenant = ?started.tenant, "packet capture started");
+        Ok(Session {
+            started,
+            rings,
+            tables: Arc::clone(self.tables()),
+            port: p.port,
+            count: p.count,
+            duration: p.duration_ms.map(Duration::from_millis),
+            slot,
+        })
     }
 
     fn qos_show(&self) -> QosShow {
@@ -588,12 +635,38 @@ fn serve_conn(conn: UnixStream, state: &Mutex<ControlState>) {
             continue;
         }
         let resp = match proto::parse_request(&buf) {
+            Ok(req) if matches!(req.cmd, Command::Capture { .. }) => {
+                // A capture owns the connection: its reply line, then the pcapng stream.
+                capture(state, req.cmd, &mut out);
+                return;
+            }
             Ok(req) => handle_guarded(state, req.cmd),
             Err(e) => Response::err(e),
         };
         if reply(&mut out, &resp).is_err() || !complete {
             return;
         }
+    }
+}
+
+/// Starts a capture under the state's lock and streams it without.
+fn capture(state: &Mutex<ControlState>, cmd: Command, out: &mut UnixStream) {
+    let r = guarded(state, "capture", |s| match s.start_capture(cmd) {
+        Ok(session) => proto::Response::ok(session),
+        Err(e) => proto::Response::err(e),
+    });
+    let Some(session) = r.result else {
+        let e = Error::new(r.kind.unwrap_or(ErrorKind::Internal), r.error.unwrap_or_default());
+        let _ = reply(out, &Response::err(e));
+        return;
+    };
+    if reply(out, &Response::ok(Reply::Capture(session.started.clone()))).is_err() {
+        return;
+    }
+    let port = session.started.port.clone();
+    match session.stream(out) {
+        Ok(s) => tracing::info!(%port, written = s.written, missed = s.lost, "packet capture ended"),
+        Err(e) => tracing::info!(%port, "packet capture ended: {e}"),
     }
 }
 

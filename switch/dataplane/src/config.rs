@@ -782,11 +782,10 @@ impl Record {
     }
 }
 
-#[cfg(test)]
-pub(crate) mod tests {
-    use super::*;
-
-    pub(crate) const SAMPLE: &str = r#"
+/// A configuration of two tenants (blue, VNI 100, and red, VNI 200) with the same MAC and IP
+/// on one VM port each, a remote VTEP, a static FDB entry and an ARP binding: the fixture of
+/// unit tests here and in the daemon.
+pub const EXAMPLE: &str = r#"
 [uplink]
 interface = "eth0"
 vtep_ip = "192.168.77.1/24"
@@ -817,6 +816,12 @@ tenant = "red"
 mac = "02:00:00:00:00:01"
 ips = ["10.0.0.1"]
 "#;
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    pub(crate) use super::EXAMPLE as SAMPLE;
 
     fn sample() -> Config {
         Config::from_toml(SAMPLE).unwrap()

@@ -30,7 +30,7 @@
 //! frame-by-frame calls would. A turn checks each frame against the tenant's buckets and
 //! deficit, then takes the frames of a flow out as one run and accounts for them once.
 //!
-//! May depend on: bucket, port (`Desc`), and io for two hints (huge pages, prefetch).
+//! May depend on: bucket, hint (prefetch, memory advice), port (`Desc`).
 
 use crate::port::Desc;
 use serde::Serialize;
@@ -234,6 +234,19 @@ impl Scheduler {
     /// frames of room per flow and `frames` in all (the forwarding core passes the size of
     /// its frame memory). Everything is allocated here.
     pub fn new(link_bps: u64, tenants: usize, flows: usize, queue: usize, frames: usize) -> Scheduler {
+        Scheduler::with_advice(link_bps, tenants, flows, queue, frames, crate::hint::no_advice)
+    }
+
+    /// Like [`Scheduler::new`], its two large tables (tenants, frame queues) allocated with
+    /// `advice` (xvsd: transparent huge pages, so they cost a handful of TLB entries).
+    pub fn with_advice(
+        link_bps: u64,
+        tenants: usize,
+        flows: usize,
+        queue: usize,
+        frames: usize,
+        advice: crate::hint::MemAdvice,
+    ) -> Scheduler {
         let cap = queue.max(1).next_power_of_two();
         let idle = Tenant {
             guar: Bucket::new(0, 0, 0, false),
@@ -256,10 +269,10 @@ impl Scheduler {
             guarantees: 0,
             weights: tenants as u64,
             x_quantum: X_QUANTUM_MIN as u32,
-            tenants: crate::io::huge_vec(tenants, idle),
+            tenants: crate::hint::advised_vec(tenants, idle, advice),
             qos: vec![TenantQos::default(); tenants],
             flows: vec![Flow::EMPTY; flows],
-            buf: crate::io::huge_vec(flows * cap, Desc::default()),
+            buf: crate::hint::advised_vec(flows * cap, Desc::default(), advice),
             shift: cap.trailing_zeros(),
             g_ring: Ring::new(tenants),
             g_turn: 0,
@@ -479,7 +492,7 @@ impl Scheduler {
             self.prefetch_tenant(tenant);
         }
         if let Some(f) = self.flows.get(flow as usize) {
-            crate::io::prefetch(f);
+            crate::hint::prefetch(f);
         }
     }
 
@@ -487,7 +500,7 @@ impl Scheduler {
     #[inline]
     fn prefetch_tail(&self, flow: u32) {
         if let Some(f) = self.flows.get(flow as usize) {
-            crate::io::prefetch(&self.buf[self.slot(flow, f.head + f.len)]);
+            crate::hint::prefetch(&self.buf[self.slot(flow, f.head + f.len)]);
         }
     }
 
@@ -495,8 +508,8 @@ impl Scheduler {
     #[inline]
     fn prefetch_tenant(&self, tenant: u32) {
         let t = &self.tenants[tenant as usize];
-        crate::io::prefetch(&t.guar);
-        crate::io::prefetch(&t.stats);
+        crate::hint::prefetch(&t.guar);
+        crate::hint::prefetch(&t.stats);
     }
 
     /// Prefetches, for the tenants a few places behind the front of `ring`, in three
@@ -513,12 +526,12 @@ impl Scheduler {
         if let Some(t) = ring.peek(2 * AHEAD_FLOW as u32)
             && let Some(fl) = self.flows.get(self.tenants[t as usize].flow_head as usize)
         {
-            crate::io::prefetch(fl);
+            crate::hint::prefetch(fl);
         }
         if let Some(t) = ring.peek(AHEAD_FLOW as u32) {
             let f = self.tenants[t as usize].flow_head;
             if let Some(fl) = self.flows.get(f as usize) {
-                crate::io::prefetch(&self.buf[self.slot(f, fl.head)]);
+                crate::hint::prefetch(&self.buf[self.slot(f, fl.head)]);
             }
         }
     }

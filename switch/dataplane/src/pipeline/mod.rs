@@ -220,6 +220,12 @@ impl Pipeline {
         self.tables = tables;
     }
 
+    /// The decisions of the last batch [`Pipeline::process`] ran, one per frame (after the
+    /// policer; empty if the port was unknown): what a packet capture attaches.
+    pub fn actions(&self) -> &[(Action, Option<TenantId>)] {
+        &self.actions
+    }
+
     /// Decides what to do with one frame without changing any state: what `xvsctl trace`
     /// shows. ARP suppression is reported as `Forward` back to the ingress port.
     /// (Control path: it copies the whole frame, jumbo frames included, so the decision is
@@ -257,6 +263,7 @@ impl Pipeline {
         let tables = Arc::clone(&self.tables);
         let t = &*tables;
         self.stats.batches += 1;
+        self.actions.clear();
         let Some(port) = t.port(ingress) else {
             let c = &mut self.stats.ports;
             for d in rx {
@@ -272,7 +279,6 @@ impl Pipeline {
         pc.rx_bytes += rx.iter().map(|d| u64::from(d.len)).sum::<u64>();
 
         // Pass 1: one decision per frame.
-        self.actions.clear();
         {
             let mut fdb = FdbView::Learning(&mut self.fdb);
             let mut neigh = NeighView::Resolving(&mut self.neigh, None);

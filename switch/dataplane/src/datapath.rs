@@ -2,10 +2,12 @@
 //! port, run the pipeline, transmit what was staged, recycle frames. The same code drives
 //! in-memory ports in tests and benchmarks and AF_XDP sockets in xvsd.
 //!
-//! May depend on: pipeline, fdb, port (the port interface), qos (the uplink scheduler), tables,
+//! May depend on: capture, hint, pipeline, fdb, port (the port interface), qos (the uplink scheduler), tables,
 //! types, wire. Never on io: the daemon runs it over AF_XDP ports, `sim` over in-memory ones.
 
+use crate::capture::{Dir, Tap, Verdict};
 use crate::fdb::Entry;
+use crate::hint::MemAdvice;
 use crate::pipeline::{Action, Change, DropReason, Pipeline};
 use crate::port::{BATCH, Desc, FrameMem, FreeList, KernelDrops, Port, RxTally, TxStage};
 use crate::qos::Scheduler;
@@ -44,9 +46,21 @@ pub struct Core<P: Port, M: FrameMem> {
     uplink_backlog: std::collections::VecDeque<Desc>,
     /// Each port's kernel drop counters at the last [`Core::sample_kernel_drops`].
     kernel_seen: Vec<KernelDrops>,
+    /// How the scheduler's large tables are allocated.
+    advice: MemAdvice,
+    /// Packet captures running on this core's ports (usually none: then they cost one
+    /// branch per port and poll).
+    pub taps: Vec<Tap>,
 }
 
 pub use xvs_proto::reply::StageCycles;
+
+/// The data of frame `d`.
+#[inline]
+fn frame<'a, M: FrameMem>(mem: &'a M, d: &Desc) -> &'a [u8] {
+    let b = mem.buf(d.id);
+    &b[..(d.len as usize).min(b.len())]
+}
 
 fn no_cycles() -> u64 {
     0
@@ -57,10 +71,10 @@ pub const QOS_QUEUE: usize = 512;
 
 /// The uplink scheduler for `t`, if the uplink has a rate. It has room for every frame of the
 /// core's frame memory (`frames`), which is all a core can ever queue.
-fn new_scheduler(t: &Tables, frames: u32, now: u64) -> Option<Scheduler> {
+fn new_scheduler(t: &Tables, frames: u32, now: u64, advice: MemAdvice) -> Option<Scheduler> {
     let rate = t.underlay.rate?;
     let (tenants, ports) = (t.tenants.len().max(16) * 2, t.ports.len().max(16) * 2);
-    let mut s = Scheduler::new(rate, tenants, ports, QOS_QUEUE, frames as usize);
+    let mut s = Scheduler::with_advice(rate, tenants, ports, QOS_QUEUE, frames as usize, advice);
     for (id, tn) in t.live_tenants() {
         s.set_tenant(u32::from(id.0), tn.qos, now);
     }
@@ -115,10 +129,17 @@ impl<P: Port, M: FrameMem> Core<P, M> {
 
     /// A core over `tables`, with every frame of `mem` free.
     pub fn new(tables: Arc<Tables>, mem: M) -> Core<P, M> {
+        Core::with_advice(tables, mem, crate::hint::no_advice)
+    }
+
+    /// Like [`Core::new`], the scheduler's large tables allocated with `advice` (xvsd: huge
+    /// pages).
+    pub fn with_advice(tables: Arc<Tables>, mem: M, advice: MemAdvice) -> Core<P, M> {
         let n = tables.ports.len();
         let free = FreeList::new(mem.frames());
-        let qos = new_scheduler(&tables, mem.frames(), 0);
+        let qos = new_scheduler(&tables, mem.frames(), 0, advice);
         Core {
+            advice,
             qos,
             out: Vec::with_capacity(UPLINK_STAGE),
             uplink_backlog: std::collections::VecDeque::new(),
@@ -131,6 +152,7 @@ impl<P: Port, M: FrameMem> Core<P, M> {
             cycle_counter: no_cycles,
             rx: [Desc::default(); BATCH],
             kernel_seen: vec![KernelDrops::default(); n],
+            taps: Vec::new(),
         }
     }
 
@@ -191,7 +213,7 @@ impl<P: Port, M: FrameMem> Core<P, M> {
                 // core) or, without a rate, to the uplink unscheduled. Every frame stays
                 // accounted for.
                 let old = self.qos.take();
-                self.qos = new_scheduler(&tables, self.mem.frames(), now);
+                self.qos = new_scheduler(&tables, self.mem.frames(), now, self.advice);
                 if let Some(mut old) = old {
                     let (new, backlog) = (&mut self.qos, &mut self.uplink_backlog);
                     old.drain(|d, tenant, flow| match new {
@@ -219,6 +241,9 @@ impl<P: Port, M: FrameMem> Core<P, M> {
     pub fn poll(&mut self, now: u64) -> usize {
         let mut total = 0;
         let cycles = self.cycle_counter;
+        if !self.taps.is_empty() {
+            self.taps.retain(Tap::live);
+        }
         for i in 0..self.ports.len() {
             let Some(port) = self.ports[i].as_mut() else { continue };
             let c0 = cycles();
@@ -234,7 +259,24 @@ impl<P: Port, M: FrameMem> Core<P, M> {
             }
             total += n;
             let id = PortId(i as u16);
+            let tapped = self.taps.iter().any(|t| t.port == id);
+            if tapped {
+                for tap in self.taps.iter_mut().filter(|t| t.port == id) {
+                    for (k, d) in self.rx[..n].iter().enumerate() {
+                        tap.copy(k, Dir::In, frame(&self.mem, d), now);
+                    }
+                }
+            }
             self.pipeline.process(id, &self.rx[..n], &mut self.mem, &mut self.free, &mut self.stage, now);
+            if tapped {
+                let actions = self.pipeline.actions();
+                for tap in self.taps.iter_mut().filter(|t| t.port == id) {
+                    tap.finish(|k, _| match actions.get(k) {
+                        Some(&(a, tenant)) => (tenant, Verdict::Decided(a)),
+                        None => (None, Verdict::Unknown),
+                    });
+                }
+            }
             self.profile.process += cycles().wrapping_sub(c1);
         }
         self.transmit(now);
@@ -310,6 +352,14 @@ impl<P: Port, M: FrameMem> Core<P, M> {
             if staged.is_empty() {
                 continue;
             }
+            let tapped = self.taps.iter().any(|t| t.port == id);
+            if tapped {
+                for tap in self.taps.iter_mut().filter(|t| t.port == id) {
+                    for (k, d) in staged.iter().enumerate() {
+                        tap.copy(k, Dir::Out, frame(&self.mem, d), now);
+                    }
+                }
+            }
             let (sent, unsent, tally) = match self.ports.get_mut(i).and_then(Option::as_mut) {
                 Some(port) => {
                     let n = port.tx(staged);
@@ -319,6 +369,15 @@ impl<P: Port, M: FrameMem> Core<P, M> {
                 // The port is configured but its interface is missing or down.
                 None => (0, DropReason::PortWaiting, RxTally::default()),
             };
+            if tapped {
+                let tables = self.pipeline.tables();
+                for tap in self.taps.iter_mut().filter(|t| t.port == id) {
+                    tap.finish(|k, f| {
+                        let v = if k < sent { Verdict::Sent } else { Verdict::Unsent(unsent) };
+                        (crate::capture::tenant_of_sent(tables, id, f), v)
+                    });
+                }
+            }
             let c = &mut self.pipeline.stats.ports[i];
             for d in &staged[..sent] {
                 c.tx_packets += 1;
