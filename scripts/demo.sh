@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The xvs demo: builds, creates a two-host, two-tenant testbed in network namespaces, runs one
 # xvsd per host, shows traffic flowing inside each tenant and isolation holding between them,
-# all seen through xvsctl (status, ports, a live tenant change, trace, FDB, counters), and
+# all seen through xvsctl (status, ports, a live tenant change, trace, FDB, capture, counters), and
 # tears everything down.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -90,6 +90,11 @@ ctl 1 fdb show
 ctl 1 trace "$P-p1" --udp 02:00:00:00:00:01,02:00:00:00:00:02,10.0.0.1,10.0.0.2
 # the same frame with a source MAC that is not vm1's: anti-spoofing drops it
 ctl 1 trace "$P-p1" --udp 02:00:00:00:00:66,02:00:00:00:00:02,10.0.0.1,10.0.0.2
+
+say "packet capture on the uplink of host 1, red's frames only (tcpdump there sees nothing: XDP takes them first)"
+(sleep 0.5; in_ns vm3 ping -c 2 -i 0.2 -W 2 10.0.0.2 >/dev/null) &
+ctl 1 capture "$P-u1" --tenant red --count 4 --duration 10
+wait $! 2>/dev/null || true
 
 say "a live change: tenant green added on host 1, shown, removed; blue and red keep forwarding"
 ctl 1 tenant add green --vni 300

@@ -7,8 +7,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 command -v debootstrap >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -q debootstrap >/dev/null
-DEB=$(ls target/debian/xvs_*_amd64.deb 2>/dev/null | tail -1 || true)
-[ -n "$DEB" ] || { ./scripts/package.sh >/dev/null; DEB=$(ls target/debian/xvs_*_amd64.deb | tail -1); }
+# the package of this tree, built afresh (a stale one would test old code)
+rm -f target/debian/xvs_*_amd64.deb
+./scripts/package.sh >/dev/null
+DEB=$(ls target/debian/xvs_*_amd64.deb | tail -1)
 CACHE="${XVS_CACHE:-$HOME/.cache/xvs}"
 BASE="$CACHE/debroot-bookworm.tar.gz"
 P="xpk$$"
@@ -22,7 +24,10 @@ trap cleanup EXIT
 if [ ! -s "$BASE" ]; then
   mkdir -p "$CACHE"
   echo "building a clean Debian 12 root (once) ..."
-  debootstrap --variant=minbase bookworm "$R" http://deb.debian.org/debian >/dev/null
+  # the mirror this host's apt already uses (the first bookworm main archive it lists)
+  MIRROR=$(apt-get indextargets --format '$(SITE) $(RELEASE)' 2>/dev/null | awk '$2 == "bookworm" {print $1; exit}')
+  [ -n "$MIRROR" ] || { echo "FAIL: no Debian bookworm archive in this host's apt sources" >&2; exit 1; }
+  debootstrap --variant=minbase bookworm "$R" "$MIRROR" >/dev/null
   tar -C "$R" -czf "$BASE.tmp" . && mv "$BASE.tmp" "$BASE"
 else
   tar -C "$R" -xzf "$BASE"

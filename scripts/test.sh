@@ -40,5 +40,8 @@ if [ -d tests/tests ]; then
   fi
   cargo build --release --bins
   cargo test --release -p xvs-systests -- --test-threads=1
+
+  step "the Debian package, installed in a clean Debian 12 and started as its unit starts it"
+  ./scripts/test-package.sh
 fi
 echo; echo "all tests passed"
