@@ -93,8 +93,11 @@ fn command(b: &mut Bytes) -> Value {
                 "src_ip": b.pick(IPS), "dst_ip": b.pick(IPS)}}),
             2 => json!({"op": "trace", "port": b.pick(PORTS), "arp": {"src_mac": b.pick(MACS), "src_ip": b.pick(IPS),
                 "target_ip": b.pick(IPS)}}),
-            _ => json!({"op": "capture", "port": b.pick(PORTS), "tenant": b.pick(TENANTS),
-                "snaplen": [0u32, 64, 4096, 9000][b.byte() as usize % 4], "count": b.byte() % 3}),
+            _ => {
+                let snaplen = [0u32, 64, 4096, 9000][b.byte() as usize % 4];
+                json!({"op": "capture", "port": b.pick(PORTS), "tenant": b.pick(TENANTS), "snaplen": snaplen,
+                    "count": b.byte() % 3})
+            }
         },
         11 => json!({"op": SHOWS[b.byte() as usize % SHOWS.len()],
             "name": b.pick(TENANTS), "interface": b.pick(PORTS), "tenant": b.pick(TENANTS)}),
