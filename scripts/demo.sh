@@ -91,7 +91,7 @@ ctl 1 trace "$P-p1" --udp 02:00:00:00:00:01,02:00:00:00:00:02,10.0.0.1,10.0.0.2
 # the same frame with a source MAC that is not vm1's: anti-spoofing drops it
 ctl 1 trace "$P-p1" --udp 02:00:00:00:00:66,02:00:00:00:00:02,10.0.0.1,10.0.0.2
 
-say "packet capture on the uplink of host 1, red's frames only (tcpdump there sees nothing: XDP takes them first)"
+say "packet capture on the uplink of host 1, red's frames only (tcpdump there sees none: XDP takes them first)"
 (sleep 0.5; in_ns vm3 ping -c 2 -i 0.2 -W 2 10.0.0.2 >/dev/null) &
 ctl 1 capture "$P-u1" --tenant red --count 4 --duration 10
 wait $! 2>/dev/null || true

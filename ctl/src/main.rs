@@ -73,9 +73,10 @@ enum Noun {
         arp: Option<String>,
     },
     /// Capture what PORT receives and sends, as the switch sees it, with what xvs did with
-    /// each frame (tcpdump on a port shows nothing of switched traffic: XDP takes frames
-    /// before packet taps). Prints one line per packet, or writes pcapng that tcpdump and
-    /// Wireshark read (direction in the packet flags, xvs's decision as the packet comment).
+    /// each frame (tcpdump on the uplink or a veth port shows nothing of switched traffic:
+    /// XDP takes frames before packet taps). Prints one line per packet, or writes pcapng
+    /// that tcpdump and Wireshark read (direction in the packet flags, xvs's decision as the
+    /// packet comment).
     /// Runs until --count or --duration, or until interrupted. A capture never holds up
     /// forwarding: frames it cannot keep up with are forwarded as always and counted as
     /// missed (printed at the end; `ifdrop` in the file).
