@@ -12,9 +12,11 @@ log() { echo "setup: $*" >&2; }
 # openvswitch-switch: the performance harness runs OVS (userspace datapath) beside xvs.
 # qemu-system-x86/busybox-static/cpio: the real-VM tests boot Debian's kernel (extracted from
 # linux-image-amd64 by tests/vm/build-guest.sh, not installed) with a busybox initramfs.
+# etcd-server/etcd-client: the etcd store's tests start their own etcd cluster (etcd, etcdctl);
+# protobuf-compiler/libprotobuf-dev: the etcd client crate compiles etcd's gRPC definitions at build time.
 APT_PKGS=(clang llvm libelf-dev zlib1g-dev m4 pkg-config make gcc iproute2 iputils-ping
           iperf3 tcpdump ethtool socat procps python3 util-linux openvswitch-switch
-          qemu-system-x86 busybox-static cpio)
+          qemu-system-x86 busybox-static cpio etcd-server etcd-client protobuf-compiler libprotobuf-dev)
 missing=()
 for p in "${APT_PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The standard two-host, two-tenant testbed in network namespaces.
 #
-#   usage: testbed.sh up PREFIX [xvs|kernel|kernel2|ovs|bare] | down PREFIX | config PREFIX HOST [CORES] [veth|tap]
+#   usage: testbed.sh up PREFIX [xvs|kernel|kernel2|ovs|bare|fabric] | down PREFIX | config PREFIX HOST [CORES] [veth|tap]
 #
 #   PREFIX-vm1 [10.0.0.1 02:..:01] -- PREFIX-p1 \                      / PREFIX-p2 -- [10.0.0.2 02:..:02] PREFIX-vm2   tenant blue, VNI 100
 #   PREFIX-vm3 [10.0.0.1 02:..:01] -- PREFIX-p3  PREFIX-h1 ==== PREFIX-h2  PREFIX-p4 -- [10.0.0.2 02:..:02] PREFIX-vm4   tenant red,  VNI 200
@@ -16,6 +16,10 @@
 # With "bare" only the two hosts and the underlay are made: the VMs are real qemu guests on
 # taps PREFIX-t1..t4 in the host namespaces (tests/vm, scripts/bench-vm.sh), and "config ...
 # tap" names those taps as the VM ports.
+# With "fabric" there are three hosts PREFIX-h1..h3 whose uplinks PREFIX-u1..u3 (VTEPs
+# 192.168.77.1-3, host addresses .11-.13) meet on a bridge in PREFIX-fab (.30), with three
+# etcd member namespaces PREFIX-e1..e3 (.21-.23) on it, and VMs vm1/vm3 on h1, vm2/vm4 on h2,
+# vm5/vm6 (10.0.0.3, 02:..:03) on h3 (the etcd store's tests start etcd and xvsd themselves).
 # "up" tears down whatever was there first, so it is idempotent, and so is "down".
 # Every name starts with PREFIX (keep it short: interface names are at most 15 characters).
 # XVS_QUEUES=N gives every veth N queues (for more than one forwarding core).
@@ -45,6 +49,7 @@ vm() { # vm NS HOSTNS PORT IP MAC
 
 up() {
   local peer=${1:-xvs}
+  if [ "$peer" = fabric ]; then fabric; return 0; fi
   for h in h1 h2; do
     ip netns add "$P-$h"
     ns "$P-$h" ip link set lo up
@@ -63,6 +68,7 @@ up() {
     ns "$P-$h" ethtool -K "$P-u${h#h}" tx off tso off gso off >/dev/null 2>&1 || true
   done
   [ "$peer" = bare ] && return 0
+  [ "$peer" = fabric ] && return 0
   vm "$P-vm1" "$P-h1" "$P-p1" 10.0.0.1 02:00:00:00:00:01
   vm "$P-vm3" "$P-h1" "$P-p3" 10.0.0.1 02:00:00:00:00:01
   vm "$P-vm2" "$P-h2" "$P-p2" 10.0.0.2 02:00:00:00:00:02
@@ -128,9 +134,48 @@ kernel_vtep() { # kernel_vtep HOST OTHER BLUEPORT REDPORT: bridge + vxlan per VN
   done
 }
 
+fabric() { # three hosts and three etcd members on one underlay bridge (the etcd tests)
+  ip netns add "$P-fab"
+  ns "$P-fab" ip link add br0 type bridge stp_state 0
+  ns "$P-fab" ip link set br0 up
+  ns "$P-fab" ip addr add 192.168.77.30/24 dev br0
+  ns "$P-fab" ip link set lo up
+  local i
+  for i in 1 2 3; do
+    ip netns add "$P-h$i"
+    ns "$P-h$i" ip link set lo up
+    ns "$P-h$i" sysctl -qw net.ipv6.conf.all.disable_ipv6=1
+    ip link add "$P-u$i" type veth peer name "$P-b$i"
+    ip link set "$P-u$i" netns "$P-h$i"
+    ip link set "$P-b$i" netns "$P-fab"
+    ns "$P-fab" ip link set "$P-b$i" mtu 1600 master br0 up
+    ns "$P-h$i" ip link set "$P-u$i" address "02:00:00:00:ff:0$i" mtu 1600 up
+    ns "$P-h$i" ip addr add "192.168.77.$i/24" dev "$P-u$i"
+    ns "$P-h$i" ip addr add "192.168.77.1$i/24" dev "$P-u$i"
+    ns "$P-h$i" ethtool -K "$P-u$i" tx off tso off gso off >/dev/null 2>&1 || true
+    # etcd member i, on its own namespace and address
+    ip netns add "$P-e$i"
+    ns "$P-e$i" ip link set lo up
+    ip link add "$P-c$i" type veth peer name "$P-d$i"
+    ip link set "$P-c$i" netns "$P-e$i"
+    ip link set "$P-d$i" netns "$P-fab"
+    ns "$P-fab" ip link set "$P-d$i" master br0 up
+    ns "$P-e$i" ip addr add "192.168.77.2$i/24" dev "$P-c$i"
+    ns "$P-e$i" ip link set "$P-c$i" up
+  done
+  # blue and red VMs with the same addresses: vm1/vm3 on h1, vm2/vm4 on h2, vm5/vm6 on h3
+  vm "$P-vm1" "$P-h1" "$P-p1" 10.0.0.1 02:00:00:00:00:01
+  vm "$P-vm3" "$P-h1" "$P-p3" 10.0.0.1 02:00:00:00:00:01
+  vm "$P-vm2" "$P-h2" "$P-p2" 10.0.0.2 02:00:00:00:00:02
+  vm "$P-vm4" "$P-h2" "$P-p4" 10.0.0.2 02:00:00:00:00:02
+  vm "$P-vm5" "$P-h3" "$P-p5" 10.0.0.3 02:00:00:00:00:03
+  vm "$P-vm6" "$P-h3" "$P-p6" 10.0.0.3 02:00:00:00:00:03
+  for n in vm1 vm2 vm3 vm4 vm5 vm6; do ns "$P-$n" sysctl -qw net.ipv6.conf.all.disable_ipv6=1; done
+}
+
 down() {
   # OVS daemons run inside the host namespaces: the loop below ends them with the rest.
-  for n in h1 h2 vm1 vm2 vm3 vm4; do
+  for n in h1 h2 h3 vm1 vm2 vm3 vm4 vm5 vm6 e1 e2 e3 fab; do
     ip netns pids "$P-$n" 2>/dev/null | xargs -r kill -9 2>/dev/null || true
     ip netns del "$P-$n" 2>/dev/null || true
   done

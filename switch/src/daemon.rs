@@ -12,6 +12,7 @@ use crate::config::Config;
 use crate::control::server::{self, ControlState, PortIo, lock_state};
 use crate::cores::{CoreHandle, CoreLoad, CoreMsg, CoreReport, Cores, QosRow, Snapshot};
 use crate::datapath::Core;
+use crate::etcd;
 use crate::host::{HostCounters, HostStack};
 use crate::io::afxdp::{DEFAULT_UMEM_FRAMES, UmemFrames, Waker, wait_readable};
 use crate::io::netdev;
@@ -38,18 +39,45 @@ const AGE_LATEST_NS: u64 = 10_000_000_000;
 /// Longest sleep, so timers (ARP retries, aging) run.
 const MAX_SLEEP_MS: u16 = 50;
 
-/// Runs xvsd until `stop` is set. `cfg` is used unless the state store holds a configuration.
-pub fn run(cfg: Config, opts: Options, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
-    let store: Box<dyn Store> = match &opts.state {
-        Some(p) => Box::new(FileStore::new(p)),
-        None => Box::new(FileStore::new("/var/lib/xvs/state.toml")),
+/// The etcd store of `cfg.store`, if any.
+fn etcd_settings(cfg: &Config) -> anyhow::Result<Option<etcd::Settings>> {
+    let Some(s) = &cfg.store else { return Ok(None) };
+    let host = match &s.host {
+        Some(h) => h.clone(),
+        None => std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_string())
+            .map_err(|e| anyhow::anyhow!("store: no host name given and the system's cannot be read: {e}"))?,
     };
-    let desired = match store.load()? {
-        Some(saved) => {
-            tracing::info!("restoring configuration from {}", store.describe());
-            saved
+    Ok(Some(etcd::Settings::parse(&s.url, &s.prefix, &host, s.lease_secs).map_err(anyhow::Error::msg)?))
+}
+
+/// Runs xvsd until `stop` is set. `cfg` is used unless the state store holds a configuration
+/// (with `[store]`, the shared store's state for this host, its uplink and daemon settings
+/// from `cfg`).
+pub fn run(cfg: Config, opts: Options, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
+    let state_file = FileStore::new(opts.state.clone().unwrap_or_else(|| "/var/lib/xvs/state.toml".into()));
+    let (store, shared, desired): (Box<dyn Store>, _, _) = match etcd_settings(&cfg)? {
+        Some(s) => {
+            let e = etcd::EtcdStore::new(s, &cfg, state_file)?;
+            let mut desired = e.initial(Duration::from_secs(5))?;
+            if let Err(err) = preflight(&desired, None) {
+                // One bad entry in the shared state must not keep the host from starting.
+                tracing::warn!("the store's state for this host does not apply ({err:#}); starting without it");
+                desired = Config { tenants: vec![], ports: vec![], ..cfg.clone() };
+            }
+            tracing::info!("desired state from {}", e.describe());
+            (Box::new(e.clone()), Some(e), desired)
         }
-        None => cfg,
+        None => {
+            let desired = match state_file.load()? {
+                Some(saved) => {
+                    tracing::info!("restoring configuration from {}", state_file.describe());
+                    saved
+                }
+                None => cfg,
+            };
+            (Box::new(state_file), None, desired)
+        }
     };
     let tables = Arc::new(preflight(&desired, None)?);
     if let Some(m) = &opts.metrics
@@ -126,6 +154,17 @@ pub fn run(cfg: Config, opts: Options, stop: Arc<AtomicBool>) -> anyhow::Result<
         })?;
     }
     lock_state(&state).reconcile(&[]);
+    if let Some(e) = &shared {
+        let state = Arc::clone(&state);
+        e.start(Box::new(move |cfg, live| {
+            let mut s = lock_state(&state);
+            let r = s.apply_from_store(cfg);
+            if r.is_ok() {
+                live();
+            }
+            r
+        }));
+    }
     // Wait for the first report, then keep the stats file fresh until stopped.
     let mut last_write = Instant::now() - Duration::from_secs(1);
     while !stop.load(Ordering::Relaxed) {
@@ -156,6 +195,9 @@ pub fn run(cfg: Config, opts: Options, stop: Arc<AtomicBool>) -> anyhow::Result<
     }
     if let Some(path) = &opts.socket {
         let _ = std::fs::remove_file(path);
+    }
+    if let Some(e) = &shared {
+        e.stop();
     }
     // The core closed its sockets; detach the XDP programs.
     lock_state(&state).detach_all();

@@ -17,6 +17,7 @@ pub use xvs_dataplane::{
 pub mod control;
 pub mod cores;
 pub mod daemon;
+pub mod etcd;
 pub mod io;
 pub mod metrics;
 pub mod preflight;

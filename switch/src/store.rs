@@ -1,6 +1,6 @@
 //! Where the desired configuration is kept. Everything goes through [`Store`]; the embedded
 //! default is a local file written atomically. A distributed store can implement the same
-//! trait later without any other code assuming a file.
+//! trait (`etcd`) without any other code assuming a file.
 //!
 //! May depend on: config (the configuration and its `Record`); files only.
 
@@ -22,6 +22,11 @@ pub trait Store: Send {
     fn log(&mut self, record: &Record, current: &mut dyn FnMut() -> Config) -> anyhow::Result<()>;
     /// Where it is, for status.
     fn describe(&self) -> String;
+    /// The shared store's address, when many hosts share the state (then a tenant's VTEPs
+    /// and static FDB entries follow the store, not commands).
+    fn distributed(&self) -> Option<String> {
+        None
+    }
 }
 
 /// A TOML file, replaced atomically (temporary file, fsync, rename, fsync of the directory),
@@ -269,6 +274,7 @@ mod tests {
     }
 
     /// One step of the crash scenario: a whole save or a journaled record.
+    #[allow(clippy::large_enum_variant)] // a test fixture of a few values
     enum Op {
         Save(Config),
         Log(Record),

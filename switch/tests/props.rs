@@ -102,6 +102,7 @@ fn arb_tables() -> impl Strategy<Value = Tables> {
                 rate: None,
             },
             daemon: DaemonConfig { fdb_capacity: 64, ..Default::default() },
+            store: None,
             tenants: vec![],
             ports: vec![],
         };

@@ -2,6 +2,7 @@
 //! prefix and guaranteed teardown, commands inside namespaces with time limits, and xvsd
 //! processes that are always stopped.
 
+pub mod etcd;
 pub mod vm;
 
 use serde_json::Value;

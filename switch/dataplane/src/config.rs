@@ -30,6 +30,9 @@ pub struct Config {
     /// Daemon settings.
     #[serde(default)]
     pub daemon: DaemonConfig,
+    /// Where the desired state is shared with other hosts (etcd); none: the local state file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub store: Option<StoreConfig>,
     /// Tenants, each with its own VNI.
     #[serde(default, rename = "tenant", skip_serializing_if = "Vec::is_empty")]
     pub tenants: Vec<TenantConfig>,
@@ -110,6 +113,30 @@ impl Default for DaemonConfig {
             poll_after_traffic_us: default_poll_after_traffic(),
         }
     }
+}
+
+/// `[store]`: the desired state in etcd, shared by many hosts (`docs/etcd.md`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    /// `etcd://host:port[,host:port...]`.
+    pub url: String,
+    /// Key prefix (the schema version follows it: `/xvs/v1/...`).
+    #[serde(default = "default_store_prefix")]
+    pub prefix: String,
+    /// This host's name in the store (default: the system's host name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    /// Seconds after which the other hosts forget this one if it stops renewing its lease.
+    #[serde(default = "default_lease_secs")]
+    pub lease_secs: u32,
+}
+
+fn default_store_prefix() -> String {
+    "/xvs".into()
+}
+fn default_lease_secs() -> u32 {
+    5
 }
 
 /// `[[tenant]]`.

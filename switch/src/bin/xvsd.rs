@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
-use xvs_switch::config::Config;
+use xvs_switch::config::{Config, StoreConfig};
 use xvs_switch::control::proto::DEFAULT_SOCKET;
 use xvs_switch::daemon::{self, Options};
 
@@ -19,8 +19,23 @@ struct Args {
     #[arg(short, long, default_value = "/etc/xvs/xvsd.toml")]
     config: PathBuf,
     /// State file: the desired configuration as changed through xvsctl, kept across restarts.
+    /// With --store, a cache of the last state applied from the shared store.
     #[arg(long, default_value = "/var/lib/xvs/state.toml")]
     state: PathBuf,
+    /// Shared desired state in etcd, `etcd://host:port[,host:port...]` (overrides the config
+    /// file's [store] url): tenants, VM ports and hosts come from there; see docs/etcd.md.
+    #[arg(long, value_name = "URL")]
+    store: Option<String>,
+    /// Key prefix in the store [default: /xvs, or the config file's]
+    #[arg(long, value_name = "PREFIX", requires = "store")]
+    store_prefix: Option<String>,
+    /// This host's name in the store [default: the system's host name, or the config file's]
+    #[arg(long, value_name = "NAME")]
+    host_name: Option<String>,
+    /// Seconds after which the other hosts forget this one if it stops renewing its lease
+    /// [default: 5, or the config file's]
+    #[arg(long, value_name = "SECS")]
+    lease_secs: Option<u32>,
     /// Control socket for xvsctl.
     #[arg(long, default_value = DEFAULT_SOCKET)]
     socket: PathBuf,
@@ -61,7 +76,29 @@ fn main() -> ExitCode {
 fn run(args: Args) -> anyhow::Result<()> {
     let text = std::fs::read_to_string(&args.config)
         .map_err(|e| anyhow::anyhow!("cannot read config {}: {e}", args.config.display()))?;
-    let cfg = Config::from_toml(&text)?;
+    let mut cfg = Config::from_toml(&text)?;
+    if let Some(url) = args.store {
+        let s = cfg.store.get_or_insert_with(|| StoreConfig {
+            url: url.clone(),
+            prefix: "/xvs".into(),
+            host: None,
+            lease_secs: xvs_switch::etcd::DEFAULT_LEASE_SECS,
+        });
+        s.url = url;
+        if let Some(p) = args.store_prefix {
+            s.prefix = p;
+        }
+    }
+    if let Some(s) = &mut cfg.store {
+        if let Some(h) = args.host_name {
+            s.host = Some(h);
+        }
+        if let Some(l) = args.lease_secs {
+            s.lease_secs = l;
+        }
+    } else if args.host_name.is_some() || args.lease_secs.is_some() {
+        anyhow::bail!("--host-name and --lease-secs need a store (--store or [store] in the config)");
+    }
     if args.check {
         daemon::preflight(&cfg, None)?;
         println!("config {} is valid", args.config.display());

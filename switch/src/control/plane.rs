@@ -419,6 +419,11 @@ impl Plane {
         }
     }
 
+    /// Plans `new` as the whole desired configuration (as a shared store derived it).
+    pub fn plan_desired(&self, new: Config) -> Planned {
+        self.plan_config(new)
+    }
+
     /// Plans `new` as the whole desired configuration.
     fn plan_config(&self, new: Config) -> Planned {
         if new.uplink != self.desired.uplink {
@@ -426,6 +431,9 @@ impl Plane {
         }
         if new.daemon != self.desired.daemon {
             return Err("daemon settings cannot change while xvsd runs (edit the config and restart)".into());
+        }
+        if new.store != self.desired.store {
+            return Err("store settings cannot change while xvsd runs (edit the config and restart)".into());
         }
         // Static entries changed through the fast path: diff against tables that have them.
         let u = &self.tables.underlay;

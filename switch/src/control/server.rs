@@ -240,10 +240,34 @@ impl ControlState {
         self.ports_io.clear();
     }
 
+    /// Takes a configuration derived from the shared store: planned and carried out as a
+    /// command's would be, except that it is not written back.
+    pub fn apply_from_store(&mut self, cfg: Config) -> Result<(), String> {
+        match self.plane.plan_desired(cfg) {
+            Ok(Plan::Apply(a)) => self.apply(*a, false).map(|_| ()).map_err(|e| e.message),
+            Ok(_) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Handles one command.
     pub fn handle(&mut self, cmd: Command) -> Response {
+        if let Some(url) = self.store.distributed()
+            && matches!(
+                cmd,
+                Command::VtepAdd { .. } | Command::VtepDel { .. } | Command::FdbAdd { .. } | Command::FdbDel { .. }
+            )
+        {
+            return Response::err(Error::new(
+                ErrorKind::Refused,
+                format!(
+                    "{}: with store {url} a tenant's VTEPs and static FDB entries follow the store's hosts and ports",
+                    cmd.name()
+                ),
+            ));
+        }
         let done = match self.plane.plan(cmd) {
-            Ok(Plan::Apply(a)) => self.apply(*a),
+            Ok(Plan::Apply(a)) => self.apply(*a, true),
             Ok(Plan::Fdb(f)) => self.fdb_change(*f),
             Ok(Plan::Answer(v)) => Ok(v),
             Ok(Plan::Read(r)) => self.read(r),
@@ -257,8 +281,9 @@ impl ControlState {
 
     /// Carries out a whole-configuration change entirely or not at all: the host's checks
     /// and the new ports first (if one fails, nothing has changed yet), then the store, then
-    /// the cores, then the removed ports.
-    fn apply(&mut self, a: Apply) -> Outcome {
+    /// the cores, then the removed ports. `store`: write it to the store (not when it came
+    /// from there).
+    fn apply(&mut self, a: Apply, store: bool) -> Outcome {
         crate::preflight::host_checks(&a.config, false)
             .map_err(|e| Error::new(ErrorKind::Refused, format!("{e:#}")))?;
         let mut opened = Vec::new();
@@ -280,7 +305,9 @@ impl ControlState {
                 Err(e) => return Err(failed(format!("port {:?}: {e:#}", p.name))),
             }
         }
-        self.store.save(&a.config).map_err(|e| failed(format!("saving state: {e:#}")))?;
+        if store {
+            self.store.save(&a.config).map_err(|e| failed(format!("saving state: {e:#}")))?;
+        }
         let detach: Vec<PortId> = a.removed.iter().map(|(id, _)| *id).collect();
         let live = self
             .cores

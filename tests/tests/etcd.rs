@@ -1,0 +1,239 @@
+//! Three xvsd hosts sharing their desired state in a real 3-member etcd cluster (Debian's
+//! etcd, started here): VMs added through xvsctl on one host and written straight into etcd
+//! by an "orchestrator" (etcdctl) are reachable from the others with no flooding; tenants
+//! with the same addresses stay apart; a dead host's VMs leave the others' tables after its
+//! lease; a VM moved to another host is followed; losing one etcd member changes nothing;
+//! losing all of them keeps forwarding, refuses changes naming the store, and everything
+//! catches up when etcd returns; two writers of one key: one wins, the other is told.
+
+use serde_json::Value;
+use std::time::{Duration, Instant};
+use xvs_proto::reply::{FdbRow, VtepRow};
+use xvs_systests::Bed;
+use xvs_systests::etcd::Etcd;
+
+/// Host `h`'s config: its uplink, the store, nothing else.
+fn config(bed: &Bed, etcd: &Etcd, h: u8) -> String {
+    format!(
+        "[uplink]\ninterface = \"{p}-u{h}\"\nvtep_ip = \"192.168.77.{h}/24\"\n\n[daemon]\ncores = [1]\n\n\
+         [store]\nurl = \"{url}\"\nhost = \"h{h}\"\nlease_secs = 2\n",
+        p = bed.p,
+        url = etcd.url()
+    )
+}
+
+/// A VM port binding as an orchestrator writes it.
+fn binding(host: &str, iface: &str, mac: &str, ip: &str) -> String {
+    format!(r#"{{"host":"{host}","interface":"{iface}","mac":"{mac}","ips":["{ip}"]}}"#)
+}
+
+fn flooded(bed: &Bed, h: u8) -> u64 {
+    let v: Value = bed.ctl_json(h, &["stats"]);
+    v["stats"]["events"]["flooded"].as_u64().unwrap_or_else(|| panic!("no flooded counter: {v}"))
+}
+
+fn echo_requests_in(bed: &Bed, vm: &str) -> u64 {
+    let text = bed.ok(vm, 5, "cat /proc/net/snmp");
+    let mut lines = text.lines().filter(|l| l.starts_with("Icmp:"));
+    let (names, values) = (lines.next().unwrap_or(""), lines.next().unwrap_or(""));
+    let i = names.split_whitespace().position(|n| n == "InEchos").expect("InEchos");
+    values.split_whitespace().nth(i).and_then(|v| v.parse().ok()).unwrap_or(0)
+}
+
+/// Waits (bounded) until `f` holds, failing with `what` and the last value seen.
+fn until<T: std::fmt::Debug>(what: &str, limit: Duration, mut f: impl FnMut() -> (bool, T)) -> T {
+    let t = Instant::now();
+    loop {
+        let (ok, v) = f();
+        if ok {
+            return v;
+        }
+        assert!(t.elapsed() < limit, "{what}: not within {limit:?}; last seen {v:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn vteps(bed: &Bed, h: u8, tenant: &str) -> Vec<String> {
+    let rows: Vec<VtepRow> = bed.ctl_reply(h, &["vtep", "list", tenant]);
+    rows.into_iter().map(|r| r.vtep).collect()
+}
+
+fn static_dest(bed: &Bed, h: u8, tenant: &str, mac: &str) -> Option<String> {
+    let rows: Vec<FdbRow> = bed.ctl_reply(h, &["fdb", "show", tenant]);
+    rows.into_iter().find(|r| r.mac == mac && r.origin == "static").map(|r| r.dest)
+}
+
+#[test]
+fn three_hosts_share_one_desired_state_in_etcd() {
+    let bed = Bed::up("e", "fabric");
+    let p = bed.p.clone();
+    let mut etcd = Etcd::start(&bed);
+    let mut hosts = [None, None, None];
+    for h in 1..=3u8 {
+        hosts[h as usize - 1] = Some(bed.xvsd(h, &config(&bed, &etcd, h)));
+    }
+
+    // Host 1 through xvsctl: two tenants and a VM port in each (same MAC and IP).
+    for (t, vni) in [("blue", "100"), ("red", "200")] {
+        bed.ctl_ok(1, &["tenant", "add", t, "--vni", vni]);
+    }
+    bed.ctl_ok(
+        1,
+        &["port", "add", &format!("{p}-p1"), "--tenant", "blue", "--mac", "02:00:00:00:00:01", "--ip", "10.0.0.1"],
+    );
+    bed.ctl_ok(
+        1,
+        &["port", "add", &format!("{p}-p3"), "--tenant", "red", "--mac", "02:00:00:00:00:01", "--ip", "10.0.0.1"],
+    );
+    // The same tenant again from another host: the store already has it.
+    let (code, _, err) = bed.ctl(3, &["tenant", "add", "blue", "--vni", "100"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("tenants/blue/spec already exists") && err.contains("etcd://"), "{err}");
+    let (code, _, err) = bed.ctl(3, &["tenant", "add", "cyan", "--vni", "100"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("vnis/100 already exists"), "one tenant per VNI across hosts: {err}");
+
+    // Hosts 2 and 3 as an orchestrator writes them, straight into etcd.
+    let k = |s: &str| format!("/xvs/v1/{s}");
+    for (h, blue, red, mac, ip) in
+        [(2, "p2", "p4", "02:00:00:00:00:02", "10.0.0.2"), (3, "p5", "p6", "02:00:00:00:00:03", "10.0.0.3")]
+    {
+        for t in ["blue", "red"] {
+            etcd.ctl_ok(&["put", &k(&format!("hosts/h{h}/tenants/{t}")), ""]);
+        }
+        let b = binding(&format!("h{h}"), &format!("{p}-{blue}"), mac, ip);
+        etcd.ctl_ok(&["put", &k(&format!("tenants/blue/ports/vm-{blue}")), &b]);
+        let r = binding(&format!("h{h}"), &format!("{p}-{red}"), mac, ip);
+        etcd.ctl_ok(&["put", &k(&format!("tenants/red/ports/vm-{red}")), &r]);
+    }
+    for h in 1..=3u8 {
+        until(&format!("host {h} knows both other hosts for blue"), Duration::from_secs(10), || {
+            let v = vteps(&bed, h, "blue");
+            (v.len() == 2, v)
+        });
+    }
+    let st: Value = bed.ctl_json(2, &["status"]);
+    assert!(st["state"].as_str().unwrap_or("").contains("connected"), "status names the store: {st}");
+
+    // Reachable across hosts with nothing flooded: ARP is answered from the store's bindings
+    // and every MAC is a static entry.
+    bed.ok("vm5", 20, "ping -c 3 -i 0.2 -W 2 10.0.0.1");
+    bed.ok("vm1", 20, "ping -c 3 -i 0.2 -W 2 10.0.0.2");
+    for h in 1..=3u8 {
+        assert_eq!(flooded(&bed, h), 0, "host {h} flooded a frame");
+    }
+    // Isolation: red's VM with blue's addresses reaches red's, never blue's.
+    let (b0, r0) = (echo_requests_in(&bed, "vm1"), echo_requests_in(&bed, "vm3"));
+    bed.ok("vm6", 20, "ping -c 3 -i 0.2 -W 2 10.0.0.1");
+    assert_eq!(echo_requests_in(&bed, "vm1"), b0, "a red frame reached blue's VM");
+    assert!(echo_requests_in(&bed, "vm3") >= r0 + 3);
+
+    // Two writers of one key at once: one wins, the other is told.
+    let (a, b) = std::thread::scope(|s| {
+        let a = s.spawn(|| bed.ctl(1, &["tenant", "add", "green", "--vni", "300"]));
+        let b = s.spawn(|| bed.ctl(3, &["tenant", "add", "green", "--vni", "300"]));
+        (a.join().unwrap(), b.join().unwrap())
+    });
+    assert!((a.0 == 0) != (b.0 == 0), "exactly one writer wins: {a:?} {b:?}");
+    let loser = if a.0 == 0 { &b.2 } else { &a.2 };
+    assert!(loser.contains("conflict") && loser.contains("green"), "the other gets a clear conflict: {loser}");
+
+    // Host 2 dies: after its lease its VMs leave host 1's and host 3's tables.
+    hosts[1].take().unwrap().kill9();
+    for h in [1u8, 3] {
+        until(&format!("host {h} forgets host 2"), Duration::from_secs(15), || {
+            let v = vteps(&bed, h, "blue");
+            (!v.contains(&"192.168.77.2".to_string()), v)
+        });
+        assert_eq!(static_dest(&bed, h, "blue", "02:00:00:00:00:02"), None);
+    }
+    hosts[1] = Some(bed.xvsd(2, &config(&bed, &etcd, 2)));
+    until("host 2 is back in host 3's table", Duration::from_secs(15), || {
+        let d = static_dest(&bed, 3, "blue", "02:00:00:00:00:02");
+        (d.as_deref() == Some("vtep 192.168.77.2"), d)
+    });
+
+    // vm1 moves from host 1 to host 2 (a new tap there), rebound by the orchestrator: host 3's
+    // traffic follows. The blackout is what a ping every 50 ms loses.
+    let pinger = std::thread::scope(|s| {
+        let ping = s.spawn(|| bed.run("vm5", 40, "ping -i 0.05 -w 12 -W 1 10.0.0.1"));
+        std::thread::sleep(Duration::from_secs(2));
+        bed.ok("h1", 5, &format!("ip link del {p}-p1"));
+        let ns2 = format!("{p}-h2");
+        std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "ip netns exec {p}-vm1 ip link add eth0 type veth peer name {p}-p7 && \
+                 ip netns exec {p}-vm1 ip link set {p}-p7 netns {ns2} && \
+                 ip netns exec {p}-vm1 ip link set eth0 address 02:00:00:00:00:01 up && \
+                 ip netns exec {p}-vm1 ip addr add 10.0.0.1/24 dev eth0 && \
+                 ip netns exec {p}-vm1 ethtool -K eth0 tx off tso off gso off >/dev/null && \
+                 ip netns exec {ns2} ethtool -K {p}-p7 tx off tso off gso off >/dev/null; \
+                 ip netns exec {ns2} ip link set {p}-p7 up"
+            ))
+            .status()
+            .unwrap();
+        etcd.ctl_ok(&["put", &k("hosts/h2/tenants/blue"), ""]);
+        let b = binding("h2", &format!("{p}-p7"), "02:00:00:00:00:01", "10.0.0.1");
+        etcd.ctl_ok(&["put", &k(&format!("tenants/blue/ports/{p}-p1")), &b]);
+        ping.join().unwrap()
+    });
+    let out = String::from_utf8_lossy(&pinger.stdout).to_string();
+    let (sent, got) = ping_counts(&out);
+    eprintln!("VM move: {sent} pings sent, {got} answered ({} ms lost at 50 ms each)", (sent - got) * 50);
+    assert!(got > 0 && got + 120 >= sent, "host 3's traffic follows the moved VM: {out}");
+    until("host 3 points vm1 at host 2", Duration::from_secs(5), || {
+        let d = static_dest(&bed, 3, "blue", "02:00:00:00:00:01");
+        (d.as_deref() == Some("vtep 192.168.77.2"), d)
+    });
+    bed.ok("vm5", 20, "ping -c 2 -i 0.2 -W 2 10.0.0.1");
+
+    // One etcd member dies: forwarding and configuration go on.
+    etcd.kill(1);
+    bed.ok("vm5", 20, "ping -c 2 -i 0.2 -W 2 10.0.0.2");
+    until("a change through host 3 with one member down", Duration::from_secs(15), || {
+        let r = bed.ctl(3, &["tenant", "set", "red", "--weight", "3"]);
+        (r.0 == 0, r)
+    });
+    etcd.restart(1);
+    etcd.wait_healthy(3, Duration::from_secs(30));
+
+    // etcd entirely down: forwarding goes on, changes are refused naming the store.
+    for i in 1..=3 {
+        etcd.kill(i);
+    }
+    bed.ok("vm5", 20, "ping -c 3 -i 0.2 -W 2 10.0.0.1");
+    let (code, _, err) = bed.ctl(1, &["tenant", "add", "yellow", "--vni", "400"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("etcd://") && err.contains("unreachable"), "refused naming the store: {err}");
+    let (_, out, _) = bed.ctl(1, &["tenant", "list"]);
+    assert!(!out.contains("yellow"), "nothing half-applied: {out}");
+    // etcd returns; another writer changes something before the hosts are back: they catch up.
+    for i in 1..=3 {
+        etcd.restart(i);
+    }
+    etcd.wait_healthy(3, Duration::from_secs(30));
+    etcd.ctl_ok(&["put", &k("tenants/red/spec"), r#"{"vni":200,"mac_limit":77}"#]);
+    until("host 3 took the change made while it was away", Duration::from_secs(20), || {
+        let v: Value = bed.ctl_json(3, &["tenant", "show", "red"]);
+        (v["mac_limit"].as_u64() == Some(77), v)
+    });
+    until("changes go through again", Duration::from_secs(20), || {
+        let r = bed.ctl(1, &["tenant", "add", "yellow", "--vni", "400"]);
+        (r.0 == 0, r)
+    });
+    bed.ok("vm5", 20, "ping -c 2 -i 0.2 -W 2 10.0.0.1");
+    bed.ok("vm6", 20, "ping -c 2 -i 0.2 -W 2 10.0.0.2");
+    for h in hosts.iter_mut() {
+        assert!(h.take().unwrap().stop(), "xvsd exits cleanly");
+    }
+}
+
+/// (transmitted, received) of a ping summary.
+fn ping_counts(out: &str) -> (u64, u64) {
+    let line = out.lines().find(|l| l.contains("packets transmitted")).unwrap_or("");
+    let num = |word: &str| {
+        line.split(',').find(|p| p.contains(word)).and_then(|p| p.split_whitespace().next()?.parse().ok()).unwrap_or(0)
+    };
+    (num("transmitted"), num("received"))
+}
