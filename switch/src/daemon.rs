@@ -48,7 +48,14 @@ fn etcd_settings(cfg: &Config) -> anyhow::Result<Option<etcd::Settings>> {
             .map(|h| h.trim().to_string())
             .map_err(|e| anyhow::anyhow!("store: no host name given and the system's cannot be read: {e}"))?,
     };
-    Ok(Some(etcd::Settings::parse(&s.url, &s.prefix, &host, s.lease_secs).map_err(anyhow::Error::msg)?))
+    let settings = etcd::Settings::parse(&s.url, &s.prefix, &host, s.lease_secs).map_err(anyhow::Error::msg)?;
+    Ok(Some(match &s.ca {
+        Some(ca) => {
+            settings.with_tls(etcd::Tls::read(ca, s.cert.as_deref(), s.key.as_deref()).map_err(anyhow::Error::msg)?)
+        }
+        None if s.cert.is_some() || s.key.is_some() => anyhow::bail!("store: a client certificate needs the CA (ca)"),
+        None => settings,
+    }))
 }
 
 /// Runs xvsd until `stop` is set. `cfg` is used unless the state store holds a configuration

@@ -16,7 +16,7 @@ use xvs_systests::etcd::Etcd;
 fn config(bed: &Bed, etcd: &Etcd, h: u8) -> String {
     format!(
         "[uplink]\ninterface = \"{p}-u{h}\"\nvtep_ip = \"192.168.77.{h}/24\"\n\n[daemon]\ncores = [1]\n\n\
-         [store]\nurl = \"{url}\"\nhost = \"h{h}\"\nlease_secs = 2\n",
+         [store]\nurl = \"{url}\"\nhost = \"h{h}\"\nlease_secs = 5\n",
         p = bed.p,
         url = etcd.url()
     )
@@ -141,7 +141,7 @@ fn three_hosts_share_one_desired_state_in_etcd() {
     // Host 2 dies: after its lease its VMs leave host 1's and host 3's tables.
     hosts[1].take().unwrap().kill9();
     for h in [1u8, 3] {
-        until(&format!("host {h} forgets host 2"), Duration::from_secs(15), || {
+        until(&format!("host {h} forgets host 2"), Duration::from_secs(20), || {
             let v = vteps(&bed, h, "blue");
             (!v.contains(&"192.168.77.2".to_string()), v)
         });
@@ -153,38 +153,49 @@ fn three_hosts_share_one_desired_state_in_etcd() {
         (d.as_deref() == Some("vtep 192.168.77.2"), d)
     });
 
-    // vm1 moves from host 1 to host 2 (a new tap there), rebound by the orchestrator: host 3's
-    // traffic follows. The blackout is what a ping every 50 ms loses.
+    // vm1 moves from host 1 to host 2 while host 3 cannot reach etcd (blackhole routes both
+    // ways between it and the members): vm1's first frames from host 2 move host 3's entry at
+    // once, before the store can.
+    let members = (21..=23).map(|i| format!("192.168.77.{i}/32")).collect::<Vec<_>>();
+    let cut = |op: &str| {
+        for m in &members {
+            bed.ok("h3", 5, &format!("ip route {op} blackhole {m}"));
+        }
+        for e in ["e1", "e2", "e3"] {
+            bed.ok(e, 5, &format!("ip route {op} blackhole 192.168.77.3/32; ip route {op} blackhole 192.168.77.13/32"));
+        }
+    };
+    cut("add");
+    let t_cut = Instant::now();
+    move_vm1(&bed, &etcd, "h1", "p1", 2, "p7");
+    until("host 2 has vm1's new port", Duration::from_secs(5), || {
+        let ports: Value = bed.ctl_json(2, &["port", "list"]);
+        (ports.to_string().contains(&format!("{p}-p7")), ports)
+    });
+    let before = static_dest(&bed, 3, "blue", "02:00:00:00:00:01");
+    assert_eq!(before.as_deref(), Some("vtep 192.168.77.1"), "host 3 has not heard from the store");
+    bed.ok("vm1", 10, "ping -c 2 -i 0.2 -W 1 10.0.0.3");
+    let after = static_dest(&bed, 3, "blue", "02:00:00:00:00:01");
+    assert_eq!(after.as_deref(), Some("vtep 192.168.77.2"), "vm1's first frames from host 2 moved host 3's entry");
+    assert!(t_cut.elapsed() < Duration::from_secs(4), "the cut outlasted host 3's lease; the test needs a longer one");
+    cut("del");
+    bed.ok("vm5", 20, "ping -c 2 -i 0.2 -W 2 10.0.0.1");
+
+    // vm1 moves back to host 1 (which has no other blue VM, so only the store makes it known):
+    // host 3's traffic follows. The blackout is what a ping every 50 ms loses.
     let pinger = std::thread::scope(|s| {
         let ping = s.spawn(|| bed.run("vm5", 40, "ping -i 0.05 -w 12 -W 1 10.0.0.1"));
         std::thread::sleep(Duration::from_secs(2));
-        bed.ok("h1", 5, &format!("ip link del {p}-p1"));
-        let ns2 = format!("{p}-h2");
-        std::process::Command::new("sh")
-            .arg("-c")
-            .arg(format!(
-                "ip netns exec {p}-vm1 ip link add eth0 type veth peer name {p}-p7 && \
-                 ip netns exec {p}-vm1 ip link set {p}-p7 netns {ns2} && \
-                 ip netns exec {p}-vm1 ip link set eth0 address 02:00:00:00:00:01 up && \
-                 ip netns exec {p}-vm1 ip addr add 10.0.0.1/24 dev eth0 && \
-                 ip netns exec {p}-vm1 ethtool -K eth0 tx off tso off gso off >/dev/null && \
-                 ip netns exec {ns2} ethtool -K {p}-p7 tx off tso off gso off >/dev/null; \
-                 ip netns exec {ns2} ip link set {p}-p7 up"
-            ))
-            .status()
-            .unwrap();
-        etcd.ctl_ok(&["put", &k("hosts/h2/tenants/blue"), ""]);
-        let b = binding("h2", &format!("{p}-p7"), "02:00:00:00:00:01", "10.0.0.1");
-        etcd.ctl_ok(&["put", &k(&format!("tenants/blue/ports/{p}-p1")), &b]);
+        move_vm1(&bed, &etcd, "h2", "p7", 1, "p8");
         ping.join().unwrap()
     });
     let out = String::from_utf8_lossy(&pinger.stdout).to_string();
     let (sent, got) = ping_counts(&out);
     eprintln!("VM move: {sent} pings sent, {got} answered ({} ms lost at 50 ms each)", (sent - got) * 50);
     assert!(got > 0 && got + 120 >= sent, "host 3's traffic follows the moved VM: {out}");
-    until("host 3 points vm1 at host 2", Duration::from_secs(5), || {
+    until("host 3 points vm1 at host 1", Duration::from_secs(5), || {
         let d = static_dest(&bed, 3, "blue", "02:00:00:00:00:01");
-        (d.as_deref() == Some("vtep 192.168.77.2"), d)
+        (d.as_deref() == Some("vtep 192.168.77.1"), d)
     });
     bed.ok("vm5", 20, "ping -c 2 -i 0.2 -W 2 10.0.0.1");
 
@@ -198,11 +209,16 @@ fn three_hosts_share_one_desired_state_in_etcd() {
     etcd.restart(1);
     etcd.wait_healthy(3, Duration::from_secs(30));
 
-    // etcd entirely down: forwarding goes on, changes are refused naming the store.
+    // etcd entirely down: forwarding goes on, changes are refused naming the store. Host 3 is
+    // frozen meanwhile (SIGSTOP), so it comes back to a store that compacted what it missed.
+    bed.ok("vm5", 20, "ping -c 3 -i 0.2 -W 2 10.0.0.1");
+    let h3 = hosts[2].as_ref().unwrap().pid().to_string();
+    let signal = |s: &str| std::process::Command::new("kill").args([s, &h3]).status().unwrap();
+    signal("-STOP");
     for i in 1..=3 {
         etcd.kill(i);
     }
-    bed.ok("vm5", 20, "ping -c 3 -i 0.2 -W 2 10.0.0.1");
+    bed.ok("vm1", 20, "ping -c 3 -i 0.2 -W 2 10.0.0.2");
     let (code, _, err) = bed.ctl(1, &["tenant", "add", "yellow", "--vni", "400"]);
     assert_ne!(code, 0);
     assert!(err.contains("etcd://") && err.contains("unreachable"), "refused naming the store: {err}");
@@ -214,10 +230,17 @@ fn three_hosts_share_one_desired_state_in_etcd() {
     }
     etcd.wait_healthy(3, Duration::from_secs(30));
     etcd.ctl_ok(&["put", &k("tenants/red/spec"), r#"{"vni":200,"mac_limit":77}"#]);
+    let got: Value = serde_json::from_str(&etcd.ctl_ok(&["get", &k("tenants/red/spec"), "-w", "json"])).unwrap();
+    let rev = got["header"]["revision"].as_u64().expect("revision").to_string();
+    etcd.ctl_ok(&["compact", &rev]);
+    signal("-CONT");
     until("host 3 took the change made while it was away", Duration::from_secs(20), || {
         let v: Value = bed.ctl_json(3, &["tenant", "show", "red"]);
         (v["mac_limit"].as_u64() == Some(77), v)
     });
+    let st: Value = bed.ctl_json(3, &["status"]);
+    assert!(st["state"].as_str().unwrap_or("").contains("full resyncs"), "read again after compaction: {st}");
+    bed.ok("vm5", 20, "ping -c 2 -i 0.2 -W 2 10.0.0.1");
     until("changes go through again", Duration::from_secs(20), || {
         let r = bed.ctl(1, &["tenant", "add", "yellow", "--vni", "400"]);
         (r.0 == 0, r)
@@ -229,6 +252,31 @@ fn three_hosts_share_one_desired_state_in_etcd() {
     }
 }
 
+/// Moves vm1 from host namespace `from` (port `old`) to host `to` on a new veth `new`, and
+/// rebinds its port key there as an orchestrator would.
+fn move_vm1(bed: &Bed, etcd: &Etcd, from: &str, old: &str, to: u8, new: &str) {
+    let p = &bed.p;
+    bed.ok(from, 5, &format!("ip link del {p}-{old}"));
+    let ns = format!("{p}-h{to}");
+    let made = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "ip netns exec {p}-vm1 ip link add eth0 type veth peer name {p}-{new} && \
+             ip netns exec {p}-vm1 ip link set {p}-{new} netns {ns} && \
+             ip netns exec {p}-vm1 ip link set eth0 address 02:00:00:00:00:01 up && \
+             ip netns exec {p}-vm1 ip addr add 10.0.0.1/24 dev eth0 && \
+             ip netns exec {p}-vm1 ethtool -K eth0 tx off tso off gso off >/dev/null && \
+             ip netns exec {ns} ethtool -K {p}-{new} tx off tso off gso off >/dev/null && \
+             ip netns exec {ns} ip link set {p}-{new} up"
+        ))
+        .status()
+        .unwrap();
+    assert!(made.success(), "moving vm1's interface to h{to}");
+    etcd.ctl_ok(&["put", &format!("/xvs/v1/hosts/h{to}/tenants/blue"), ""]);
+    let b = binding(&format!("h{to}"), &format!("{p}-{new}"), "02:00:00:00:00:01", "10.0.0.1");
+    etcd.ctl_ok(&["put", &format!("/xvs/v1/tenants/blue/ports/{p}-p1"), &b]);
+}
+
 /// (transmitted, received) of a ping summary.
 fn ping_counts(out: &str) -> (u64, u64) {
     let line = out.lines().find(|l| l.contains("packets transmitted")).unwrap_or("");
@@ -236,4 +284,62 @@ fn ping_counts(out: &str) -> (u64, u64) {
         line.split(',').find(|p| p.contains(word)).and_then(|p| p.split_whitespace().next()?.parse().ok()).unwrap_or(0)
     };
     (num("transmitted"), num("received"))
+}
+
+#[test]
+fn the_store_over_tls_with_client_certificates() {
+    let bed = Bed::up("t", "fabric");
+    let etcd = Etcd::start_tls(&bed);
+    let d = etcd.tls_dir().unwrap().display().to_string();
+    let cfg = |h: u8, client: &str| {
+        format!(
+            "{}ca = \"{d}/ca.crt\"\ncert = \"{d}/{client}.crt\"\nkey = \"{d}/{client}.key\"\n",
+            config(&bed, &etcd, h)
+        )
+    };
+    // A host with a certificate of the cluster's CA is served.
+    let _h1 = bed.xvsd(1, &cfg(1, "client"));
+    let st: Value = bed.ctl_json(1, &["status"]);
+    let state = st["state"].as_str().unwrap_or("").to_string();
+    assert!(state.contains("over TLS with a client certificate") && state.contains(": connected"), "{state}");
+    bed.ctl_ok(1, &["tenant", "add", "blue", "--vni", "100"]);
+    let got = etcd.ctl_ok(&["get", "/xvs/v1/tenants/blue/spec", "--print-value-only"]);
+    assert!(got.contains("\"vni\":100"), "written through TLS: {got}");
+    assert!(etcd.ctl_ok(&["get", "/xvs/v1/alive/h1", "--print-value-only"]).contains("192.168.77.1"));
+    // A host whose certificate another CA signed is refused by etcd: xvsd runs, says the store
+    // is unreachable, and refuses changes naming it.
+    let _h2 = bed.xvsd(2, &cfg(2, "rogue"));
+    let (code, _, err) = bed.ctl(2, &["tenant", "add", "red", "--vni", "200"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("unreachable") && err.contains("etcd://"), "{err}");
+    let st: Value = bed.ctl_json(2, &["status"]);
+    assert!(st["state"].as_str().unwrap_or("").contains("unreachable"), "{st}");
+    assert!(etcd.ctl_ok(&["get", "/xvs/v1/alive/h2", "--print-value-only"]).trim().is_empty(), "h2 never got in");
+    // A missing certificate file is named at start.
+    let mut x = std::process::Command::new("ip")
+        .args(["netns", "exec", &format!("{}-h3", bed.p)])
+        .arg(xvs_systests::xvsd_bin())
+        .arg("--config")
+        .arg({
+            let p = bed.path("h3-bad.toml");
+            std::fs::write(&p, config(&bed, &etcd, 3) + &format!("ca = \"{d}/nope.crt\"\n")).unwrap();
+            p
+        })
+        .args(["--socket", &bed.path("h3-bad.sock").display().to_string()])
+        .args(["--state", &bed.path("h3-bad-state.toml").display().to_string()])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let t = Instant::now();
+    let status = loop {
+        if let Some(s) = x.try_wait().unwrap() {
+            break s;
+        }
+        assert!(t.elapsed() < Duration::from_secs(10), "xvsd with a missing CA file did not exit");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(x.stderr.as_mut().unwrap(), &mut err).unwrap();
+    assert_eq!(status.code(), Some(2));
+    assert!(err.contains("nope.crt"), "{err}");
 }

@@ -130,6 +130,16 @@ pub struct StoreConfig {
     /// Seconds after which the other hosts forget this one if it stops renewing its lease.
     #[serde(default = "default_lease_secs")]
     pub lease_secs: u32,
+    /// TLS: the CA certificate (PEM) that signed the members' certificates; with it the
+    /// members are reached over https.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca: Option<String>,
+    /// TLS: this host's client certificate (PEM), for members that require one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert: Option<String>,
+    /// TLS: the client certificate's private key (PEM).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
 }
 
 fn default_store_prefix() -> String {
@@ -594,7 +604,17 @@ impl Config {
             rate: link_rate,
         };
         check_static_bounds(&static_fdb, &tenants, self.daemon.fdb_capacity)?;
-        Ok(Tables::new(underlay, tenants, ports, static_fdb, arp, self.daemon.fdb_capacity, self.daemon.fdb_aging_secs))
+        let mut t = Tables::new(
+            underlay,
+            tenants,
+            ports,
+            static_fdb,
+            arp,
+            self.daemon.fdb_capacity,
+            self.daemon.fdb_aging_secs,
+        );
+        t.static_follows_frames = self.store.is_some();
+        Ok(t)
     }
 }
 

@@ -49,6 +49,9 @@ pub enum Learn {
     Moved,
     /// A static entry owns this MAC; nothing changed.
     Static(FdbDest),
+    /// A static remote entry moved to the VTEP the frame came from (see
+    /// [`Fdb::learn_following`]).
+    StaticMoved,
     /// The tenant's MAC limit or the table's capacity is reached; nothing learned.
     Full,
 }
@@ -128,6 +131,25 @@ impl Fdb {
     /// The entry of `mac` in `tenant`, aged or not.
     pub fn entry(&self, tenant: TenantId, mac: &MacAddr) -> Option<Entry> {
         self.map.get(&key(tenant, mac)).copied()
+    }
+
+    /// Like [`Fdb::learn`], except that a static entry of a remote MAC follows a frame from
+    /// another remote VTEP (`dest` remote too): the MAC moved, and the control plane's next
+    /// update sets the entry again.
+    #[inline]
+    pub fn learn_following(&mut self, tenant: TenantId, mac: &MacAddr, dest: FdbDest, now: u64, limit: u32) -> Learn {
+        if let FdbDest::Remote(_) = dest
+            && let Some(e) = self.map.get_mut(&key(tenant, mac))
+            && e.origin == Origin::Static
+            && matches!(e.dest, FdbDest::Remote(_))
+        {
+            if e.dest == dest {
+                return Learn::Static(dest);
+            }
+            e.dest = dest;
+            return Learn::StaticMoved;
+        }
+        self.learn(tenant, mac, dest, Origin::LearnedRemote, now, limit)
     }
 
     /// Records that `mac` of `tenant` was seen at `dest`. `limit` is the tenant's MAC limit.
@@ -285,6 +307,35 @@ mod tests {
         let r = f.learn(TenantId(0), &M, FdbDest::Remote(Ipv4Addr::LOCALHOST), Origin::LearnedRemote, 0, 10);
         assert_eq!(r, Learn::Static(FdbDest::Local(PortId(3))));
         assert_eq!(f.age(1000 * S), 0);
+    }
+
+    #[test]
+    fn a_static_remote_entry_follows_a_moved_vm_when_asked() {
+        let (a, b) = (Ipv4Addr::new(192, 168, 77, 1), Ipv4Addr::new(192, 168, 77, 2));
+        let mut f = Fdb::new(16, 300);
+        f.insert_static(TenantId(0), &M, FdbDest::Remote(a));
+        // Without following (a local file's entries), a frame from b moves nothing.
+        assert_eq!(
+            f.learn(TenantId(0), &M, FdbDest::Remote(b), Origin::LearnedRemote, 0, 10),
+            Learn::Static(FdbDest::Remote(a))
+        );
+        assert_eq!(f.learn_following(TenantId(0), &M, FdbDest::Remote(a), 0, 10), Learn::Static(FdbDest::Remote(a)));
+        assert_eq!(f.learn_following(TenantId(0), &M, FdbDest::Remote(b), 0, 10), Learn::StaticMoved);
+        assert_eq!(f.lookup(TenantId(0), &M, 1000 * S), Some(FdbDest::Remote(b)), "moved, and still never ages");
+        assert_eq!(f.entry(TenantId(0), &M).map(|e| e.origin), Some(Origin::Static));
+        assert_eq!(f.learned_count(TenantId(0)), 0);
+        // A local VM's MAC is never taken by a frame from the underlay.
+        let l = MacAddr([2, 0, 0, 0, 0, 7]);
+        f.insert_static(TenantId(0), &l, FdbDest::Local(PortId(1)));
+        assert_eq!(
+            f.learn_following(TenantId(0), &l, FdbDest::Remote(b), 0, 10),
+            Learn::Static(FdbDest::Local(PortId(1)))
+        );
+        // An unknown MAC is learned as usual.
+        assert_eq!(
+            f.learn_following(TenantId(0), &MacAddr([2, 0, 0, 0, 0, 8]), FdbDest::Remote(b), 0, 10),
+            Learn::Added
+        );
     }
 
     #[test]

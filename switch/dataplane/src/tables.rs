@@ -126,6 +126,10 @@ pub struct Tables {
     pub fdb_capacity: u32,
     /// Aging time of learned entries, seconds.
     pub fdb_aging_secs: u32,
+    /// Whether a frame from a listed VTEP of the tenant moves a static remote entry there (the
+    /// entries come from a shared store, and a VM that moved speaks from its new host before
+    /// the store reaches this one); otherwise static entries never move.
+    pub static_follows_frames: bool,
     vni_index: HashMap<u32, TenantId, RandomState>,
     vtep_allow: HashSet<u64, RandomState>,
     arp: HashMap<u64, MacAddr, RandomState>,
@@ -171,6 +175,7 @@ impl Tables {
             static_fdb,
             fdb_capacity,
             fdb_aging_secs,
+            static_follows_frames: false,
             vni_index,
             vtep_allow,
             arp,

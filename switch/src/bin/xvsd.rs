@@ -36,6 +36,15 @@ struct Args {
     /// [default: 5, or the config file's]
     #[arg(long, value_name = "SECS")]
     lease_secs: Option<u32>,
+    /// TLS to the store: the CA certificate (PEM) that signed the members' certificates
+    #[arg(long, value_name = "FILE")]
+    store_ca: Option<String>,
+    /// TLS to the store: this host's client certificate (PEM)
+    #[arg(long, value_name = "FILE", requires = "store_key")]
+    store_cert: Option<String>,
+    /// TLS to the store: the client certificate's key (PEM)
+    #[arg(long, value_name = "FILE", requires = "store_cert")]
+    store_key: Option<String>,
     /// Control socket for xvsctl.
     #[arg(long, default_value = DEFAULT_SOCKET)]
     socket: PathBuf,
@@ -83,6 +92,9 @@ fn run(args: Args) -> anyhow::Result<()> {
             prefix: "/xvs".into(),
             host: None,
             lease_secs: xvs_switch::etcd::DEFAULT_LEASE_SECS,
+            ca: None,
+            cert: None,
+            key: None,
         });
         s.url = url;
         if let Some(p) = args.store_prefix {
@@ -96,8 +108,23 @@ fn run(args: Args) -> anyhow::Result<()> {
         if let Some(l) = args.lease_secs {
             s.lease_secs = l;
         }
-    } else if args.host_name.is_some() || args.lease_secs.is_some() {
-        anyhow::bail!("--host-name and --lease-secs need a store (--store or [store] in the config)");
+        if let Some(c) = args.store_ca {
+            s.ca = Some(c);
+        }
+        if let Some(c) = args.store_cert {
+            s.cert = Some(c);
+        }
+        if let Some(k) = args.store_key {
+            s.key = Some(k);
+        }
+    } else if args.host_name.is_some()
+        || args.lease_secs.is_some()
+        || args.store_ca.is_some()
+        || args.store_cert.is_some()
+    {
+        anyhow::bail!(
+            "--host-name, --lease-secs and --store-ca/cert/key need a store (--store or [store] in the config)"
+        );
     }
     if args.check {
         daemon::preflight(&cfg, None)?;

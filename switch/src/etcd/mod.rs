@@ -21,7 +21,8 @@ pub mod schema;
 use crate::config::Config;
 use crate::store::{FileStore, Record, Store};
 use etcd_client::{
-    Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, PutOptions, Txn, TxnOp, WatchOptions,
+    Certificate, Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, Identity, PutOptions, TlsOptions,
+    Txn, TxnOp, WatchOptions,
 };
 use schema::{Event, HostLive, Keys, View, Write, canonical};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -49,6 +50,37 @@ pub struct Settings {
     pub host: String,
     /// Lease of its liveness key.
     pub lease_secs: u32,
+    /// TLS: the CA certificate and, optionally, the client certificate and key (PEM bytes).
+    pub tls: Option<Tls>,
+}
+
+/// TLS material, read when the settings are made (so a missing file is named at start).
+#[derive(Clone, PartialEq, Eq)]
+pub struct Tls {
+    /// The CA that signed the members' certificates.
+    pub ca: Vec<u8>,
+    /// This host's certificate and key.
+    pub identity: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+impl std::fmt::Debug for Tls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // never the key
+        write!(f, "Tls {{ ca: {} bytes, client certificate: {} }}", self.ca.len(), self.identity.is_some())
+    }
+}
+
+impl Tls {
+    /// Reads the files; `cert` and `key` go together.
+    pub fn read(ca: &str, cert: Option<&str>, key: Option<&str>) -> Result<Tls, String> {
+        let read = |what: &str, p: &str| std::fs::read(p).map_err(|e| format!("store {what} {p:?}: {e}"));
+        let identity = match (cert, key) {
+            (Some(c), Some(k)) => Some((read("client certificate", c)?, read("client key", k)?)),
+            (None, None) => None,
+            _ => return Err("store: a client certificate needs its key, and a key its certificate".into()),
+        };
+        Ok(Tls { ca: read("CA certificate", ca)?, identity })
+    }
 }
 
 impl Settings {
@@ -70,7 +102,23 @@ impl Settings {
         if !(1..=3600).contains(&lease_secs) {
             return Err(format!("lease {lease_secs} s: must be 1..=3600"));
         }
-        Ok(Settings { endpoints, url: url.to_string(), prefix: prefix.to_string(), host: host.to_string(), lease_secs })
+        Ok(Settings {
+            endpoints,
+            url: url.to_string(),
+            prefix: prefix.to_string(),
+            host: host.to_string(),
+            lease_secs,
+            tls: None,
+        })
+    }
+
+    /// The same over TLS: members are reached over https and checked against `tls.ca`.
+    pub fn with_tls(mut self, tls: Tls) -> Settings {
+        for e in &mut self.endpoints {
+            *e = e.replacen("http://", "https://", 1);
+        }
+        self.tls = Some(tls);
+        self
     }
 }
 
@@ -296,8 +344,13 @@ impl Store for EtcdStore {
         let h = lock(&sh.health).clone();
         let v = lock(&sh.live);
         let mut s = format!(
-            "{} (prefix {}, host {}, lease {} s): {}, revision {}, {} tenant(s) carried, {} host(s) alive",
+            "{}{} (prefix {}, host {}, lease {} s): {}, revision {}, {} tenant(s) carried, {} host(s) alive",
             sh.settings.url,
+            match &sh.settings.tls {
+                Some(Tls { identity: Some(_), .. }) => " over TLS with a client certificate",
+                Some(_) => " over TLS",
+                None => "",
+            },
             sh.keys.root(),
             sh.settings.host,
             sh.settings.lease_secs,
@@ -330,11 +383,18 @@ impl Store for EtcdStore {
 }
 
 async fn connect(s: &Settings) -> Result<Client, String> {
-    let opts = ConnectOptions::new()
+    let mut opts = ConnectOptions::new()
         .with_connect_timeout(Duration::from_secs(2))
         .with_keep_alive(Duration::from_secs(1), Duration::from_secs(2))
         .with_keep_alive_while_idle(true)
         .with_require_leader(true);
+    if let Some(t) = &s.tls {
+        let mut tls = TlsOptions::new().ca_certificate(Certificate::from_pem(&t.ca));
+        if let Some((cert, key)) = &t.identity {
+            tls = tls.identity(Identity::from_pem(cert, key));
+        }
+        opts = opts.with_tls(tls);
+    }
     let c = tokio::time::timeout(REQUEST_TIMEOUT, Client::connect(&s.endpoints, Some(opts)))
         .await
         .map_err(|_| "no member answered".to_string())?
@@ -437,10 +497,9 @@ async fn session(sh: Arc<Shared>, mut apply: Apply) {
         };
         let r = match c {
             Ok(mut c) => {
+                // (connected only once etcd answered: a channel opens before any handshake)
                 *lock(&sh.client) = Some(c.clone());
-                lock(&sh.health).connected = true;
-                backoff = Duration::from_millis(100);
-                run(&sh, &mut c, &mut apply).await
+                run(&sh, &mut c, &mut apply, &mut backoff).await
             }
             Err(e) => Err(e),
         };
@@ -492,8 +551,10 @@ fn publish(sh: &Shared, apply: &mut Apply) {
 }
 
 /// One connected session: register, read (if needed), watch until something breaks.
-async fn run(sh: &Arc<Shared>, c: &mut Client, apply: &mut Apply) -> Result<(), String> {
+async fn run(sh: &Arc<Shared>, c: &mut Client, apply: &mut Apply, backoff: &mut Duration) -> Result<(), String> {
     let (_lease, mut lost) = register(sh, c).await?;
+    lock(&sh.health).connected = true;
+    *backoff = Duration::from_millis(100);
     let (keys, me) = (&sh.keys, sh.settings.host.as_str());
     let mut need_sync = lock(&sh.live).revision == 0;
     loop {

@@ -426,7 +426,7 @@ fn count_drop(stats: &mut Stats, port: PortId, tenant: Option<TenantId>, r: Drop
 fn count_learn(ev: &mut Events, r: Learn) {
     match r {
         Learn::Added => ev.fdb_learned += 1,
-        Learn::Moved => ev.fdb_moved += 1,
+        Learn::Moved | Learn::StaticMoved => ev.fdb_moved += 1,
         Learn::Full => ev.fdb_full += 1,
         Learn::Refreshed | Learn::Static(_) => {}
     }
@@ -446,10 +446,19 @@ impl FdbView<'_> {
         }
     }
 
-    fn learn(&mut self, t: TenantId, m: &MacAddr, d: FdbDest, now: u64, limit: u32) -> Learn {
+    fn learn(&mut self, t: TenantId, m: &MacAddr, d: FdbDest, now: u64, limit: u32, follow: bool) -> Learn {
         match self {
+            FdbView::Learning(f) if follow => f.learn_following(t, m, d, now, limit),
             FdbView::Learning(f) => f.learn(t, m, d, Origin::LearnedRemote, now, limit),
             FdbView::ReadOnly(f) => match (f.entry(t, m), f.lookup(t, m, now)) {
+                (Some(e), _)
+                    if follow
+                        && e.origin == Origin::Static
+                        && e.dest != d
+                        && matches!((e.dest, d), (FdbDest::Remote(_), FdbDest::Remote(_))) =>
+                {
+                    Learn::StaticMoved
+                }
                 (Some(e), _) if e.origin == Origin::Static => Learn::Static(e.dest),
                 (_, Some(x)) if x == d => Learn::Refreshed,
                 (_, Some(_)) => Learn::Moved,
@@ -733,7 +742,7 @@ fn classify_uplink(
         return drop(DropReason::InnerSrcInvalid);
     }
     let limit = t.tenant(tenant).map_or(0, |x| x.mac_limit);
-    match fdb.learn(tenant, &src, FdbDest::Remote(outer.src_ip), now, limit) {
+    match fdb.learn(tenant, &src, FdbDest::Remote(outer.src_ip), now, limit, t.static_follows_frames) {
         Learn::Static(FdbDest::Local(_)) => return drop(DropReason::RemoteClaimsLocalMac),
         r => count_learn(ev, r),
     }
