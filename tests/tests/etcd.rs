@@ -1,10 +1,12 @@
 //! Three xvsd hosts sharing their desired state in a real 3-member etcd cluster (Debian's
-//! etcd, started here): VMs added through xvsctl on one host and written straight into etcd
-//! by an "orchestrator" (etcdctl) are reachable from the others with no flooding; tenants
-//! with the same addresses stay apart; a dead host's VMs leave the others' tables after its
-//! lease; a VM moved to another host is followed; losing one etcd member changes nothing;
+//! etcd, started here): VMs added through xvsctl (host 1 creates the tenants, host 3 joins
+//! them) and written straight into etcd by an "orchestrator" (etcdctl, host 2) are reachable
+//! from the others with no flooding; tenants with the same addresses stay apart; a dead
+//! host's VMs leave the others' tables after its lease; a moved VM is followed, also by a
+//! host the store cannot reach (its first frames); losing one etcd member changes nothing;
 //! losing all of them keeps forwarding, refuses changes naming the store, and everything
-//! catches up when etcd returns; two writers of one key: one wins, the other is told.
+//! catches up when etcd returns, also past a compaction; two writers of one key: one wins,
+//! the other is told. A second test runs the store over TLS with client certificates.
 
 use serde_json::Value;
 use std::time::{Duration, Instant};
@@ -85,19 +87,25 @@ fn three_hosts_share_one_desired_state_in_etcd() {
         1,
         &["port", "add", &format!("{p}-p3"), "--tenant", "red", "--mac", "02:00:00:00:00:01", "--ip", "10.0.0.1"],
     );
-    // The same tenant again from another host: the store already has it.
-    let (code, _, err) = bed.ctl(3, &["tenant", "add", "blue", "--vni", "100"]);
+    // The same tenant from another host with another spec: refused, naming what the store has.
+    let (code, _, err) = bed.ctl(3, &["tenant", "add", "blue", "--vni", "100", "--mac-limit", "100"]);
     assert_ne!(code, 0);
     assert!(err.contains("tenants/blue/spec already exists") && err.contains("etcd://"), "{err}");
     let (code, _, err) = bed.ctl(3, &["tenant", "add", "cyan", "--vni", "100"]);
     assert_ne!(code, 0);
     assert!(err.contains("vnis/100 already exists"), "one tenant per VNI across hosts: {err}");
+    // Host 3 through xvsctl: the same spec joins the tenants, then its own ports.
+    for (t, vni) in [("blue", "100"), ("red", "200")] {
+        bed.ctl_ok(3, &["tenant", "add", t, "--vni", vni]);
+    }
+    for (port, t) in [("p5", "blue"), ("p6", "red")] {
+        let iface = format!("{p}-{port}");
+        bed.ctl_ok(3, &["port", "add", &iface, "--tenant", t, "--mac", "02:00:00:00:00:03", "--ip", "10.0.0.3"]);
+    }
 
-    // Hosts 2 and 3 as an orchestrator writes them, straight into etcd.
+    // Host 2 as an orchestrator writes it, straight into etcd.
     let k = |s: &str| format!("/xvs/v1/{s}");
-    for (h, blue, red, mac, ip) in
-        [(2, "p2", "p4", "02:00:00:00:00:02", "10.0.0.2"), (3, "p5", "p6", "02:00:00:00:00:03", "10.0.0.3")]
-    {
+    for (h, blue, red, mac, ip) in [(2, "p2", "p4", "02:00:00:00:00:02", "10.0.0.2")] {
         for t in ["blue", "red"] {
             etcd.ctl_ok(&["put", &k(&format!("hosts/h{h}/tenants/{t}")), ""]);
         }
@@ -128,10 +136,10 @@ fn three_hosts_share_one_desired_state_in_etcd() {
     assert_eq!(echo_requests_in(&bed, "vm1"), b0, "a red frame reached blue's VM");
     assert!(echo_requests_in(&bed, "vm3") >= r0 + 3);
 
-    // Two writers of one key at once: one wins, the other is told.
+    // Two writers of one key at once (different specs): one wins, the other is told.
     let (a, b) = std::thread::scope(|s| {
         let a = s.spawn(|| bed.ctl(1, &["tenant", "add", "green", "--vni", "300"]));
-        let b = s.spawn(|| bed.ctl(3, &["tenant", "add", "green", "--vni", "300"]));
+        let b = s.spawn(|| bed.ctl(3, &["tenant", "add", "green", "--vni", "300", "--mac-limit", "50"]));
         (a.join().unwrap(), b.join().unwrap())
     });
     assert!((a.0 == 0) != (b.0 == 0), "exactly one writer wins: {a:?} {b:?}");

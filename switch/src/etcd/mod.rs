@@ -257,7 +257,9 @@ impl EtcdStore {
             if let Ok(r) = c.get(k.as_str(), None).await
                 && let Some(kv) = r.kvs().first()
             {
-                return format!("{} already exists in store {url} (revision {})", strip(k), kv.mod_revision());
+                let v = String::from_utf8_lossy(kv.value());
+                let v: String = v.chars().take(200).collect();
+                return format!("{} already exists in store {url} (revision {}): {v}", strip(k), kv.mod_revision());
             }
         }
         for k in &w.present {
@@ -300,26 +302,30 @@ impl Store for EtcdStore {
             let mut c = lock(&sh.client)
                 .clone()
                 .ok_or_else(|| self.unreachable(lock(&sh.health).last_error.as_deref().unwrap_or("not connected")))?;
-            let mut cmp = Vec::new();
-            cmp.extend(w.absent.iter().map(|k| Compare::create_revision(k.as_str(), CompareOp::Equal, 0)));
-            cmp.extend(w.present.iter().map(|k| Compare::create_revision(k.as_str(), CompareOp::Greater, 0)));
-            cmp.extend(w.at.iter().map(|(k, r)| Compare::mod_revision(k.as_str(), CompareOp::Equal, *r)));
-            let mut ops: Vec<TxnOp> = w.deletes.iter().map(|k| TxnOp::delete(k.as_str(), None)).collect();
-            ops.extend(w.puts.iter().map(|(k, v)| TxnOp::put(k.as_str(), v.as_str(), None)));
-            let txn = Txn::new().when(cmp).and_then(ops);
             let r = self.rt.block_on(async {
-                let r = tokio::time::timeout(REQUEST_TIMEOUT, c.txn(txn)).await;
-                match r {
-                    Err(_) => Err(format!("no answer within {} s", REQUEST_TIMEOUT.as_secs())),
-                    Ok(Err(e)) => Err(e.to_string()),
-                    Ok(Ok(r)) if r.succeeded() => Ok(Ok(r.header().map_or(0, |h| h.revision()))),
-                    Ok(Ok(_)) => Ok(Err(EtcdStore::conflict(&sh, &mut c, &w).await)),
+                let mut w = w.clone();
+                // A tenant the store already has with the same spec: join it (once).
+                for attempt in 0..2 {
+                    match tokio::time::timeout(REQUEST_TIMEOUT, c.txn(txn_of(&w))).await {
+                        Err(_) => return Err(format!("no answer within {} s", REQUEST_TIMEOUT.as_secs())),
+                        Ok(Err(e)) => return Err(e.to_string()),
+                        Ok(Ok(r)) if r.succeeded() => return Ok(Ok((r.header().map_or(0, |h| h.revision()), w))),
+                        Ok(Ok(_)) => {}
+                    }
+                    if attempt == 0
+                        && let Some(j) = joined(&sh, &mut c, &w).await
+                    {
+                        w = j;
+                        continue;
+                    }
+                    break;
                 }
+                Ok(Err(EtcdStore::conflict(&sh, &mut c, &w).await))
             });
-            let rev = match r {
+            let (rev, w) = match r {
                 Err(e) => return Err(self.unreachable(&e)),
                 Ok(Err(conflict)) => anyhow::bail!("conflict: {conflict}; nothing was applied"),
-                Ok(Ok(rev)) => rev,
+                Ok(Ok(done)) => done,
             };
             lock(&sh.live).wrote(keys, me, &w, rev);
             let mut a = lock(&sh.applied);
@@ -380,6 +386,38 @@ impl Store for EtcdStore {
     fn distributed(&self) -> Option<String> {
         Some(self.shared.settings.url.clone())
     }
+}
+
+/// The transaction of a write: every compare, then every delete and put.
+fn txn_of(w: &Write) -> Txn {
+    let mut cmp = Vec::new();
+    cmp.extend(w.absent.iter().map(|k| Compare::create_revision(k.as_str(), CompareOp::Equal, 0)));
+    cmp.extend(w.present.iter().map(|k| Compare::create_revision(k.as_str(), CompareOp::Greater, 0)));
+    cmp.extend(w.at.iter().map(|(k, r)| Compare::mod_revision(k.as_str(), CompareOp::Equal, *r)));
+    let mut ops: Vec<TxnOp> = w.deletes.iter().map(|k| TxnOp::delete(k.as_str(), None)).collect();
+    ops.extend(w.puts.iter().map(|(k, v)| TxnOp::put(k.as_str(), v.as_str(), None)));
+    Txn::new().when(cmp).and_then(ops)
+}
+
+/// `w` as a join of every tenant it creates that the store already has with the same spec
+/// (and VNI owner), if there is one.
+async fn joined(sh: &Shared, c: &mut Client, w: &Write) -> Option<Write> {
+    let mut out: Option<Write> = None;
+    for (t, spec) in &w.created {
+        let got = c.get(sh.keys.spec(t), None).await.ok()?;
+        let Some(kv) = got.kvs().first() else { continue };
+        let theirs: schema::TenantSpec = serde_json::from_slice(kv.value()).ok()?;
+        if theirs != *spec {
+            continue;
+        }
+        let v = c.get(sh.keys.vni(spec.vni), None).await.ok()?;
+        let vkv = v.kvs().first()?;
+        if serde_json::from_slice::<String>(vkv.value()).ok()? != *t {
+            continue;
+        }
+        out = Some(out.as_ref().unwrap_or(w).join(&sh.keys, t, spec.vni, kv.mod_revision(), vkv.mod_revision()));
+    }
+    out
 }
 
 async fn connect(s: &Settings) -> Result<Client, String> {
@@ -609,8 +647,9 @@ async fn run(sh: &Arc<Shared>, c: &mut Client, apply: &mut Apply, backoff: &mut 
                     v.at_revision(rev);
                 }
             }
-            if changed {
-                // carried tenants changed: read the new ones and watch them too
+            // Carried tenants changed (by an event, or by this host's own write, which the
+            // view took before its event came): read the new ones and watch them too.
+            if changed || lock(&sh.live).carried != carried {
                 need_sync = true;
                 break;
             }

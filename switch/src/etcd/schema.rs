@@ -207,9 +207,26 @@ pub struct Write {
     pub puts: Vec<(String, String)>,
     /// Keys to delete.
     pub deletes: Vec<String>,
+    /// Tenants this write creates, with their spec: if the store has one of them already
+    /// with the same spec, the host joins it instead ([`Write::join`]).
+    pub created: Vec<(String, TenantSpec)>,
 }
 
 impl Write {
+    /// The same write for a host that joins tenant `t`, which the store already has with
+    /// this spec at revision `rev` (and its VNI key at `vni_rev`): the spec and VNI stay as
+    /// they are (compared, not created) and only this host's carry key is added.
+    pub fn join(&self, keys: &Keys, t: &str, vni: i64, rev: i64, vni_rev: i64) -> Write {
+        let (spec, vkey) = (keys.spec(t), keys.vni(vni));
+        let mut w = self.clone();
+        w.absent.retain(|k| *k != spec && *k != vkey);
+        w.puts.retain(|(k, _)| *k != spec && *k != vkey);
+        w.at.push((spec, rev));
+        w.at.push((vkey, vni_rev));
+        w.created.retain(|(n, _)| n != t);
+        w
+    }
+
     /// Whether it changes nothing.
     pub fn is_empty(&self) -> bool {
         self.puts.is_empty() && self.deletes.is_empty()
@@ -399,6 +416,7 @@ impl View {
                     }
                     w.absent.push(keys.spec(name));
                     w.absent.push(keys.vni(t.vni));
+                    w.created.push((name.to_string(), spec_of(t)));
                     w.puts.push((keys.spec(name), json(&spec_of(t))));
                     w.puts.push((keys.vni(t.vni), json(name)));
                     w.puts.push((keys.carry(me, name), String::new()));
@@ -633,6 +651,14 @@ mod tests {
         assert!(w.absent.contains(&k.spec("green")) && w.absent.contains(&k.vni(300)));
         assert!(w.absent.contains(&k.port("green", "p7")));
         assert!(w.puts.iter().any(|(key, _)| *key == k.carry("a", "green")));
+        assert_eq!(w.created.len(), 1);
+        // The store has green already with the same spec: the host joins it.
+        let j = w.join(&k, "green", 300, 40, 41);
+        assert!(!j.absent.contains(&k.spec("green")) && !j.absent.contains(&k.vni(300)));
+        assert!(j.at.contains(&(k.spec("green"), 40)) && j.at.contains(&(k.vni(300), 41)));
+        assert!(!j.puts.iter().any(|(key, _)| *key == k.spec("green") || *key == k.vni(300)));
+        assert!(j.puts.iter().any(|(key, _)| *key == k.carry("a", "green")));
+        assert!(j.absent.contains(&k.port("green", "p7")), "its new port is still created");
         // Changing a tenant's guarantee compares on the spec's revision.
         let mut new = old.clone();
         new.tenants[1].guarantee = Some("2G".into());
