@@ -102,6 +102,37 @@ print(f"{n} hosts, {adds} port adds on host 1: live on every other host p50 {q(0
 PY
 )
 echo "$real"
+# A VM move with traffic: vm1 (blue, host 1) moves to host 2 while vm5 on host 3 pings it every
+# 20 ms; the blackout is what that ping loses (it includes remaking vm1's interface).
+ip netns exec $P-vm5 ping -i 0.02 -w 8 -W 1 10.0.0.1 > "$TMP/move.ping" 2>&1 &
+PING=$!
+$X --socket "$TMP/h1.sock" tenant add red --vni 200 >/dev/null
+$X --socket "$TMP/h1.sock" port add $P-p1 --tenant blue --mac 02:00:00:00:00:01 --ip 10.0.0.1 >/dev/null
+$X --socket "$TMP/h3.sock" tenant add blue --vni 100 >/dev/null 2>&1 || true
+$X --socket "$TMP/h3.sock" port add $P-p5 --tenant blue --mac 02:00:00:00:00:03 --ip 10.0.0.3 >/dev/null
+sleep 3
+ip netns exec $P-h1 ip link del $P-p1
+ip netns exec $P-vm1 ip link add eth0 type veth peer name $P-p7
+ip netns exec $P-vm1 ip link set $P-p7 netns $P-h2
+ip netns exec $P-vm1 ip link set eth0 address 02:00:00:00:00:01 up
+ip netns exec $P-vm1 ip addr add 10.0.0.1/24 dev eth0
+ip netns exec $P-vm1 ethtool -K eth0 tx off tso off gso off >/dev/null 2>&1 || true
+ip netns exec $P-h2 ethtool -K $P-p7 tx off tso off gso off >/dev/null 2>&1 || true
+ip netns exec $P-h2 ip link set $P-p7 up
+ctl put /xvs/v1/hosts/h2/tenants/blue "" >/dev/null
+ctl put /xvs/v1/tenants/blue/ports/$P-p1 \
+  "{\"host\":\"h2\",\"interface\":\"$P-p7\",\"mac\":\"02:00:00:00:00:01\",\"ips\":[\"10.0.0.1\"]}" >/dev/null
+wait $PING || true
+move=$(python3 - "$TMP/move.ping" <<'PY'
+import re, sys
+t = open(sys.argv[1]).read()
+m = re.search(r"(\d+) packets transmitted, (\d+) received", t)
+sent, got = int(m.group(1)), int(m.group(2))
+print(f"VM move with {sent} pings at 20 ms from a third host: {sent - got} lost = {(sent - got) * 20} ms blackout "
+      f"(includes remaking the VM's interface on the new host)")
+PY
+)
+echo "$move"
 # The simulated fleet against one member on loopback.
 etcd --data-dir "$TMP/fleet" --listen-client-urls http://127.0.0.1:23790 --advertise-client-urls http://127.0.0.1:23790 \
   --listen-peer-urls http://127.0.0.1:23800 --initial-advertise-peer-urls http://127.0.0.1:23800 \
@@ -117,6 +148,8 @@ echo "$fleet"
   echo "Command: \`scripts/bench-etcd.sh\` (etcd $(etcd --version | head -1 | awk '{print $3}'), Debian's)."
   echo
   echo "Real hosts: $real"
+  echo
+  echo "$move"
   echo
   echo '```'
   echo "$fleet"

@@ -185,9 +185,17 @@ fn host_traffic_on_the_uplink_still_reaches_the_kernel() {
     let _ = srv.wait();
     bed.ok("h2", 15, "ping -c 3 -i 0.2 -W 2 -I 192.168.77.12 192.168.77.11");
     // the VTEP address itself is answered by xvs's host stack (ARP and ICMP echo)
-    bed.ok("h2", 15, "ping -c 3 -i 0.2 -W 2 -I 192.168.77.12 192.168.77.1");
+    let out = bed.ok("h2", 15, "ping -c 3 -i 0.2 -W 2 -I 192.168.77.12 192.168.77.1");
+    // (on a loaded machine a frame may be lost: every reply ping got was the host stack's,
+    // so count those, not what ping sent)
+    let got: u64 = out
+        .lines()
+        .find(|l| l.contains("packets transmitted"))
+        .and_then(|l| l.split(',').nth(1)?.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0);
+    assert!(got >= 1, "{out}");
     let s = h1.fresh_stats();
-    assert!(s["host"]["icmp_echo_replies"].as_u64().unwrap() >= 3, "host stack answered pings: {}", s["host"]);
+    assert!(s["host"]["icmp_echo_replies"].as_u64().unwrap() >= got, "host stack answered pings: {}", s["host"]);
     assert!(s["host"]["arp_replies_sent"].as_u64().unwrap() >= 1, "host stack answered ARP: {}", s["host"]);
     let xdp = &s["xdp"][0][1];
     let passed = xdp.as_array().unwrap().iter().find(|c| c[0] == "xdp_uplink_passed").unwrap()[1].as_u64().unwrap();

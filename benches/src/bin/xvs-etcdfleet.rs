@@ -219,6 +219,9 @@ async fn run(a: Args) -> anyhow::Result<()> {
     let got = arrivals.lock().unwrap().clone();
     let mut under_1s = 0u64;
     let mut delivered = 0u64;
+    // Per update: when the last watching host had it (a moved VM's blackout, as far as the
+    // store goes), counted only for updates every watching host got.
+    let mut last: HashMap<i64, (u64, usize)> = HashMap::new();
     for (rev, at) in got {
         if let Some((t, _)) = sent.get(&rev) {
             let us = at.saturating_duration_since(*t).as_micros().max(1) as u64;
@@ -227,6 +230,14 @@ async fn run(a: Args) -> anyhow::Result<()> {
             if us < 1_000_000 {
                 under_1s += 1;
             }
+            let e = last.entry(rev).or_insert((0, 0));
+            *e = (e.0.max(us), e.1 + 1);
+        }
+    }
+    let mut every = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+    for (rev, (us, n)) in &last {
+        if sent.get(rev).is_some_and(|(_, f)| *f == *n) {
+            every.record((*us).min(60_000_000))?;
         }
     }
     println!(
@@ -240,6 +251,13 @@ async fn run(a: Args) -> anyhow::Result<()> {
         hist.value_at_quantile(0.99) as f64 / 1000.0,
         hist.max() as f64 / 1000.0,
         100.0 * under_1s as f64 / fanout_total.max(1) as f64
+    );
+    println!(
+        "per rebind, until every watching host had it (the store's part of a VM move's blackout): p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms over {} rebinds",
+        every.value_at_quantile(0.5) as f64 / 1000.0,
+        every.value_at_quantile(0.99) as f64 / 1000.0,
+        every.max() as f64 / 1000.0,
+        every.len()
     );
     if let (Some((c0, _)), Some((c1, rss))) = (before, after) {
         println!(
