@@ -123,6 +123,29 @@ fn three_hosts_share_one_desired_state_in_etcd() {
     let st: Value = bed.ctl_json(2, &["status"]);
     assert!(st["state"].as_str().unwrap_or("").contains("connected"), "status names the store: {st}");
 
+    // Bad values written by hand: a malformed binding is ignored and named; a tenant that
+    // clashes with a running tenant's VNI is left out (status says why), the rest follows the
+    // store as before, until the bad key goes.
+    etcd.ctl_ok(&["put", &k("tenants/blue/ports/bad"), r#"{"host":"h1","colour":1}"#]);
+    etcd.ctl_ok(&["put", &k("tenants/clash/spec"), r#"{"vni":200}"#]);
+    etcd.ctl_ok(&["put", &k("hosts/h1/tenants/clash"), ""]);
+    let st = until("host 1 names both", Duration::from_secs(10), || {
+        let v: Value = bed.ctl_json(1, &["status"]);
+        let s = v["state"].as_str().unwrap_or("").to_string();
+        (s.contains("malformed keys ignored: tenants/blue/ports/bad") && s.contains("tenant \"clash\" left out"), s)
+    });
+    assert!(st.contains("200"), "the refusal names the VNI: {st}");
+    bed.ok("vm1", 20, "ping -c 2 -i 0.2 -W 2 10.0.0.2");
+    bed.ok("vm3", 20, "ping -c 2 -i 0.2 -W 2 10.0.0.2");
+    for key in ["tenants/blue/ports/bad", "tenants/clash/spec", "hosts/h1/tenants/clash"] {
+        etcd.ctl_ok(&["del", &k(key)]);
+    }
+    until("host 1 is clean again", Duration::from_secs(10), || {
+        let v: Value = bed.ctl_json(1, &["status"]);
+        let s = v["state"].as_str().unwrap_or("").to_string();
+        (!s.contains("malformed") && !s.contains("left out"), s)
+    });
+
     // Reachable across hosts with nothing flooded: ARP is answered from the store's bindings
     // and every MAC is a static entry.
     bed.ok("vm5", 20, "ping -c 3 -i 0.2 -W 2 10.0.0.1");

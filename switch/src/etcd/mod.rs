@@ -371,7 +371,7 @@ impl Store for EtcdStore {
             s.push_str(&format!("; last error: {e}"));
         }
         if let Some(e) = &h.refused {
-            s.push_str(&format!("; store state not applied: {e}"));
+            s.push_str(&format!("; store state not fully applied: {e}"));
         }
         if !v.bad.is_empty() {
             let keys: Vec<_> = v.bad.keys().map(|k| k.strip_prefix(sh.keys.root()).unwrap_or(k)).collect();
@@ -561,11 +561,28 @@ async fn session(sh: Arc<Shared>, mut apply: Apply) {
 /// one; either way the view's revisions become the ones writes compare on.
 fn publish(sh: &Shared, apply: &mut Apply) {
     let v = lock(&sh.live).clone();
-    let cfg = canonical(v.derive(&sh.local, &sh.settings.host));
+    let derived = canonical(v.derive(&sh.local, &sh.settings.host));
+    // Validated as the daemon will (the uplink's own MAC and MTU are checked there).
+    let mtu = sh.local.uplink.mtu.or(Some(1500));
+    let check = |c: &Config| {
+        let mac = Some(crate::wire::MacAddr([2, 0, 0, 0, 0, 1]));
+        c.build(mac, mtu).map(|_| ()).map_err(|e| e.to_string())
+    };
+    let running = lock(&sh.applied).1.clone();
+    let (cfg, left_out) = schema::admissible(derived, &running, check);
+    let note = (!left_out.is_empty()).then(|| {
+        let parts: Vec<String> = left_out.iter().map(|(t, e)| format!("tenant {t:?} left out: {e}")).collect();
+        parts.join("; ")
+    });
+    if let Some(n) = &note {
+        tracing::warn!("store {}: {n}", sh.settings.url);
+    }
     {
         let mut a = lock(&sh.applied);
         if a.1 == cfg {
             a.0 = v;
+            // what the store says (less what is left out) is what runs
+            lock(&sh.health).refused = note;
             return;
         }
     }
@@ -576,7 +593,7 @@ fn publish(sh: &Shared, apply: &mut Apply) {
     });
     match r {
         Ok(()) => {
-            lock(&sh.health).refused = None;
+            lock(&sh.health).refused = note;
             if let Err(e) = lock(&sh.cache).save(&cfg) {
                 tracing::warn!("caching the state locally: {e:#}");
             }

@@ -519,6 +519,35 @@ impl View {
     }
 }
 
+/// The most of `derived` that `check` accepts: all of it if it passes; otherwise tenants are
+/// taken one at a time, those `running` already has first, and a tenant whose addition fails
+/// is left out with its ports (with why). So one bad tenant written into the store cannot
+/// keep this host from following the others, nor knock out a tenant that runs.
+pub fn admissible(
+    derived: Config,
+    running: &Config,
+    check: impl Fn(&Config) -> Result<(), String>,
+) -> (Config, Vec<(String, String)>) {
+    if check(&derived).is_ok() {
+        return (derived, Vec::new());
+    }
+    let runs = |t: &TenantConfig| running.tenants.iter().any(|r| r.name == t.name);
+    let mut order: Vec<&TenantConfig> = derived.tenants.iter().filter(|t| runs(t)).collect();
+    order.extend(derived.tenants.iter().filter(|t| !runs(t)));
+    let mut ok = Config { tenants: vec![], ports: vec![], ..derived.clone() };
+    let mut left_out = Vec::new();
+    for t in order {
+        let mut next = ok.clone();
+        next.tenants.push(t.clone());
+        next.ports.extend(derived.ports.iter().filter(|p| p.tenant == t.name).cloned());
+        match check(&next) {
+            Ok(()) => ok = next,
+            Err(e) => left_out.push((t.name.clone(), e)),
+        }
+    }
+    (canonical(ok), left_out)
+}
+
 /// `cfg` in a canonical order (tenants and ports by name, entries sorted, MACs normalised),
 /// so two configurations with the same content compare equal.
 pub fn canonical(mut c: Config) -> Config {
@@ -681,6 +710,26 @@ mod tests {
         let e = v.plan_write(&k, "a", &old, &new).unwrap_err();
         assert!(e.contains("on a, b") || e.contains("on b"), "{e}");
         assert!(v.plan_write(&k, "a", &old, &old).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_bad_tenant_is_left_out_not_the_running_ones() {
+        let (k, mut v) = cluster();
+        let running = canonical(v.derive(&local(), "a"));
+        put(&mut v, &k, "a", k.spec("clash"), r#"{"vni":200}"#, 30);
+        put(&mut v, &k, "a", k.carry("a", "clash"), "", 30);
+        let derived = canonical(v.derive(&local(), "a"));
+        let check = |c: &Config| c.build(None, None).map(|_| ()).map_err(|e| e.to_string());
+        assert!(check(&derived).is_err(), "two tenants with VNI 200");
+        let (ok, out) = admissible(derived, &running, check);
+        assert_eq!(ok, running, "red (running) stays, clash goes");
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].0, "clash");
+        assert!(out[0].1.contains("200"), "{out:?}");
+        let (same, none) = admissible(running.clone(), &running, |c: &Config| {
+            c.build(None, None).map(|_| ()).map_err(|e| e.to_string())
+        });
+        assert!(none.is_empty() && same == running);
     }
 
     #[test]
