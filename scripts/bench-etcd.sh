@@ -35,8 +35,8 @@ for i in $(seq 4 "$N"); do
   ip link set "$P-u$i" netns "$P-h$i"; ip link set "$P-b$i" netns "$P-fab"
   ip netns exec "$P-fab" ip link set "$P-b$i" mtu 1600 master br0 up
   ip netns exec "$P-h$i" ip link set "$P-u$i" address "$(printf 02:00:00:00:ff:%02x "$i")" mtu 1600 up
-  ip netns exec "$P-h$i" ip addr add "192.168.77.$i/24" dev "$P-u$i"
   ip netns exec "$P-h$i" ip addr add "192.168.77.1$i/24" dev "$P-u$i"
+  ip netns exec "$P-h$i" ip addr add "192.168.77.$i/24" dev "$P-u$i"
 done
 CLUSTER=e1=http://192.168.77.21:2380,e2=http://192.168.77.22:2380,e3=http://192.168.77.23:2380
 for i in 1 2 3; do

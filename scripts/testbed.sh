@@ -150,8 +150,10 @@ fabric() { # three hosts and three etcd members on one underlay bridge (the etcd
     ip link set "$P-b$i" netns "$P-fab"
     ns "$P-fab" ip link set "$P-b$i" mtu 1600 master br0 up
     ns "$P-h$i" ip link set "$P-u$i" address "02:00:00:00:ff:0$i" mtu 1600 up
-    ns "$P-h$i" ip addr add "192.168.77.$i/24" dev "$P-u$i"
+    # the host's own address first: the kernel's own traffic (etcd) takes the primary address
+    # as its source, and xvs answers ARP for the VTEP address itself
     ns "$P-h$i" ip addr add "192.168.77.1$i/24" dev "$P-u$i"
+    ns "$P-h$i" ip addr add "192.168.77.$i/24" dev "$P-u$i"
     ns "$P-h$i" ethtool -K "$P-u$i" tx off tso off gso off >/dev/null 2>&1 || true
     # etcd member i, on its own namespace and address
     ip netns add "$P-e$i"
