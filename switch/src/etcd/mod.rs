@@ -468,6 +468,12 @@ async fn full_sync(sh: &Shared, c: &mut Client) -> Result<(), String> {
     for e in &events {
         v.apply(keys, me, e);
     }
+    v.at_revision(rev);
+    // This host's own writes newer than the read (a tenant it just joined) count as read.
+    {
+        let live = lock(&sh.live);
+        v.keep_floors(keys, me, &live);
+    }
     let tenants: Vec<String> = v.carried.iter().cloned().collect();
     for t in tenants {
         let r = timed("reading a tenant", c.get(keys.tenant(&t), Some(at(true)))).await?;
@@ -479,9 +485,8 @@ async fn full_sync(sh: &Shared, c: &mut Client) -> Result<(), String> {
             );
         }
     }
-    v.at_revision(rev);
     let mut live = lock(&sh.live);
-    v.keep_floors(&live);
+    v.keep_floors(keys, me, &live);
     *live = v;
     Ok(())
 }

@@ -190,8 +190,9 @@ pub struct View {
     pub bad: BTreeMap<String, String>,
     /// The store revision this view is at.
     pub revision: i64,
-    /// Keys this host wrote itself, with the revision: older events for them are stale.
-    floors: HashMap<Vec<u8>, i64>,
+    /// Keys this host wrote itself, with the revision and the value (none: deleted): older
+    /// events for them are stale, and a fresh read older than the write gets it again.
+    floors: HashMap<Vec<u8>, (i64, Option<Vec<u8>>)>,
 }
 
 /// A configuration change as a transaction: it applies only if every compare holds.
@@ -244,7 +245,7 @@ impl View {
         let (key, rev) = match ev {
             Event::Put { key, rev, .. } | Event::Delete { key, rev } => (key, *rev),
         };
-        if self.floors.get(key).is_some_and(|f| rev < *f) {
+        if self.floors.get(key).is_some_and(|(f, _)| rev < *f) {
             return false; // this host already wrote something newer there
         }
         let name = String::from_utf8_lossy(key).into_owned();
@@ -299,16 +300,23 @@ impl View {
     }
 
     /// Keeps `older`'s floors that this view has not passed (after a fresh read).
-    pub fn keep_floors(&mut self, older: &View) {
+    pub fn keep_floors(&mut self, keys: &Keys, me: &str, older: &View) {
         let r = self.revision;
-        self.floors.extend(older.floors.iter().filter(|(_, f)| **f > r).map(|(k, f)| (k.clone(), *f)));
+        for (k, (f, v)) in older.floors.iter().filter(|(_, (f, _))| *f > r) {
+            let ev = match v {
+                Some(v) => Event::Put { key: k.clone(), value: v.clone(), rev: *f },
+                None => Event::Delete { key: k.clone(), rev: *f },
+            };
+            self.apply(keys, me, &ev);
+            self.floors.insert(k.clone(), (*f, v.clone()));
+        }
     }
 
     /// Sets the view's revision after a batch of events, forgetting floors it passed.
     pub fn at_revision(&mut self, rev: i64) {
         self.revision = self.revision.max(rev);
         let r = self.revision;
-        self.floors.retain(|_, f| *f > r);
+        self.floors.retain(|_, (f, _)| *f > r);
     }
 
     /// The configuration host `me` runs: `local`'s uplink and daemon settings; every tenant it
@@ -510,11 +518,11 @@ impl View {
     pub fn wrote(&mut self, keys: &Keys, me: &str, w: &Write, rev: i64) {
         for k in &w.deletes {
             self.apply(keys, me, &Event::Delete { key: k.as_bytes().to_vec(), rev });
-            self.floors.insert(k.as_bytes().to_vec(), rev);
+            self.floors.insert(k.as_bytes().to_vec(), (rev, None));
         }
         for (k, v) in &w.puts {
             self.apply(keys, me, &Event::Put { key: k.as_bytes().to_vec(), value: v.as_bytes().to_vec(), rev });
-            self.floors.insert(k.as_bytes().to_vec(), rev);
+            self.floors.insert(k.as_bytes().to_vec(), (rev, Some(v.as_bytes().to_vec())));
         }
     }
 }
