@@ -486,6 +486,10 @@ fn print_counters(c: &Option<Counters>) {
         c.tx_bytes,
         c.dropped()
     );
+    println!(
+        "{:<11} rx {} pkts, tx {} pkts by the XDP fast path; the rest by the forwarding cores",
+        "", c.fast_rx_packets, c.fast_tx_packets
+    );
     for (r, n) in &c.drops {
         println!("{:<11}   {r}: {n}", "");
     }
@@ -664,13 +668,15 @@ fn print_stats(v: Option<&Snapshot>) {
             c.rx_bytes.to_string(),
             c.tx_packets.to_string(),
             c.tx_bytes.to_string(),
+            c.fast_rx_packets.to_string(),
+            c.fast_tx_packets.to_string(),
             c.dropped().to_string(),
         ]);
         for (r, n) in &c.drops {
             drop_rows.push(vec![format!("port {}", p.name), r.clone(), n.to_string()]);
         }
     }
-    table(&["port", "tenant", "rx_pkts", "rx_bytes", "tx_pkts", "tx_bytes", "drops"], &rows);
+    table(&["port", "tenant", "rx_pkts", "rx_bytes", "tx_pkts", "tx_bytes", "fast_rx", "fast_tx", "drops"], &rows);
     println!();
     let rows: Vec<Vec<String>> = v
         .tenants

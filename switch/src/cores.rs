@@ -94,6 +94,8 @@ pub use xvs_proto::reply::{CoreLoad, PortStatus, QosRow, Snapshot};
 pub struct Cores {
     /// One per core: its channel, its waker, what it reports, its UMEM.
     pub cores: Vec<CoreHandle>,
+    /// The XDP programs and maps every port's program and the fast path share.
+    pub xdp: Arc<crate::io::xdp::XdpObject>,
 }
 
 /// One forwarding core as the control plane sees it.

@@ -109,7 +109,8 @@ pub fn run(cfg: Config, opts: Options, stop: Arc<AtomicBool>) -> anyhow::Result<
         umems.push(umem);
         receivers.push(rx);
     }
-    let cores = Cores { cores: handles };
+    let xdp = crate::io::xdp::XdpObject::load()?;
+    let cores = Cores { cores: handles, xdp: Arc::clone(&xdp) };
 
     // Attach every port (on failure, what was attached detaches as it drops).
     let mut ports_io = std::collections::HashMap::new();
@@ -119,7 +120,7 @@ pub fn run(cfg: Config, opts: Options, stop: Arc<AtomicBool>) -> anyhow::Result<
             tracing::warn!(port = %p.name, "interface not found: the port waits for it");
             continue;
         }
-        let (io, per_core) = PortIo::open(p, &tables, &cores, opts.force_copy)
+        let (io, per_core) = PortIo::open(id, p, &tables, &cores, opts.force_copy)
             .map_err(|e| anyhow::anyhow!("port {:?}: {e:#}", p.name))?;
         ports_io.insert(p.name.clone(), io);
         for (k, set) in per_core.into_iter().enumerate() {
@@ -132,6 +133,7 @@ pub fn run(cfg: Config, opts: Options, stop: Arc<AtomicBool>) -> anyhow::Result<
     let share = Arc::new(NeighShare::new(4096));
     for (k, ((umem, sets), rx)) in umems.into_iter().zip(sets).zip(receivers).enumerate() {
         let share = Arc::clone(&share);
+        let xdp = Arc::clone(&xdp);
         let c = &cores.cores[k];
         let (cpu, tables, report, stop, waker) =
             (c.cpu, Arc::clone(&tables), Arc::clone(&c.report), Arc::clone(&stop), Arc::clone(&c.waker));
@@ -139,13 +141,14 @@ pub fn run(cfg: Config, opts: Options, stop: Arc<AtomicBool>) -> anyhow::Result<
         threads.push(
             std::thread::Builder::new()
                 .name(format!("xvs-core{cpu}"))
-                .spawn(move || core_loop(cpu, tables, umem, sets, rx, report, stop, waker, spin_ns, share))?,
+                .spawn(move || core_loop(cpu, tables, umem, sets, rx, report, stop, waker, spin_ns, share, xdp))?,
         );
     }
     let wakers: Vec<Arc<Waker>> = cores.cores.iter().map(|c| Arc::clone(&c.waker)).collect();
     tracing::info!(cores = cpus.len(), tenants = tables.live_tenants().count(), "xvsd attached; forwarding");
     let state =
         Arc::new(Mutex::new(ControlState::new(desired, Arc::clone(&tables), store, ports_io, cores, opts.clone())));
+    lock_state(&state).start_fast_path();
     if let Some(path) = &opts.socket {
         server::listen(path, opts.socket_group.as_deref(), Arc::clone(&state))?;
     }
@@ -174,10 +177,15 @@ pub fn run(cfg: Config, opts: Options, stop: Arc<AtomicBool>) -> anyhow::Result<
     }
     // Wait for the first report, then keep the stats file fresh until stopped.
     let mut last_write = Instant::now() - Duration::from_secs(1);
+    let mut last_peers = Instant::now();
     while !stop.load(Ordering::Relaxed) {
         std::thread::sleep(Duration::from_millis(50));
         if threads.iter().any(|t| t.is_finished()) {
             break;
+        }
+        if last_peers.elapsed() >= Duration::from_secs(1) {
+            last_peers = Instant::now();
+            lock_state(&state).recheck_peers();
         }
         if let Some(p) = &opts.stats_file
             && last_write.elapsed() >= Duration::from_millis(200)
@@ -223,7 +231,9 @@ fn core_loop(
     waker: Arc<Waker>,
     spin_ns: u64,
     share: Arc<NeighShare>,
+    xdp: Arc<crate::io::xdp::XdpObject>,
 ) {
+    let mut moved = Vec::with_capacity(256);
     pin_to(cpu);
     let mut share_seen = 0u64;
     let mut core: Core<IoPort, UmemFrames> = Core::with_advice(Arc::clone(&tables), umem, crate::io::advise_huge_pages);
@@ -298,10 +308,16 @@ fn core_loop(
         }
         share.merge_into(&mut core.pipeline.neigh, &mut share_seen, now);
         let n = core.poll(now);
+        // Static entries frames moved: the fast path forgets them before the next poll.
+        let all = core.pipeline.fdb.take_moved(&mut moved);
+        if all || !moved.is_empty() {
+            xdp.forget_remote(&moved, all);
+        }
         if !core.stage.host.is_empty() {
             host.receive(&tables, &mut core.pipeline.neigh, &mut core.mem, &mut core.free, &mut core.stage, now);
             for (ip, mac) in host.learned.drain(..) {
                 share.publish(ip, mac);
+                xdp.set_neighbor(ip, mac);
             }
             core.transmit(now);
         }

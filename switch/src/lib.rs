@@ -10,8 +10,8 @@
 //! own names.
 
 pub use xvs_dataplane::{
-    bucket, capture, config, datapath, drop, fdb, frames, hint, host, memport, neigh, offload, pipeline, port, qos,
-    sim, stats, tables, types, wire,
+    bucket, capture, config, datapath, drop, fastpath, fdb, frames, hint, host, memport, neigh, offload, pipeline,
+    port, qos, sim, stats, tables, types, wire,
 };
 
 pub mod control;

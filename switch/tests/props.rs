@@ -3,13 +3,15 @@
 use proptest::prelude::*;
 use std::net::Ipv4Addr;
 use std::sync::Arc;
-use xvs_switch::config::{Config, DaemonConfig, PortConfig, TenantConfig, UplinkConfig};
 use xvs_switch::frames;
 use xvs_switch::pipeline::encap::{EncapTemplate, Underlayer, decapsulate, parse_outer};
 use xvs_switch::sim::Sim;
-use xvs_switch::tables::{PortKind, Tables, UPLINK, Underlay};
+use xvs_switch::tables::{PortKind, UPLINK, Underlay};
 use xvs_switch::types::{PortId, TenantId};
 use xvs_switch::wire::{MacAddr, vxlan};
+
+mod common;
+use common::{MACS, VNIS, VTEPS, arb_tables, mac_of, vm_ip};
 
 fn underlay() -> Underlay {
     Underlay {
@@ -73,75 +75,6 @@ proptest! {
 
 // ---- isolation oracle ----
 
-const MACS: [MacAddr; 4] = [
-    MacAddr([2, 0, 0, 0, 0, 1]),
-    MacAddr([2, 0, 0, 0, 0, 2]),
-    MacAddr([2, 0, 0, 0, 0, 3]),
-    MacAddr([2, 0, 0, 0, 0, 4]),
-];
-const VTEPS: [Ipv4Addr; 3] =
-    [Ipv4Addr::new(192, 168, 77, 2), Ipv4Addr::new(192, 168, 77, 3), Ipv4Addr::new(192, 168, 77, 4)];
-const VNIS: [u32; 5] = [100, 200, 300, 400, 500];
-
-fn vm_ip(i: usize) -> Ipv4Addr {
-    Ipv4Addr::new(10, 0, 0, 1 + i as u8)
-}
-
-/// Tenants with overlapping MACs, IPs and VTEPs.
-fn arb_tables() -> impl Strategy<Value = Tables> {
-    let tenant = (proptest::collection::vec(0usize..4, 0..4), proptest::sample::subsequence(VTEPS.to_vec(), 0..=3));
-    proptest::collection::vec(tenant, 1..4).prop_map(|ts| {
-        let mut c = Config {
-            uplink: UplinkConfig {
-                interface: "up".into(),
-                vtep_ip: "192.168.77.1/24".into(),
-                gateway: None,
-                mtu: Some(1600),
-                mac: Some("02:00:00:00:ff:01".into()),
-                ttl: 64,
-                rate: None,
-            },
-            daemon: DaemonConfig { fdb_capacity: 64, ..Default::default() },
-            store: None,
-            tenants: vec![],
-            ports: vec![],
-        };
-        for (i, (macs, vteps)) in ts.iter().enumerate() {
-            let name = format!("t{i}");
-            c.tenants.push(TenantConfig {
-                name: name.clone(),
-                vni: VNIS[i].into(),
-                mac_limit: 8,
-                vteps: vteps.iter().map(|v| (*v).into()).collect(),
-                fdb: vec![],
-                arp: vec![],
-                guarantee: None,
-                limit: None,
-                weight: None,
-            });
-            let mut used = vec![];
-            for m in macs {
-                if used.contains(m) {
-                    continue;
-                }
-                used.push(*m);
-                let mac = MACS[*m].0;
-                c.ports.push(PortConfig {
-                    interface: format!("t{i}p{m}"),
-                    tenant: name.clone(),
-                    mac: format!(
-                        "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
-                        mac[0], mac[1], mac[2], mac[3], mac[4], mac[5]
-                    ),
-                    ips: vec![vm_ip(*m).into()],
-                    policer: None,
-                });
-            }
-        }
-        c.build(None, None).expect("generated config is valid")
-    })
-}
-
 #[derive(Debug, Clone)]
 enum Inject {
     /// A frame from a VM port (by index among ports), well formed or not.
@@ -163,20 +96,11 @@ fn arb_inject() -> impl Strategy<Value = Inject> {
     ]
 }
 
-/// Local MACs 0..4, remote-only MACs 4..7, broadcast otherwise.
-fn mac_of(i: usize) -> MacAddr {
-    match i {
-        0..4 => MACS[i],
-        4..7 => MacAddr([2, 0, 0, 0, 1, i as u8]),
-        _ => MacAddr::BROADCAST,
-    }
-}
-
 proptest! {
     #![proptest_config(ProptestConfig { cases: 200, ..ProptestConfig::default() })]
 
     #[test]
-    fn no_frame_crosses_tenants(tables in arb_tables(), injects in proptest::collection::vec(arb_inject(), 1..40)) {
+    fn no_frame_crosses_tenants(tables in arb_tables(false), injects in proptest::collection::vec(arb_inject(), 1..40)) {
         let t = Arc::new(tables);
         let mut s = Sim::new(Arc::clone(&t), 512);
         let now = s.now;

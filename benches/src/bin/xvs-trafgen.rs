@@ -23,7 +23,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 use xvs_switch::io::afxdp::{QueueSet, RING_SIZE, UmemFrames, wait_readable, wait_readable_for};
 use xvs_switch::io::netdev;
-use xvs_switch::io::xdp::{Attached, Role};
+use xvs_switch::io::xdp::{Attached, Role, XdpObject};
 use xvs_switch::port::{BATCH, Desc, FrameMem, FreeList, Port};
 use xvs_switch::types::parse_mac;
 
@@ -96,6 +96,15 @@ enum Cmd {
         #[arg(long)]
         ready: Option<String>,
     },
+    /// Attach an XDP program that passes every frame to IFACE and hold it until SIGTERM (or
+    /// --secs): a veth whose far end runs XDP takes frames redirected to it in XDP.
+    Pass {
+        /// Interface.
+        iface: String,
+        /// Hold this many seconds (0: until SIGINT/SIGTERM).
+        #[arg(long, default_value_t = 0.0)]
+        secs: f64,
+    },
 }
 
 fn now_ns() -> u64 {
@@ -166,7 +175,10 @@ fn open(iface: &str, queues: std::ops::Range<u32>, receive: bool) -> Result<(Ume
     }
     let mut prog = None;
     if receive {
-        let p = prog.insert(Attached::attach(iface, Role::Vm)?);
+        let index = netdev::ifindex(iface).ok_or_else(|| anyhow::anyhow!("no interface {iface:?}"))?;
+        // A program object of its own, slot 1, no fast path: every frame to the sockets.
+        let obj = XdpObject::load()?;
+        let p = prog.insert(obj.attach(iface, index, xvs_switch::types::PortId(1), Role::Vm, false)?);
         for s in &socks {
             p.register(s.queue, s.fd())?;
         }
@@ -437,6 +449,19 @@ fn main() -> Result<()> {
             send(&iface, queue, &src_mac, &dst_mac, src_ip, dst_ip, rate, secs, size, rtt_every, &out)
         }
         Cmd::Sink { iface, secs, idle_exit, out, ready } => sink(&iface, secs, idle_exit, &out, &ready),
+        Cmd::Pass { iface, secs } => {
+            let _held = xvs_switch::io::xdp::attach_pass(&iface)?;
+            let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+            for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+                signal_hook::flag::register(sig, std::sync::Arc::clone(&stop))?;
+            }
+            let t0 = std::time::Instant::now();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) && (secs == 0.0 || t0.elapsed().as_secs_f64() < secs)
+            {
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            Ok(())
+        }
     }
 }
 

@@ -89,6 +89,15 @@ pub struct DaemonConfig {
     /// through short gaps keeps latency low at low rates; idle cores still sleep.
     #[serde(default = "default_poll_after_traffic")]
     pub poll_after_traffic_us: u32,
+    /// Whether frames whose fate is a pure table lookup are forwarded by the XDP programs
+    /// themselves (docs/architecture.md, "The XDP fast path"); `false` sends every frame
+    /// through the forwarding cores.
+    #[serde(default = "default_true")]
+    pub xdp_fast_path: bool,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 fn default_cores() -> Vec<usize> {
@@ -111,6 +120,7 @@ impl Default for DaemonConfig {
             fdb_capacity: DEFAULT_FDB_CAPACITY,
             fdb_aging_secs: DEFAULT_FDB_AGING_SECS,
             poll_after_traffic_us: default_poll_after_traffic(),
+            xdp_fast_path: true,
         }
     }
 }

@@ -87,7 +87,14 @@ pub struct Fdb {
     learned_total: usize,
     capacity: usize,
     aging_ns: u64,
+    /// Static remote entries moved by frames since the last [`Fdb::take_moved`] (the XDP
+    /// fast path must forget them), bounded; `moved_overflow` when more moved.
+    moved: Vec<(TenantId, MacAddr)>,
+    moved_overflow: bool,
 }
+
+/// Static moves remembered between two [`Fdb::take_moved`] calls.
+const MOVED_ROOM: usize = 256;
 
 impl Fdb {
     /// A table that learns up to `capacity` entries and holds as many static ones (the
@@ -100,6 +107,8 @@ impl Fdb {
             learned_per_tenant: vec![0; crate::config::MAX_TENANTS + 1],
             capacity,
             aging_ns: u64::from(aging_secs) * 1_000_000_000,
+            moved: Vec::with_capacity(MOVED_ROOM),
+            moved_overflow: false,
         }
     }
 
@@ -147,9 +156,22 @@ impl Fdb {
                 return Learn::Static(dest);
             }
             e.dest = dest;
+            if self.moved.len() < MOVED_ROOM {
+                self.moved.push((tenant, *mac));
+            } else {
+                self.moved_overflow = true;
+            }
             return Learn::StaticMoved;
         }
         self.learn(tenant, mac, dest, Origin::LearnedRemote, now, limit)
+    }
+
+    /// The static remote entries frames moved since the last call, and whether more moved
+    /// than could be remembered (then every remote entry must be assumed moved).
+    pub fn take_moved(&mut self, out: &mut Vec<(TenantId, MacAddr)>) -> bool {
+        out.clear();
+        out.append(&mut self.moved);
+        std::mem::take(&mut self.moved_overflow)
     }
 
     /// Records that `mac` of `tenant` was seen at `dest`. `limit` is the tenant's MAC limit.
@@ -321,6 +343,10 @@ mod tests {
         );
         assert_eq!(f.learn_following(TenantId(0), &M, FdbDest::Remote(a), 0, 10), Learn::Static(FdbDest::Remote(a)));
         assert_eq!(f.learn_following(TenantId(0), &M, FdbDest::Remote(b), 0, 10), Learn::StaticMoved);
+        let mut moved = Vec::new();
+        assert!(!f.take_moved(&mut moved));
+        assert_eq!(moved, vec![(TenantId(0), M)], "the fast path is told to forget it");
+        assert!(!f.take_moved(&mut moved) && moved.is_empty());
         assert_eq!(f.lookup(TenantId(0), &M, 1000 * S), Some(FdbDest::Remote(b)), "moved, and still never ages");
         assert_eq!(f.entry(TenantId(0), &M).map(|e| e.origin), Some(Origin::Static));
         assert_eq!(f.learned_count(TenantId(0)), 0);

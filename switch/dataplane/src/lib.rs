@@ -15,6 +15,7 @@ pub mod capture;
 pub mod config;
 pub mod datapath;
 pub mod drop;
+pub mod fastpath;
 pub mod fdb;
 pub mod frames;
 pub mod hint;

@@ -16,13 +16,26 @@ pub struct Counters {
     pub tx_packets: u64,
     /// Bytes sent.
     pub tx_bytes: u64,
+    /// Of the frames received, those the XDP fast path forwarded (the cores count none:
+    /// the daemon adds the XDP programs' counters).
+    pub fast_rx_packets: u64,
+    /// Of the frames sent, those the XDP fast path forwarded.
+    pub fast_tx_packets: u64,
     /// Drops by reason, indexed by `DropReason as usize`.
     pub drops: [u64; DropReason::COUNT],
 }
 
 impl Default for Counters {
     fn default() -> Self {
-        Counters { rx_packets: 0, rx_bytes: 0, tx_packets: 0, tx_bytes: 0, drops: [0; DropReason::COUNT] }
+        Counters {
+            rx_packets: 0,
+            rx_bytes: 0,
+            tx_packets: 0,
+            tx_bytes: 0,
+            fast_rx_packets: 0,
+            fast_tx_packets: 0,
+            drops: [0; DropReason::COUNT],
+        }
     }
 }
 
@@ -43,6 +56,8 @@ impl Counters {
         self.rx_bytes += o.rx_bytes;
         self.tx_packets += o.tx_packets;
         self.tx_bytes += o.tx_bytes;
+        self.fast_rx_packets += o.fast_rx_packets;
+        self.fast_tx_packets += o.fast_tx_packets;
         for (a, b) in self.drops.iter_mut().zip(o.drops.iter()) {
             *a += b;
         }
@@ -108,6 +123,8 @@ impl Counters {
             rx_bytes: self.rx_bytes,
             tx_packets: self.tx_packets,
             tx_bytes: self.tx_bytes,
+            fast_rx_packets: self.fast_rx_packets,
+            fast_tx_packets: self.fast_tx_packets,
             drops: DropReason::ALL
                 .iter()
                 .filter(|r| self.drops[**r as usize] != 0)

@@ -305,6 +305,13 @@ pub struct Counters {
     pub tx_packets: u64,
     /// Bytes sent.
     pub tx_bytes: u64,
+    /// Of the frames received, those the XDP fast path forwarded (the rest went through a
+    /// forwarding core).
+    #[serde(default)]
+    pub fast_rx_packets: u64,
+    /// Of the frames sent, those the XDP fast path forwarded.
+    #[serde(default)]
+    pub fast_tx_packets: u64,
     /// Drops by reason name (reasons with none left out).
     pub drops: BTreeMap<String, u64>,
 }

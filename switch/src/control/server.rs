@@ -13,6 +13,7 @@ use super::proto::reply::{self, Done, FdbApplied, PortInfo, QosShow, QosTenant, 
 use super::proto::{self, Command, Error, ErrorKind};
 use crate::config::Config;
 use crate::cores::{CoreMsg, CoreReport, Cores, PortStatus, Snapshot};
+use crate::fastpath::FastView;
 use crate::io::afxdp::QueueSet;
 use crate::io::netdev;
 use crate::io::packet::PacketPort;
@@ -68,14 +69,20 @@ impl PortIo {
     /// offload header (`af_packet`, with fanout by flow hash across cores); every other port
     /// binds one AF_XDP socket per queue, queue `q` on the UMEM of core `q % cores`. A VM
     /// port's interface is set up (xvs owns it, as a bridge port would be).
-    pub fn open(port: &Port, t: &Tables, cores: &Cores, force_copy: bool) -> anyhow::Result<(PortIo, Vec<IoPort>)> {
+    pub fn open(
+        id: PortId,
+        port: &Port,
+        t: &Tables,
+        cores: &Cores,
+        force_copy: bool,
+    ) -> anyhow::Result<(PortIo, Vec<IoPort>)> {
         let ifindex = netdev::ifindex(&port.name).ok_or_else(|| anyhow::anyhow!("interface not found"))?;
         let n = cores.cores.len().max(1);
         if matches!(port.kind, PortKind::Vm { .. }) && !netdev::is_up(&port.name) {
             netdev::set_up(&port.name).map_err(|e| anyhow::anyhow!("setting {} up: {e}", port.name))?;
         }
         if matches!(port.kind, PortKind::Vm { .. }) && netdev::is_tap(&port.name) {
-            let attached = Attached::attach(&port.name, Role::VmTap)?;
+            let attached = cores.xdp.attach(&port.name, ifindex, id, Role::VmTap, false)?;
             let fanout = (n > 1).then_some(ifindex as u16);
             let mut per = Vec::new();
             for c in &cores.cores {
@@ -87,7 +94,9 @@ impl PortIo {
             PortKind::Uplink => Role::Uplink { vtep_ip: t.underlay.vtep_ip, udp_port: crate::wire::VXLAN_PORT },
             PortKind::Vm { .. } => Role::Vm,
         };
-        let mut attached = Attached::attach(&port.name, role)?;
+        // The fast path redirects frames into a VM port only where they reach the VM.
+        let to = matches!(port.kind, PortKind::Vm { .. }) && crate::io::links::peer_takes_xdp(ifindex);
+        let mut attached = cores.xdp.attach(&port.name, ifindex, id, role, to)?;
         let mut socks: Vec<Vec<_>> = (0..n).map(|_| Vec::new()).collect();
         for q in 0..netdev::rx_queues(&port.name) {
             let k = q as usize % n;
@@ -132,6 +141,10 @@ pub struct ControlState {
     started: Instant,
     /// Packet captures running (see [`pcapng::MAX_CAPTURES`]).
     captures: Arc<std::sync::atomic::AtomicUsize>,
+    /// Ports with a capture running, and how many: they keep their frames in the core.
+    captured: std::collections::BTreeMap<PortId, usize>,
+    /// The XDP fast path's view of the tables, as written into the maps.
+    fast: FastView,
 }
 
 /// What a request got: its reply, or why not.
@@ -165,7 +178,122 @@ impl ControlState {
             opts,
             started: Instant::now(),
             captures: Default::default(),
+            captured: Default::default(),
+            fast: FastView::default(),
         }
+    }
+
+    /// The fast path's view of `t` with this state's captures.
+    fn view_of(&self, t: &Tables, enabled: bool) -> FastView {
+        FastView::derive(t, enabled, &self.captured.keys().copied().collect())
+    }
+
+    /// Writes the fast path's view of `t` (`before`: the meet with the current one, written
+    /// before the cores switch; otherwise the view itself, after).
+    fn write_fast(&mut self, t: &Tables, view: FastView, before: bool) {
+        let tmpl = crate::pipeline::EncapTemplate::new(&t.underlay);
+        let max_inner = tmpl.max_inner.min(usize::from(u16::MAX)) as u16;
+        let xdp = &self.cores.xdp;
+        let r = if before {
+            let old = xdp.max_inner();
+            xdp.set_underlay(t.underlay.mac, t.underlay.ttl, max_inner.min(old))
+                .and_then(|_| xdp.write_view(&self.fast.meet(&view)))
+        } else {
+            let r = xdp.set_underlay(t.underlay.mac, t.underlay.ttl, max_inner).and_then(|_| xdp.write_view(&view));
+            self.fast = view;
+            r
+        };
+        if let Err(e) = r {
+            // A map the kernel refused to write: the fast path stops (the core decides all).
+            tracing::warn!("XDP fast path tables not written ({e:#}); the fast path is off");
+            let _ = xdp.write_view(&FastView::default());
+            self.fast = FastView::default();
+        }
+    }
+
+    /// Every core's report merged, with what the XDP fast path forwarded added to the port
+    /// and tenant counters (and counted apart as `fast_rx_packets`/`fast_tx_packets`).
+    fn report(&self) -> Option<CoreReport> {
+        let mut r = self.cores.report()?;
+        let t = self.tables();
+        let st = &mut r.stats;
+        st.resize(t.ports.len(), t.tenants.len());
+        for (id, p) in t.live_ports() {
+            let PortKind::Vm { tenant, .. } = p.kind else { continue };
+            if !self.ports_io.contains_key(&p.name) {
+                continue;
+            }
+            let c = self.cores.xdp.counters(id);
+            let k = |x: Counter| c[x as usize];
+            let (enc, enc_in, enc_out) =
+                (k(Counter::FastEncapPackets), k(Counter::FastEncapBytesIn), k(Counter::FastEncapBytesOut));
+            let (dec, dec_in, dec_out) =
+                (k(Counter::FastDecapPackets), k(Counter::FastDecapBytesIn), k(Counter::FastDecapBytesOut));
+            let vm = &mut st.ports[id.index()];
+            vm.rx_packets += enc;
+            vm.rx_bytes += enc_in;
+            vm.fast_rx_packets += enc;
+            vm.tx_packets += dec;
+            vm.tx_bytes += dec_out;
+            vm.fast_tx_packets += dec;
+            vm.drops[crate::pipeline::DropReason::KernelTxDropped as usize] += k(Counter::FastRedirectFailed);
+            let up = &mut st.ports[crate::tables::UPLINK.index()];
+            up.tx_packets += enc;
+            up.tx_bytes += enc_out;
+            up.fast_tx_packets += enc;
+            up.rx_packets += dec;
+            up.rx_bytes += dec_in;
+            up.fast_rx_packets += dec;
+            let tc = &mut st.tenants[tenant.index()];
+            tc.rx_packets += enc + dec;
+            tc.rx_bytes += enc_in + dec_in;
+            tc.tx_packets += enc + dec;
+            tc.tx_bytes += enc_out + dec_out;
+            tc.fast_rx_packets += enc + dec;
+            tc.fast_tx_packets += enc + dec;
+        }
+        Some(r)
+    }
+
+    /// Writes the fast path's first view (after the cores started).
+    pub fn start_fast_path(&mut self) {
+        let t = Arc::clone(self.tables());
+        let view = self.view_of(&t, self.plane.desired().daemon.xdp_fast_path);
+        self.write_fast(&t, view, false);
+    }
+
+    /// The fast path's view changed without a table change (a capture started or ended).
+    fn refresh_fast(&mut self) {
+        let t = Arc::clone(self.tables());
+        let view = self.view_of(&t, self.plane.desired().daemon.xdp_fast_path);
+        self.write_fast(&t, view.clone(), true);
+        self.write_fast(&t, view, false);
+    }
+
+    /// Checks again, for every veth VM port, whether its peer takes frames redirected in XDP
+    /// (a container's program can come and go): the fast path into it follows.
+    pub fn recheck_peers(&mut self) {
+        for (id, p) in self.tables().live_ports() {
+            let Some(io) = self.ports_io.get(&p.name) else { continue };
+            if !matches!(p.kind, PortKind::Vm { .. }) || io.io != reply::PortIo::AfXdp {
+                continue;
+            }
+            let to = crate::io::links::peer_takes_xdp(io.ifindex);
+            if self.cores.xdp.set_takes_xdp(id, to) {
+                tracing::info!(port = %p.name, to, "the peer's XDP state changed: fast path into the port follows");
+            }
+        }
+    }
+
+    /// A capture on `port` ended.
+    pub fn end_capture(&mut self, port: PortId) {
+        if let Some(n) = self.captured.get_mut(&port) {
+            *n -= 1;
+            if *n == 0 {
+                self.captured.remove(&port);
+            }
+        }
+        self.refresh_fast();
     }
 
     /// The whole desired configuration, static FDB entries included (sorted by MAC).
@@ -206,7 +334,7 @@ impl ControlState {
             if self.ports_io.contains_key(&p.name) || (!up && self.down_at.get(&p.name) == Some(&index)) {
                 continue;
             }
-            match PortIo::open(p, &t, &self.cores, self.opts.force_copy) {
+            match PortIo::open(id, p, &t, &self.cores, self.opts.force_copy) {
                 Ok((io, sets)) => {
                     for (k, s) in sets.into_iter().enumerate() {
                         attach[k].push((id, s));
@@ -295,7 +423,7 @@ impl ControlState {
             if matches!(p.kind, PortKind::Vm { .. }) && netdev::ifindex(&p.name).is_none() {
                 continue; // configured, waiting for its interface (see `reconcile`)
             }
-            match PortIo::open(p, &a.tables, &self.cores, self.opts.force_copy) {
+            match PortIo::open(id, p, &a.tables, &self.cores, self.opts.force_copy) {
                 Ok((io, sets)) => {
                     opened.push((p.name.clone(), io));
                     for (k, s) in sets.into_iter().enumerate() {
@@ -309,6 +437,12 @@ impl ControlState {
             self.store.save(&a.config).map_err(|e| failed(format!("saving state: {e:#}")))?;
         }
         let detach: Vec<PortId> = a.removed.iter().map(|(id, _)| *id).collect();
+        let view = self.view_of(&a.tables, a.config.daemon.xdp_fast_path);
+        let tables = Arc::clone(&a.tables);
+        for p in &a.change.reset_ports {
+            self.cores.xdp.clear_counters(Some(*p));
+        }
+        self.write_fast(&tables, view.clone(), true);
         let live = self
             .cores
             .send_all_and_wait(|k, done| CoreMsg::Update {
@@ -324,6 +458,7 @@ impl ControlState {
         }
         self.ports_io.extend(opened);
         self.plane.commit_apply(a);
+        self.write_fast(&tables, view, false);
         if !live {
             return Err(failed("stored, but the forwarding core did not confirm the change within 5 s"));
         }
@@ -334,6 +469,11 @@ impl ControlState {
     /// time; if storing fails the cores get the inverse and the change is refused.
     fn fdb_change(&mut self, f: FdbPlan) -> Outcome {
         let t0 = Instant::now();
+        let tables = Arc::clone(self.tables());
+        let old_view = self.fast.clone();
+        let mut view = old_view.clone();
+        view.apply_fdb(&tables, &f.add, &f.del);
+        self.write_fast(&tables, view.clone(), true);
         let waits = self
             .cores
             .send_all(|_, done| CoreMsg::Fdb { add: f.add.clone(), del: f.del.clone(), done })
@@ -351,9 +491,11 @@ impl ControlState {
                 del: f.undo_del.clone(),
                 done,
             });
+            self.write_fast(&tables, old_view, false);
             return Err(failed(format!("saving state: {e:#} (change rolled back)")));
         }
         self.plane.commit_fdb(f);
+        self.write_fast(&tables, view, false);
         if !live {
             return Err(failed("stored, but the forwarding core did not confirm the change within 5 s"));
         }
@@ -392,6 +534,7 @@ impl ControlState {
                 for k in 0..self.cores.cores.len() {
                     self.cores.send(k, CoreMsg::ClearStats).map_err(failed)?;
                 }
+                self.cores.xdp.clear_counters(None);
                 Ok(Reply::Done(Done::Cleared))
             }
             plane::Read::Capture(_) => Err(Error::new(
@@ -422,6 +565,9 @@ impl ControlState {
             let m = format!("{} captures are running already (at most that many at once)", pcapng::MAX_CAPTURES);
             Error::new(ErrorKind::Busy, m)
         })?;
+        // The port's frames stay in the core while it is captured (the core is what taps).
+        *self.captured.entry(p.port).or_default() += 1;
+        self.refresh_fast();
         let mut rings = Vec::new();
         for k in 0..self.cores.cores.len() {
             let ring = crate::capture::Ring::new(crate::capture::RING_RECORDS, p.snaplen);
@@ -449,7 +595,7 @@ impl ControlState {
     }
 
     fn qos_show(&self) -> QosShow {
-        let rep = self.cores.report();
+        let rep = self.report();
         let tenants = self
             .tables()
             .live_tenants()
@@ -472,11 +618,11 @@ impl ControlState {
     }
 
     fn counters_of_tenant(&self, idx: usize) -> Option<reply::Counters> {
-        self.cores.report()?.stats.tenants.get(idx).map(Counters::to_reply)
+        self.report()?.stats.tenants.get(idx).map(Counters::to_reply)
     }
 
     fn counters_of_port(&self, idx: usize) -> Option<reply::Counters> {
-        self.cores.report()?.stats.ports.get(idx).map(Counters::to_reply)
+        self.report()?.stats.ports.get(idx).map(Counters::to_reply)
     }
 
     fn tenant_info(&self, idx: usize) -> Option<TenantInfo> {
@@ -532,12 +678,12 @@ impl ControlState {
     }
 
     fn port_info(&self, id: PortId) -> Option<PortInfo> {
-        let status = self.port_status(id, self.cores.report().as_ref())?;
+        let status = self.port_status(id, self.report().as_ref())?;
         Some(PortInfo { status, counters: self.counters_of_port(id.index()) })
     }
 
     fn status(&self) -> Status {
-        let rep = self.cores.report();
+        let rep = self.report();
         Status {
             version: env!("CARGO_PKG_VERSION").to_string(),
             protocol: proto::VERSION,
@@ -557,7 +703,7 @@ impl ControlState {
 
     /// Status and counters (once the core has reported).
     pub fn snapshot(&self) -> Option<Snapshot> {
-        let r = self.cores.report()?;
+        let r = self.report()?;
         Some(Snapshot {
             version: env!("CARGO_PKG_VERSION").to_string(),
             uptime_secs: self.started.elapsed().as_secs_f64(),
@@ -691,10 +837,15 @@ fn capture(state: &Mutex<ControlState>, cmd: Command, out: &mut UnixStream) {
         return;
     }
     let port = session.started.port.clone();
+    let id = session.port;
     match session.stream(out) {
         Ok(s) => tracing::info!(%port, written = s.written, missed = s.lost, "packet capture ended"),
         Err(e) => tracing::info!(%port, "packet capture ended: {e}"),
     }
+    let _ = guarded(state, "capture end", |s| {
+        s.end_capture(id);
+        proto::Response::ok(())
+    });
 }
 
 /// Runs one command. A handler that panics fails that request only: the panic is caught,
