@@ -124,6 +124,22 @@ impl UmemHandle {
 
     /// Binds an AF_XDP socket on `ifname` queue `queue` to this UMEM.
     pub fn bind(&self, ifname: &str, queue: u32, force_copy: bool) -> anyhow::Result<XskPort> {
+        // A socket just closed on this queue releases it only after an RCU grace period and
+        // a deferred work item (the kernel's buffer pool): a port removed and added again at
+        // once finds the queue busy for a moment. Retry for up to a second.
+        let t0 = std::time::Instant::now();
+        loop {
+            match self.bind_once(ifname, queue, force_copy) {
+                Err(e) if t0.elapsed() < std::time::Duration::from_secs(1) && crate::io::netdev::exists(ifname) => {
+                    tracing::debug!("{e:#}; retrying");
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                r => return r,
+            }
+        }
+    }
+
+    fn bind_once(&self, ifname: &str, queue: u32, force_copy: bool) -> anyhow::Result<XskPort> {
         let iface: Interface = ifname.parse().map_err(|_| anyhow::anyhow!("bad interface name {ifname:?}"))?;
         let mut last_err = None;
         let modes: &[XskMode] = if force_copy { &[XskMode::Copy] } else { &[XskMode::ZeroCopy, XskMode::Copy] };
