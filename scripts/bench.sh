@@ -1,9 +1,15 @@
 #!/usr/bin/env bash
-# The performance harness: xvs, the Linux kernel's bridge+vxlan and Open vSwitch (userspace
-# datapath, AF_XDP ports) on the same two-host veth testbed, in one run.
+# The performance harness: xvs, the Linux kernel's bridge+vxlan, Open vSwitch (userspace
+# datapath, AF_XDP ports) and a plain in-kernel XDP forwarder on the same two-host veth
+# testbed, in one run.
 #
 #   usage: scripts/bench.sh [--smoke] [--repeats N] [--secs S] [--out DIR] [SWITCH...]
-#          SWITCH: xvs kernel ovs (default: all three)
+#          SWITCH: xvs xvs-core kernel ovs xdpfwd (default: all)
+#            xvs       the remote VMs as static entries (as the etcd store gives them), so
+#                      known unicast takes the XDP fast path
+#            xvs-core  the same with `xdp_fast_path = false`: every frame through the cores
+#            xdpfwd    XDP redirect p1->u1, u2->p2 (no switching, no encapsulation): the limit
+#                      of forwarding in XDP on these ports
 #
 # For each switch, repeated N times (default 3; medians reported):
 #   - 64-byte frames VM to VM across VXLAN with xvs-trafgen (AF_XDP sender in vm1, AF_XDP sink
@@ -31,9 +37,9 @@ while [ $# -gt 0 ]; do
     *) break ;;
   esac
 done
-SWITCHES=${*:-xvs kernel ovs}
+SWITCHES=${*:-xvs xvs-core kernel ovs xdpfwd}
 for sw in $SWITCHES; do
-  case $sw in xvs|kernel|ovs) ;; *) echo "bench: unknown switch $sw (xvs, kernel, ovs)" >&2; exit 2 ;; esac
+  case $sw in xvs|xvs-core|kernel|ovs|xdpfwd) ;; *) echo "bench: unknown switch $sw (xvs, xvs-core, kernel, ovs, xdpfwd)" >&2; exit 2 ;; esac
 done
 [ "$(id -u)" = 0 ] || { echo "bench: needs root (network namespaces, XDP)" >&2; exit 1; }
 ./scripts/setup.sh >/dev/null
@@ -46,9 +52,12 @@ P=${XVS_BENCH_PREFIX:-xh$$}
 P=${P:0:6}
 TMP=$(mktemp -d)
 XPIDS=()
+FPIDS=()
 . scripts/xvsd-pair.sh
+stop_fwd() { for p in "${FPIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done; FPIDS=(); }
 cleanup() {
   stop_xvsd
+  stop_fwd
   ./scripts/testbed.sh down "$P" >/dev/null 2>&1 || true
   for n in c1 c2; do ip netns pids "$P-$n" 2>/dev/null | xargs -r kill -9 2>/dev/null || true; ip netns del "$P-$n" 2>/dev/null || true; done
   rm -rf "$TMP"
@@ -63,10 +72,13 @@ MHZ=$(awk -F: '/cpu MHz/ {printf "%d", $2; exit}' /proc/cpuinfo)
 
 # --- helpers ---------------------------------------------------------------------------------
 cpu1_jiffies() { awk '/^cpu1 / {print $2+$3+$4+$7+$8, $2+$3+$4+$5+$6+$7+$8}' /proc/stat; }
+# Busy jiffies of the whole machine (every CPU: user, system, irq, softirq).
+all_jiffies() { awk '/^cpu / {print $2+$3+$4+$7+$8}' /proc/stat; }
 proc_jiffies() { local t=0; for p in "$@"; do t=$((t + $(awk '{print $14+$15}' "/proc/$p/stat" 2>/dev/null || echo 0))); done; echo $t; }
 switch_pids() {
   case $SW in
-    xvs) echo "${XPIDS[*]}" ;;
+    xvs|xvs-core) echo "${XPIDS[*]}" ;;
+    xdpfwd) echo "${FPIDS[*]}" ;;
     ovs) cat /tmp/xvs-ovs-$P/h*/ovs-vswitchd.pid /tmp/xvs-ovs-$P/h*/ovsdb-server.pid 2>/dev/null | tr '\n' ' ' ;;
     kernel) echo "" ;;
   esac
@@ -108,14 +120,17 @@ flow() { # flow KIND REPEAT RATE SECS RTT_EVERY [NS_TX IF_TX NS_RX IF_RX SRCMAC 
   local spid=$!
   for _ in $(seq 100); do [ -e "$f.ready" ] && break; sleep 0.05; done
   [ -e "$f.ready" ] || { log "sink did not start: $(cat "$f.sinklog")"; kill $spid 2>/dev/null; return 1; }
-  local c0 p0 c1 p1 pids
+  # xvsd checks every second whether a VM port's far end takes XDP frames (the sink's
+  # program makes it): let it see the sink before measuring.
+  case $SW in xvs*) sleep 1.2 ;; esac
+  local c0 p0 c1 p1 pids a0 a1
   [ "$kind" != flat ] || clear_xvs_stats
   pids=$(switch_pids)
-  read -r c0 t0 < <(cpu1_jiffies); p0=$(proc_jiffies $pids)
+  read -r c0 t0 < <(cpu1_jiffies); p0=$(proc_jiffies $pids); a0=$(all_jiffies)
   ip netns exec "$ntx" taskset -c 0 "$GEN" send "$itx" --src-mac "$smac" --dst-mac "$dmac" --src-ip "$sip" \
     --dst-ip "$dip" --rate "$rate" --secs "$secs" --rtt-every "$rtt" --out "$f.send" 2>"$f.sendlog" \
     || { log "sender failed: $(tail -3 "$f.sendlog")"; kill $spid 2>/dev/null; return 1; }
-  read -r c1 t1 < <(cpu1_jiffies); p1=$(proc_jiffies $pids)
+  read -r c1 t1 < <(cpu1_jiffies); p1=$(proc_jiffies $pids); a1=$(all_jiffies)
   wait $spid || { log "sink failed: $(tail -3 "$f.sinklog")"; return 1; }
   local hz; hz=$(getconf CLK_TCK)
   local cpu1 sw_cpu
@@ -123,10 +138,12 @@ flow() { # flow KIND REPEAT RATE SECS RTT_EVERY [NS_TX IF_TX NS_RX IF_RX SRCMAC 
   sw_cpu=$(python3 -c "print(round(100*($p1-$p0)/$hz/$secs,1))")
   [ -n "$pids" ] || sw_cpu=null
   extra=()
-  if [ "$SW" = xvs ] && [ "$kind" = flat ]; then
+  if [[ $SW == xvs* ]] && [ "$kind" = flat ]; then
+    sleep 0.5 # the stats file is rewritten every 200 ms
     extra=(h1=$TMP/h1.json h2=$TMP/h2.json)
   fi
-  record "$kind" "$rep" rate="$rate" cpu1_pct="$cpu1" switch_cpu_pct="$sw_cpu" mhz="$MHZ" -- \
+  record "$kind" "$rep" rate="$rate" cpu1_pct="$cpu1" switch_cpu_pct="$sw_cpu" mhz="$MHZ" \
+    machine_busy_jiffies=$((a1 - a0)) hz="$hz" -- \
     send="$f.send" sink="$f.sink" "${extra[@]}"
   python3 - "$f.send" "$f.sink" <<'EOF'
 import json, sys
@@ -161,9 +178,26 @@ start_xvs() { # start_xvs CORES
   for h in 1 2; do ./scripts/testbed.sh config "$P" $h "$1" > "$TMP/h$h.toml"; done
   start_xvsd_pair
 }
+# Threaded NAPI for the hosts' ports, pinned to CPU1: a veth's receive work (and any XDP
+# program on it) runs where its sender runs, on CPU0 with the generator; this puts an XDP
+# forwarder's work on CPU1 with the rest of the switch, as RPS does for the kernel switch.
+pin_napi() {
+  local n d pid
+  for n in "h1 p1" "h1 p3" "h1 u1" "h2 u2" "h2 p2" "h2 p4"; do set -- $n
+    ip netns exec "$P-$1" sh -c "echo 1 > /sys/class/net/$P-$2/threaded" 2>/dev/null || true
+  done
+  sleep 0.2
+  for pid in $(pgrep "^napi/$P-"); do taskset -p -c 1 "$pid" >/dev/null; done
+}
 up() { # up SWITCH [CORES]
   case $1 in
-    xvs) ./scripts/testbed.sh up "$P" xvs; start_xvs "${2:-1}" ;;
+    xvs) ./scripts/testbed.sh up "$P" xvs; XVS_STATIC_FDB=1 start_xvs "${2:-1}"; pin_napi ;;
+    xvs-core) ./scripts/testbed.sh up "$P" xvs; XVS_STATIC_FDB=1 XVS_FAST_PATH=false start_xvs "${2:-1}"; pin_napi ;;
+    xdpfwd)
+      ./scripts/testbed.sh up "$P" xvs
+      ip netns exec "$P-h1" "$GEN" xdp-fwd "$P-p1:$P-u1" "$P-u1:$P-p1" & FPIDS+=($!)
+      ip netns exec "$P-h2" "$GEN" xdp-fwd "$P-u2:$P-p2" "$P-p2:$P-u2" & FPIDS+=($!)
+      sleep 0.5; pin_napi ;;
     kernel)
       ./scripts/testbed.sh up "$P" kernel2
       for n in "h1 p1" "h1 p3" "h2 p2" "h2 p4"; do set -- $n
@@ -173,12 +207,13 @@ up() { # up SWITCH [CORES]
   # Both tenants must work before anything is measured (ARP, learning, tunnel neighbours).
   local ok=0
   for _ in $(seq 20); do
-    if ip netns exec "$P-vm1" ping -c 1 -W 1 10.0.0.2 >/dev/null && ip netns exec "$P-vm3" ping -c 1 -W 1 10.0.0.2 >/dev/null; then ok=1; break; fi
+    # (the plain XDP forwarder wires vm1 to vm2 only)
+    if ip netns exec "$P-vm1" ping -c 1 -W 1 10.0.0.2 >/dev/null && { [ "$1" = xdpfwd ] || ip netns exec "$P-vm3" ping -c 1 -W 1 10.0.0.2 >/dev/null; }; then ok=1; break; fi
   done
   [ $ok = 1 ] || { log "$SW: no connectivity between the VMs"; exit 1; }
   log "$SW: up, both tenants reach their peer"
 }
-down() { stop_xvsd; ./scripts/testbed.sh down "$P"; }
+down() { stop_xvsd; stop_fwd; ./scripts/testbed.sh down "$P"; }
 median() { python3 -c "import statistics,sys; print(statistics.median(float(x) for x in sys.argv[1:]))" "$@"; }
 
 # --- the generator's own ceiling: a bare veth pair ---------------------------------------------
@@ -226,7 +261,7 @@ done
 if [[ " $SWITCHES " == *" xvs "* ]] && [ "$(nproc)" -ge 2 ]; then
   SW=xvs-2core
   XVS_QUEUES=2 ./scripts/testbed.sh up "$P" xvs
-  start_xvs "0, 1"
+  XVS_STATIC_FDB=1 start_xvs "0, 1"
   ip netns exec "$P-vm1" ping -c 2 -W 1 10.0.0.2 >/dev/null || { log "2-core xvs: no connectivity"; exit 1; }
   for r in $(seq "$REPEATS"); do
     # Two flows, one per queue (so one per core); the sink counts both.

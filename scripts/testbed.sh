@@ -22,7 +22,9 @@
 # vm5/vm6 (10.0.0.3, 02:..:03) on h3 (the etcd store's tests start etcd and xvsd themselves).
 # "up" tears down whatever was there first, so it is idempotent, and so is "down".
 # Every name starts with PREFIX (keep it short: interface names are at most 15 characters).
-# XVS_QUEUES=N gives every veth N queues (for more than one forwarding core).
+# XVS_QUEUES=N gives every veth N queues (for more than one forwarding core). For "config":
+# XVS_STATIC_FDB=1 gives each tenant the other host's VM as a static entry (as the etcd store
+# gives every host); XVS_FAST_PATH=false turns the XDP fast path off.
 set -euo pipefail
 Q=${XVS_QUEUES:-1}
 VETHQ="numtxqueues $Q numrxqueues $Q"
@@ -198,16 +200,19 @@ vtep_ip = "192.168.77.$h/24"
 
 [daemon]
 cores = [$core]
+${XVS_FAST_PATH:+xdp_fast_path = $XVS_FAST_PATH}
 
 [[tenant]]
 name = "blue"
 vni = 100
 vteps = ["192.168.77.$other"]
+${XVS_STATIC_FDB:+fdb = [{ mac = \"02:00:00:00:00:0$other\", vtep = \"192.168.77.$other\" \}]}
 
 [[tenant]]
 name = "red"
 vni = 200
 vteps = ["192.168.77.$other"]
+${XVS_STATIC_FDB:+fdb = [{ mac = \"02:00:00:00:00:0$other\", vtep = \"192.168.77.$other\" \}]}
 
 [[port]]
 interface = "$P-$a"

@@ -96,6 +96,15 @@ enum Cmd {
         #[arg(long)]
         ready: Option<String>,
     },
+    /// Forward in XDP (no switching, no encapsulation): every frame received on FROM goes out
+    /// of TO, for each FROM:TO pair given, until SIGTERM (or --secs).
+    XdpFwd {
+        /// FROM:TO interface pairs.
+        pairs: Vec<String>,
+        /// Hold this many seconds (0: until SIGINT/SIGTERM).
+        #[arg(long, default_value_t = 0.0)]
+        secs: f64,
+    },
     /// Attach an XDP program that passes every frame to IFACE and hold it until SIGTERM (or
     /// --secs): a veth whose far end runs XDP takes frames redirected to it in XDP.
     Pass {
@@ -449,20 +458,39 @@ fn main() -> Result<()> {
             send(&iface, queue, &src_mac, &dst_mac, src_ip, dst_ip, rate, secs, size, rtt_every, &out)
         }
         Cmd::Sink { iface, secs, idle_exit, out, ready } => sink(&iface, secs, idle_exit, &out, &ready),
+        Cmd::XdpFwd { pairs, secs } => {
+            let pairs = pairs
+                .iter()
+                .map(|p| match p.split_once(':') {
+                    Some((a, b)) => Ok((a.to_string(), b.to_string())),
+                    None => Err(anyhow::anyhow!("not FROM:TO: {p:?}")),
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let held = xvs_switch::io::xdp::attach_forwarder(&pairs)?;
+            hold(secs)?;
+            drop(held);
+            Ok(())
+        }
         Cmd::Pass { iface, secs } => {
-            let _held = xvs_switch::io::xdp::attach_pass(&iface)?;
-            let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-            for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
-                signal_hook::flag::register(sig, std::sync::Arc::clone(&stop))?;
-            }
-            let t0 = std::time::Instant::now();
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) && (secs == 0.0 || t0.elapsed().as_secs_f64() < secs)
-            {
-                std::thread::sleep(std::time::Duration::from_millis(50));
-            }
+            let held = xvs_switch::io::xdp::attach_pass(&iface)?;
+            hold(secs)?;
+            drop(held);
             Ok(())
         }
     }
+}
+
+/// Waits until SIGINT/SIGTERM, or `secs` if not 0.
+fn hold(secs: f64) -> Result<()> {
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        signal_hook::flag::register(sig, std::sync::Arc::clone(&stop))?;
+    }
+    let t0 = std::time::Instant::now();
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) && (secs == 0.0 || t0.elapsed().as_secs_f64() < secs) {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -209,6 +209,10 @@ pub const PROG_UPLINK: &str = "xvs_uplink";
 pub const PROG_VM: &str = "xvs_vm";
 /// Name of the XDP program that passes every frame.
 pub const PROG_PASS: &str = "xvs_pass";
+/// Name of the benchmarks' plain XDP forwarder.
+pub const PROG_FWD: &str = "xvs_fwd";
+/// Name of its ingress ifindex -> egress ifindex devmap.
+pub const MAP_FWD: &str = "FWD";
 /// Name of the tc ingress program for tap VM ports.
 pub const PROG_VM_TC: &str = "xvs_vm_ingress";
 /// Name of the XSKMAP (slot * MAX_QUEUES + queue -> AF_XDP socket).

@@ -444,6 +444,16 @@ pub fn xvs_pass(_ctx: XdpContext) -> u32 {
     xdp_action::XDP_PASS
 }
 
+#[map(name = "FWD")]
+static FWD: DevMapHash = DevMapHash::with_max_entries(64, 0);
+
+/// A plain in-kernel forwarder for the benchmarks' comparison (no switching, no
+/// encapsulation): every frame out of the interface `FWD` names for the receiving one.
+#[xdp]
+pub fn xvs_fwd(ctx: XdpContext) -> u32 {
+    FWD.redirect(ctx.ingress_ifindex() as u32, u64::from(xdp_action::XDP_PASS)).unwrap_or(xdp_action::XDP_PASS)
+}
+
 /// The tap VM-port tc ingress program: xvs has the frame already (its packet socket saw it);
 /// the host's stack never gets it.
 #[classifier]

@@ -94,8 +94,8 @@ impl PortIo {
             PortKind::Uplink => Role::Uplink { vtep_ip: t.underlay.vtep_ip, udp_port: crate::wire::VXLAN_PORT },
             PortKind::Vm { .. } => Role::Vm,
         };
-        // The fast path redirects frames into a VM port only where they reach the VM.
-        let to = matches!(port.kind, PortKind::Vm { .. }) && crate::io::links::peer_takes_xdp(ifindex);
+        // The fast path redirects frames into a port only where the kernel transmits them.
+        let to = crate::io::links::takes_xdp_frames(ifindex);
         let mut attached = cores.xdp.attach(&port.name, ifindex, id, role, to)?;
         let mut socks: Vec<Vec<_>> = (0..n).map(|_| Vec::new()).collect();
         for q in 0..netdev::rx_queues(&port.name) {
@@ -270,17 +270,18 @@ impl ControlState {
         self.write_fast(&t, view, false);
     }
 
-    /// Checks again, for every veth VM port, whether its peer takes frames redirected in XDP
-    /// (a container's program can come and go): the fast path into it follows.
+    /// Checks again, for the uplink and every AF_XDP VM port, whether the kernel transmits
+    /// frames redirected into it in XDP (a veth does only while its peer runs XDP or GRO,
+    /// which can come and go): the fast path into it follows.
     pub fn recheck_peers(&mut self) {
         for (id, p) in self.tables().live_ports() {
             let Some(io) = self.ports_io.get(&p.name) else { continue };
-            if !matches!(p.kind, PortKind::Vm { .. }) || io.io != reply::PortIo::AfXdp {
+            if io.io != reply::PortIo::AfXdp {
                 continue;
             }
-            let to = crate::io::links::peer_takes_xdp(io.ifindex);
+            let to = crate::io::links::takes_xdp_frames(io.ifindex);
             if self.cores.xdp.set_takes_xdp(id, to) {
-                tracing::info!(port = %p.name, to, "the peer's XDP state changed: fast path into the port follows");
+                tracing::info!(port = %p.name, to, "XDP transmit on the port changed: the fast path into it follows");
             }
         }
     }

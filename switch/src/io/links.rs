@@ -65,50 +65,75 @@ pub fn watch(stop: Arc<AtomicBool>, mut changed: impl FnMut(&[String]) + Send + 
     Ok(())
 }
 
-/// One `RTM_GETLINK` for `index` (in the network namespace `nsid` of ours, if given): the
-/// link's attributes.
-fn get_link(index: u32, nsid: Option<i32>) -> Option<Vec<LinkAttribute>> {
-    use netlink_packet_core::{DefaultNla, NLM_F_REQUEST, NetlinkHeader};
-    use netlink_packet_route::link::LinkMessage;
-    const IFLA_TARGET_NETNSID: u16 = 46;
-    let mut link = LinkMessage::default();
-    link.header.index = index;
-    if let Some(id) = nsid {
-        link.attributes.push(LinkAttribute::Other(DefaultNla::new(IFLA_TARGET_NETNSID, id.to_ne_bytes().to_vec())));
+/// One generic-netlink request (`family`, `cmd`, attributes as (type, bytes)); the reply's
+/// attributes, or `None` on an error reply or none.
+fn genl(family: u16, cmd: u8, attrs: &[(u16, &[u8])]) -> Option<Vec<(u16, Vec<u8>)>> {
+    use netlink_sys::protocols::NETLINK_GENERIC;
+    let mut body = vec![cmd, 1, 0, 0]; // genlmsghdr: cmd, version, reserved
+    for (t, v) in attrs {
+        let len = 4 + v.len();
+        body.extend_from_slice(&(len as u16).to_ne_bytes());
+        body.extend_from_slice(&t.to_ne_bytes());
+        body.extend_from_slice(v);
+        body.resize(body.len().next_multiple_of(4), 0);
     }
-    let mut hdr = NetlinkHeader::default();
-    hdr.flags = NLM_F_REQUEST;
-    let mut msg = NetlinkMessage::new(hdr, NetlinkPayload::from(RouteNetlinkMessage::GetLink(link)));
-    msg.finalize();
-    let mut req = vec![0u8; msg.buffer_len()];
-    msg.serialize(&mut req);
-    let mut sock = Socket::new(NETLINK_ROUTE).ok()?;
+    let mut msg = Vec::with_capacity(16 + body.len());
+    msg.extend_from_slice(&((16 + body.len()) as u32).to_ne_bytes());
+    msg.extend_from_slice(&family.to_ne_bytes());
+    msg.extend_from_slice(&(netlink_packet_core::NLM_F_REQUEST).to_ne_bytes());
+    msg.extend_from_slice(&1u32.to_ne_bytes()); // sequence
+    msg.extend_from_slice(&0u32.to_ne_bytes()); // port id: the kernel's
+    msg.extend_from_slice(&body);
+    let mut sock = Socket::new(NETLINK_GENERIC).ok()?;
     sock.bind_auto().ok()?;
     sock.connect(&SocketAddr::new(0, 0)).ok()?;
-    sock.send(&req, 0).ok()?;
-    let mut buf = vec![0u8; 1 << 16];
+    sock.send(&msg, 0).ok()?;
+    let mut buf = vec![0u8; 1 << 14];
     let n = sock.recv(&mut &mut buf[..], 0).ok()?;
-    match NetlinkMessage::<RouteNetlinkMessage>::deserialize(&buf[..n]).ok()?.payload {
-        NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(l)) => Some(l.attributes),
-        _ => None,
+    let buf = &buf[..n];
+    const NLMSG_ERROR: u16 = 2;
+    if buf.len() < 20 || u16::from_ne_bytes([buf[4], buf[5]]) == NLMSG_ERROR {
+        return None;
     }
+    let len = (u32::from_ne_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize).min(buf.len());
+    let mut out = Vec::new();
+    let mut off = 20;
+    while off + 4 <= len {
+        let alen = usize::from(u16::from_ne_bytes([buf[off], buf[off + 1]]));
+        let t = u16::from_ne_bytes([buf[off + 2], buf[off + 3]]) & 0x3fff;
+        if alen < 4 || off + alen > len {
+            break;
+        }
+        out.push((t, buf[off + 4..off + alen].to_vec()));
+        off += alen.next_multiple_of(4);
+    }
+    Some(out)
 }
 
-/// Whether frames redirected in XDP into the interface `index` reach its other end. A veth
-/// delivers them only when its peer runs NAPI, which it does when the peer has an XDP program
-/// (or GRO on, which rtnetlink does not show: such a peer is treated as not taking them, and
-/// its frames go through the core). Any other kind of interface: no (not checked).
-pub fn peer_takes_xdp(index: u32) -> bool {
-    use netlink_packet_route::link::{InfoKind, LinkInfo, LinkXdp, XdpAttached};
-    let Some(attrs) = get_link(index, None) else { return false };
-    let veth = attrs.iter().any(
-        |a| matches!(a, LinkAttribute::LinkInfo(i) if i.iter().any(|x| matches!(x, LinkInfo::Kind(InfoKind::Veth)))),
-    );
-    let peer = attrs.iter().find_map(|a| if let LinkAttribute::Link(p) = a { Some(*p) } else { None });
-    let nsid = attrs.iter().find_map(|a| if let LinkAttribute::LinkNetNsId(n) = a { Some(*n) } else { None });
-    let (true, Some(peer)) = (veth, peer) else { return false };
-    let Some(peer_attrs) = get_link(peer, nsid) else { return false };
-    peer_attrs.iter().any(|a| {
-        matches!(a, LinkAttribute::Xdp(x) if x.iter().any(|v| matches!(v, LinkXdp::Attached(s) if *s != XdpAttached::None)))
+/// Whether frames redirected in XDP into the interface `index` are transmitted: the
+/// kernel's XDP features of the device (`netdev` generic netlink, `xdp-features`) include
+/// `ndo-xmit`. A veth has it only while its peer runs NAPI (an XDP program or GRO there);
+/// a device without it would drop what the fast path sends it. No answer (an older kernel):
+/// no.
+pub fn takes_xdp_frames(index: u32) -> bool {
+    const GENL_ID_CTRL: u16 = 0x10;
+    const CTRL_CMD_GETFAMILY: u8 = 3;
+    const CTRL_ATTR_FAMILY_ID: u16 = 1;
+    const CTRL_ATTR_FAMILY_NAME: u16 = 2;
+    const NETDEV_CMD_DEV_GET: u8 = 1;
+    const NETDEV_A_DEV_IFINDEX: u16 = 1;
+    const NETDEV_A_DEV_XDP_FEATURES: u16 = 3;
+    const NETDEV_XDP_ACT_NDO_XMIT: u64 = 4;
+    let Some(ctrl) = genl(GENL_ID_CTRL, CTRL_CMD_GETFAMILY, &[(CTRL_ATTR_FAMILY_NAME, b"netdev\0")]) else {
+        return false;
+    };
+    let Some(family) = ctrl.iter().find(|(t, v)| *t == CTRL_ATTR_FAMILY_ID && v.len() >= 2) else { return false };
+    let family = u16::from_ne_bytes([family.1[0], family.1[1]]);
+    let Some(dev) = genl(family, NETDEV_CMD_DEV_GET, &[(NETDEV_A_DEV_IFINDEX, &index.to_ne_bytes())]) else {
+        return false;
+    };
+    dev.iter().find(|(t, v)| *t == NETDEV_A_DEV_XDP_FEATURES && v.len() >= 8).is_some_and(|(_, v)| {
+        let f = u64::from_ne_bytes([v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7]]);
+        f & NETDEV_XDP_ACT_NDO_XMIT != 0
     })
 }

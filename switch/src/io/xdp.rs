@@ -16,9 +16,10 @@ use std::net::Ipv4Addr;
 use std::os::fd::RawFd;
 use std::sync::{Arc, Mutex, MutexGuard};
 use xvs_common::{
-    Counter, FAST_DECAP, FAST_ENCAP, MAP_COUNTERS, MAP_LOCAL, MAP_NEIGH, MAP_REMOTE, MAP_SLOTS, MAP_TX_PORTS,
-    MAP_UPLINK_CONF, MAP_VM_CONF, MAP_VNI, MAP_VTEPS, MAP_XSKS, MAX_QUEUES, MAX_SLOTS, MacKey, NeighMac, PROG_PASS,
-    PROG_UPLINK, PROG_VM, PROG_VM_TC, Remote, UplinkConf, VM_FAST_FROM, VM_FAST_TO, VM_MAX_IPV4, VmConf, VtepKey,
+    Counter, FAST_DECAP, FAST_ENCAP, MAP_COUNTERS, MAP_FWD, MAP_LOCAL, MAP_NEIGH, MAP_REMOTE, MAP_SLOTS, MAP_TX_PORTS,
+    MAP_UPLINK_CONF, MAP_VM_CONF, MAP_VNI, MAP_VTEPS, MAP_XSKS, MAX_QUEUES, MAX_SLOTS, MacKey, NeighMac, PROG_FWD,
+    PROG_PASS, PROG_UPLINK, PROG_VM, PROG_VM_TC, Remote, UplinkConf, VM_FAST_FROM, VM_FAST_TO, VM_MAX_IPV4, VmConf,
+    VtepKey,
 };
 
 /// The XDP object built by build.rs.
@@ -36,6 +37,29 @@ pub fn attach_pass(ifname: &str) -> anyhow::Result<Ebpf> {
     let prog: &mut Xdp = ebpf.program_mut(PROG_PASS).ok_or_else(|| anyhow::anyhow!("no {PROG_PASS}"))?.try_into()?;
     prog.load()?;
     attach_xdp(&mut ebpf, PROG_PASS, ifname)?;
+    Ok(ebpf)
+}
+
+/// Attaches the benchmarks' plain XDP forwarder to each `(from, to)` pair's `from`: every
+/// frame received there is redirected out of `to` (no switching, no encapsulation). Stays
+/// attached while the returned object lives.
+pub fn attach_forwarder(pairs: &[(String, String)]) -> anyhow::Result<Ebpf> {
+    let mut ebpf = Ebpf::load(XDP_OBJECT).map_err(|e| anyhow::anyhow!("loading XDP object: {e}"))?;
+    {
+        let mut fwd: DevMapHash<&mut MapData> =
+            DevMapHash::try_from(ebpf.map_mut(MAP_FWD).ok_or_else(|| anyhow::anyhow!("no {MAP_FWD}"))?)?;
+        for (from, to) in pairs {
+            let (Some(a), Some(b)) = (crate::io::netdev::ifindex(from), crate::io::netdev::ifindex(to)) else {
+                anyhow::bail!("no interface {from:?} or {to:?}");
+            };
+            fwd.insert(a, b, None, 0)?;
+        }
+    }
+    let prog: &mut Xdp = ebpf.program_mut(PROG_FWD).ok_or_else(|| anyhow::anyhow!("no {PROG_FWD}"))?.try_into()?;
+    prog.load()?;
+    for (from, _) in pairs {
+        attach_xdp(&mut ebpf, PROG_FWD, from)?;
+    }
     Ok(ebpf)
 }
 
@@ -189,7 +213,7 @@ impl XdpObject {
                 inner.uplink = UplinkConf { vtep_ip: vtep_ip.octets(), udp_port, ..inner.uplink };
                 inner.uplink_conf.set(0, inner.uplink, 0)?;
                 let (id, mode) = attach_xdp(&mut inner.ebpf, PROG_UPLINK, ifname)?;
-                (Link::Xdp(PROG_UPLINK, id), mode, Caps { from: false, to: true })
+                (Link::Xdp(PROG_UPLINK, id), mode, Caps { from: false, to })
             }
             Role::Vm => {
                 let (id, mode) = attach_xdp(&mut inner.ebpf, PROG_VM, ifname)?;
@@ -202,6 +226,11 @@ impl XdpObject {
         inner.port_slot.insert(port, (slot, caps));
         let view = inner.written.clone();
         inner.write_port(port, &view)?;
+        if port == UPLINK {
+            inner.uplink.flags = inner.flags_for(&view);
+            let conf = inner.uplink;
+            inner.uplink_conf.set(0, conf, 0)?;
+        }
         for ((t, m), _) in view.local.iter().filter(|(_, p)| **p == port) {
             inner.local.insert(mac_key(*t, m), slot, 0)?;
         }
@@ -215,7 +244,7 @@ impl XdpObject {
         let mut g = self.lock();
         let inner = &mut *g;
         let old = std::mem::replace(&mut inner.written, view.clone());
-        let flags = (if view.decap { FAST_DECAP } else { 0 }) | (if view.encap { FAST_ENCAP } else { 0 });
+        let flags = inner.flags_for(view);
         // Permissions first when they shrink, last when they grow; then entries the same way.
         if flags != inner.uplink.flags {
             inner.uplink.flags &= flags;
@@ -280,6 +309,11 @@ impl XdpObject {
         caps.to = to;
         let view = inner.written.clone();
         let _ = inner.write_port(port, &view);
+        if port == UPLINK {
+            inner.uplink.flags = inner.flags_for(&view);
+            let conf = inner.uplink;
+            let _ = inner.uplink_conf.set(0, conf, 0);
+        }
         true
     }
 
@@ -368,6 +402,11 @@ impl XdpObject {
         inner.port_slot.insert(port, (slot, caps));
         let view = inner.written.clone();
         inner.write_port(port, &view)?;
+        if port == UPLINK {
+            inner.uplink.flags = inner.flags_for(&view);
+            let conf = inner.uplink;
+            inner.uplink_conf.set(0, conf, 0)?;
+        }
         for ((t, m), _) in view.local.iter().filter(|(_, p)| **p == port) {
             inner.local.insert(mac_key(*t, m), slot, 0)?;
         }
@@ -406,6 +445,13 @@ impl XdpObject {
 const LOOPBACK: u32 = 1;
 
 impl Inner {
+    /// The uplink program's fast-path flags for `view`: encapsulation only while the uplink
+    /// transmits frames redirected in XDP.
+    fn flags_for(&self, view: &FastView) -> u16 {
+        let uplink_takes = self.port_slot.get(&UPLINK).is_some_and(|(_, c)| c.to);
+        (if view.decap { FAST_DECAP } else { 0 }) | (if view.encap && uplink_takes { FAST_ENCAP } else { 0 })
+    }
+
     fn slot_counters(&self, slot: u32) -> [u64; Counter::COUNT as usize] {
         let mut out = [0u64; Counter::COUNT as usize];
         for c in Counter::ALL {
