@@ -183,7 +183,7 @@ pub fn run(cfg: Config, opts: Options, stop: Arc<AtomicBool>) -> anyhow::Result<
         if threads.iter().any(|t| t.is_finished()) {
             break;
         }
-        if last_peers.elapsed() >= Duration::from_secs(1) {
+        if last_peers.elapsed() >= PEER_RECHECK {
             last_peers = Instant::now();
             lock_state(&state).recheck_peers();
         }
@@ -218,6 +218,10 @@ pub fn run(cfg: Config, opts: Options, stop: Arc<AtomicBool>) -> anyhow::Result<
     lock_state(&state).detach_all();
     Ok(())
 }
+
+/// How often the ports' XDP transmit capability is asked again (one generic-netlink request
+/// per AF_XDP port): the fast path into a port follows its far end's XDP program within this.
+const PEER_RECHECK: Duration = Duration::from_millis(100);
 
 #[allow(clippy::too_many_arguments)]
 fn core_loop(

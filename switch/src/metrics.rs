@@ -24,6 +24,7 @@ pub fn render(state: &Mutex<ControlState>) -> String {
     let packets = Family::<Labels, Counter>::default();
     let bytes = Family::<Labels, Counter>::default();
     let drops = Family::<Labels, Counter>::default();
+    let fast = Family::<Labels, Counter>::default();
     let tenant_packets = Family::<Labels, Counter>::default();
     let tenant_drops = Family::<Labels, Counter>::default();
     for (p, c) in s.ports.iter().zip(&s.stats.ports) {
@@ -32,6 +33,10 @@ pub fn render(state: &Mutex<ControlState>) -> String {
             let l = vec![("port".to_string(), p.name.clone()), ("direction".to_string(), dir.to_string())];
             packets.get_or_create(&l).inc_by(pk);
             bytes.get_or_create(&l).inc_by(by);
+        }
+        for (dir, pk) in [("rx", c.fast_rx_packets), ("tx", c.fast_tx_packets)] {
+            let l = vec![("port".to_string(), p.name.clone()), ("direction".to_string(), dir.to_string())];
+            fast.get_or_create(&l).inc_by(pk);
         }
         for r in DropReason::ALL {
             let n = c.drop_count(r.name());
@@ -64,6 +69,11 @@ pub fn render(state: &Mutex<ControlState>) -> String {
     reg.register("port_packets", "Frames per port and direction", packets);
     reg.register("port_bytes", "Bytes per port and direction", bytes);
     reg.register("port_drops", "Drops per port and reason", drops);
+    reg.register(
+        "port_fast_path_packets",
+        "Of the frames per port and direction, those the XDP fast path forwarded",
+        fast,
+    );
     reg.register("tenant_packets", "Frames per tenant and direction", tenant_packets);
     reg.register("tenant_drops", "Drops per tenant and reason", tenant_drops);
     let busy: Gauge<f64, std::sync::atomic::AtomicU64> = Gauge::default();

@@ -218,6 +218,12 @@ impl ControlState {
         let t = self.tables();
         let st = &mut r.stats;
         st.resize(t.ports.len(), t.tenants.len());
+        // What the uplink program dropped itself, under the reasons the core gives the same
+        // frames (the core never sees them).
+        let u = self.cores.xdp.counters(crate::tables::UPLINK);
+        let up = &mut st.ports[crate::tables::UPLINK.index()];
+        up.drops[crate::pipeline::DropReason::MalformedVxlan as usize] += u[Counter::UplinkMalformedVxlan as usize];
+        up.drops[crate::pipeline::DropReason::OuterFragment as usize] += u[Counter::UplinkOuterFragment as usize];
         for (id, p) in t.live_ports() {
             let PortKind::Vm { tenant, .. } = p.kind else { continue };
             if !self.ports_io.contains_key(&p.name) {

@@ -124,11 +124,14 @@ pub fn takes_xdp_frames(index: u32) -> bool {
     const NETDEV_A_DEV_IFINDEX: u16 = 1;
     const NETDEV_A_DEV_XDP_FEATURES: u16 = 3;
     const NETDEV_XDP_ACT_NDO_XMIT: u64 = 4;
-    let Some(ctrl) = genl(GENL_ID_CTRL, CTRL_CMD_GETFAMILY, &[(CTRL_ATTR_FAMILY_NAME, b"netdev\0")]) else {
-        return false;
-    };
-    let Some(family) = ctrl.iter().find(|(t, v)| *t == CTRL_ATTR_FAMILY_ID && v.len() >= 2) else { return false };
-    let family = u16::from_ne_bytes([family.1[0], family.1[1]]);
+    // The family's id is fixed once the kernel registered it: asked once.
+    static FAMILY: std::sync::OnceLock<Option<u16>> = std::sync::OnceLock::new();
+    let family = FAMILY.get_or_init(|| {
+        let ctrl = genl(GENL_ID_CTRL, CTRL_CMD_GETFAMILY, &[(CTRL_ATTR_FAMILY_NAME, b"netdev\0")])?;
+        let (_, v) = ctrl.iter().find(|(t, v)| *t == CTRL_ATTR_FAMILY_ID && v.len() >= 2)?;
+        Some(u16::from_ne_bytes([v[0], v[1]]))
+    });
+    let Some(family) = *family else { return false };
     let Some(dev) = genl(family, NETDEV_CMD_DEV_GET, &[(NETDEV_A_DEV_IFINDEX, &index.to_ne_bytes())]) else {
         return false;
     };
