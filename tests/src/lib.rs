@@ -82,6 +82,15 @@ impl Bed {
             .expect("ip netns exec")
     }
 
+    /// ICMP echo requests the stack of namespace `vm` has received (`InEchos`).
+    pub fn echo_requests_in(&self, vm: &str) -> u64 {
+        let text = self.ok(vm, 5, "cat /proc/net/snmp");
+        let mut lines = text.lines().filter(|l| l.starts_with("Icmp:"));
+        let (names, values) = (lines.next().unwrap_or(""), lines.next().unwrap_or(""));
+        let i = names.split_whitespace().position(|n| n == "InEchos").expect("InEchos");
+        values.split_whitespace().nth(i).and_then(|v| v.parse().ok()).unwrap_or(0)
+    }
+
     /// Like [`Bed::run`], failing the test with the output when `cmd` fails.
     pub fn ok(&self, n: &str, secs: u32, cmd: &str) -> String {
         let o = self.run(n, secs, cmd);

@@ -34,14 +34,6 @@ fn flooded(bed: &Bed, h: u8) -> u64 {
     v["stats"]["events"]["flooded"].as_u64().unwrap_or_else(|| panic!("no flooded counter: {v}"))
 }
 
-fn echo_requests_in(bed: &Bed, vm: &str) -> u64 {
-    let text = bed.ok(vm, 5, "cat /proc/net/snmp");
-    let mut lines = text.lines().filter(|l| l.starts_with("Icmp:"));
-    let (names, values) = (lines.next().unwrap_or(""), lines.next().unwrap_or(""));
-    let i = names.split_whitespace().position(|n| n == "InEchos").expect("InEchos");
-    values.split_whitespace().nth(i).and_then(|v| v.parse().ok()).unwrap_or(0)
-}
-
 /// Waits (bounded) until `f` holds, failing with `what` and the last value seen.
 fn until<T: std::fmt::Debug>(what: &str, limit: Duration, mut f: impl FnMut() -> (bool, T)) -> T {
     let t = Instant::now();
@@ -154,10 +146,10 @@ fn three_hosts_share_one_desired_state_in_etcd() {
         assert_eq!(flooded(&bed, h), 0, "host {h} flooded a frame");
     }
     // Isolation: red's VM with blue's addresses reaches red's, never blue's.
-    let (b0, r0) = (echo_requests_in(&bed, "vm1"), echo_requests_in(&bed, "vm3"));
+    let (b0, r0) = (bed.echo_requests_in("vm1"), bed.echo_requests_in("vm3"));
     bed.ok("vm6", 20, "ping -c 3 -i 0.2 -W 2 10.0.0.1");
-    assert_eq!(echo_requests_in(&bed, "vm1"), b0, "a red frame reached blue's VM");
-    assert!(echo_requests_in(&bed, "vm3") >= r0 + 3);
+    assert_eq!(bed.echo_requests_in("vm1"), b0, "a red frame reached blue's VM");
+    assert!(bed.echo_requests_in("vm3") >= r0 + 3);
 
     // Two writers of one key at once (different specs): one wins, the other is told.
     let (a, b) = std::thread::scope(|s| {

@@ -36,14 +36,6 @@ fn counter(s: &Value, port: &str, field: &str) -> u64 {
     port_counter(s, port, field)
 }
 
-fn echo_requests_in(bed: &Bed, vm: &str) -> u64 {
-    let text = bed.ok(vm, 5, "cat /proc/net/snmp");
-    let mut lines = text.lines().filter(|l| l.starts_with("Icmp:"));
-    let (names, values) = (lines.next().unwrap_or(""), lines.next().unwrap_or(""));
-    let i = names.split_whitespace().position(|n| n == "InEchos").expect("InEchos");
-    values.split_whitespace().nth(i).and_then(|v| v.parse().ok()).unwrap_or(0)
-}
-
 /// Waits (bounded) until `f` holds.
 fn until(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
     let t = Instant::now();
@@ -74,7 +66,7 @@ fn known_unicast_takes_the_xdp_fast_path_and_tenants_stay_apart() {
     bed.ok("vm3", 20, "ping -c 3 -i 0.2 -W 2 10.0.0.2");
 
     // TCP both ways in blue, while red's identical VM sees none of it
-    let red_before = echo_requests_in(&bed, "vm4");
+    let red_before = bed.echo_requests_in("vm4");
     bed.ok("vm2", 5, "iperf3 -s -1 -D");
     std::thread::sleep(Duration::from_millis(300));
     let out = bed.ok("vm1", 30, "iperf3 -c 10.0.0.2 -t 2 -J");
@@ -82,7 +74,7 @@ fn known_unicast_takes_the_xdp_fast_path_and_tenants_stay_apart() {
     let bytes = v["end"]["sum_received"]["bytes"].as_u64().unwrap_or(0);
     assert!(bytes > 5_000_000, "blue TCP through the fast path moved only {bytes} bytes");
     bed.ok("vm1", 20, "ping -c 20 -i 0.05 -W 2 10.0.0.2");
-    assert_eq!(echo_requests_in(&bed, "vm4"), red_before, "red's VM got blue's pings");
+    assert_eq!(bed.echo_requests_in("vm4"), red_before, "red's VM got blue's pings");
 
     let s1 = h1.fresh_stats();
     let s2 = h2.fresh_stats();

@@ -182,16 +182,7 @@ impl XdpObject {
     ) -> anyhow::Result<Attached> {
         let mut g = self.lock();
         let inner = &mut *g;
-        let slot = if port == UPLINK {
-            0
-        } else {
-            (1..MAX_SLOTS).find(|s| !inner.used[*s as usize]).ok_or_else(|| {
-                anyhow::anyhow!("{ifname}: every one of the {MAX_SLOTS} XDP interface slots is in use")
-            })?
-        };
-        if inner.used[slot as usize] {
-            anyhow::bail!("{ifname}: XDP slot {slot} is in use by another interface");
-        }
+        let slot = inner.free_slot(port, ifname)?;
         // Fresh counters for a fresh slot.
         let cpus = aya::util::nr_cpus().map_err(|(_, e)| e)?;
         for c in Counter::ALL {
@@ -220,20 +211,8 @@ impl XdpObject {
                 (Link::Xdp(PROG_VM, id), mode, Caps { from: true, to })
             }
         };
-        inner.used[slot as usize] = true;
         inner.slots.insert(ifindex, slot, 0)?;
-        inner.tx.insert(slot, ifindex, None, 0)?;
-        inner.port_slot.insert(port, (slot, caps));
-        let view = inner.written.clone();
-        inner.write_port(port, &view)?;
-        if port == UPLINK {
-            inner.uplink.flags = inner.flags_for(&view);
-            let conf = inner.uplink;
-            inner.uplink_conf.set(0, conf, 0)?;
-        }
-        for ((t, m), _) in view.local.iter().filter(|(_, p)| **p == port) {
-            inner.local.insert(mac_key(*t, m), slot, 0)?;
-        }
+        inner.take_slot(port, slot, ifindex, caps)?;
         drop(g);
         Ok(Attached { obj: Arc::clone(self), ifname: ifname.to_string(), ifindex, port, slot, mode, link: Some(link) })
     }
@@ -388,29 +367,12 @@ impl XdpObject {
     pub fn stand_in(&self, port: PortId, role: Role, caps: Caps) -> anyhow::Result<()> {
         let mut g = self.lock();
         let inner = &mut *g;
-        let slot = if port == UPLINK {
-            0
-        } else {
-            (1..MAX_SLOTS).find(|s| !inner.used[*s as usize]).ok_or_else(|| anyhow::anyhow!("no free slot"))?
-        };
+        let slot = inner.free_slot(port, "stand-in")?;
         if let Role::Uplink { vtep_ip, udp_port } = role {
             inner.uplink = UplinkConf { vtep_ip: vtep_ip.octets(), udp_port, ..inner.uplink };
             inner.uplink_conf.set(0, inner.uplink, 0)?;
         }
-        inner.used[slot as usize] = true;
-        inner.tx.insert(slot, LOOPBACK, None, 0)?;
-        inner.port_slot.insert(port, (slot, caps));
-        let view = inner.written.clone();
-        inner.write_port(port, &view)?;
-        if port == UPLINK {
-            inner.uplink.flags = inner.flags_for(&view);
-            let conf = inner.uplink;
-            inner.uplink_conf.set(0, conf, 0)?;
-        }
-        for ((t, m), _) in view.local.iter().filter(|(_, p)| **p == port) {
-            inner.local.insert(mac_key(*t, m), slot, 0)?;
-        }
-        Ok(())
+        inner.take_slot(port, slot, LOOPBACK, caps)
     }
 
     /// Runs the program of `port` (the uplink's or a VM port's, see [`XdpObject::stand_in`])
@@ -445,6 +407,40 @@ impl XdpObject {
 const LOOPBACK: u32 = 1;
 
 impl Inner {
+    /// The slot `port` gets: 0 for the uplink, else the first free one.
+    fn free_slot(&self, port: PortId, ifname: &str) -> anyhow::Result<u32> {
+        let slot = if port == UPLINK {
+            0
+        } else {
+            (1..MAX_SLOTS).find(|s| !self.used[*s as usize]).ok_or_else(|| {
+                anyhow::anyhow!("{ifname}: every one of the {MAX_SLOTS} XDP interface slots is in use")
+            })?
+        };
+        if self.used[slot as usize] {
+            anyhow::bail!("{ifname}: XDP slot {slot} is in use by another interface");
+        }
+        Ok(slot)
+    }
+
+    /// Gives `slot` to `port` (transmitting on `tx_ifindex`) and writes what the current view
+    /// holds for it: its VM settings, its local MACs, and for the uplink the fast-path flags.
+    fn take_slot(&mut self, port: PortId, slot: u32, tx_ifindex: u32, caps: Caps) -> anyhow::Result<()> {
+        self.used[slot as usize] = true;
+        self.tx.insert(slot, tx_ifindex, None, 0)?;
+        self.port_slot.insert(port, (slot, caps));
+        let view = self.written.clone();
+        self.write_port(port, &view)?;
+        if port == UPLINK {
+            self.uplink.flags = self.flags_for(&view);
+            let conf = self.uplink;
+            self.uplink_conf.set(0, conf, 0)?;
+        }
+        for ((t, m), _) in view.local.iter().filter(|(_, p)| **p == port) {
+            self.local.insert(mac_key(*t, m), slot, 0)?;
+        }
+        Ok(())
+    }
+
     /// The uplink program's fast-path flags for `view`: encapsulation only while the uplink
     /// transmits frames redirected in XDP.
     fn flags_for(&self, view: &FastView) -> u16 {
