@@ -44,7 +44,7 @@ fn scheduler(tenants: usize, queue: usize, frames: usize, fill: u32, sizes: &[u3
     }
     for t in 0..tenants {
         for k in 0..fill {
-            let _ = s.enqueue(t as u32, t as u32, Desc { id: k, len: sizes[k as usize % sizes.len()] }, 0);
+            let _ = s.enqueue(t as u32, t as u32, Desc::new(k, sizes[k as usize % sizes.len()] as usize), 0);
         }
     }
     s
@@ -56,7 +56,8 @@ fn burst(c: &mut Criterion, name: &str, sizes: &[u32], frames: impl Fn(usize) ->
     let mut g = c.benchmark_group(name);
     g.throughput(Throughput::Elements((BURST * POLLS) as u64));
     // Every burst carries the same frames: the sizes in turn.
-    let batch: Vec<Desc> = (0..BURST as u32).map(|id| Desc { id, len: sizes[id as usize % sizes.len()] }).collect();
+    let batch: Vec<Desc> =
+        (0..BURST as u32).map(|id| Desc::new(id, sizes[id as usize % sizes.len()] as usize)).collect();
     let wire: u64 = batch.iter().map(|d| u64::from(d.len) + WIRE_OVERHEAD).sum();
     // The link time of one burst: the clock moves on by that much each poll.
     let burst_ns = (wire as f64 * 8e9 / LINK as f64) as u64;
@@ -120,7 +121,7 @@ fn interleaved(c: &mut Criterion) {
                     let t = next;
                     next = if next + 1 == tenants { 0 } else { next + 1 };
                     k = if k + 1 == IMIX.len() { 0 } else { k + 1 };
-                    let _ = s.enqueue(t as u32, t as u32, Desc { id: 1, len: IMIX[k] }, now);
+                    let _ = s.enqueue(t as u32, t as u32, Desc::new(1, IMIX[k] as usize), now);
                     now = now.max(s.next_send_at());
                     black_box(s.dequeue(now));
                 }

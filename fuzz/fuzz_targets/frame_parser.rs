@@ -3,14 +3,12 @@
 
 use libfuzzer_sys::fuzz_target;
 use std::net::Ipv4Addr;
-use xvs_switch::pipeline::encap::{Underlayer, decapsulate, parse_outer};
+use xvs_switch::pipeline::encap::{Underlayer, parse_outer};
 use xvs_switch::wire::{ArpPacket, ArpRepr, EthernetFrame, Ipv4Packet, Ipv6Packet, UdpPacket, vxlan};
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(Underlayer::Vxlan(o)) = parse_outer(data, Ipv4Addr::new(192, 168, 77, 1)) {
-        let mut buf = data.to_vec();
-        let n = decapsulate(&mut buf, &o);
-        assert!(n <= data.len());
+        assert!(o.inner().end <= data.len());
     }
     if let Ok(eth) = EthernetFrame::new_checked(data) {
         let p = eth.payload();

@@ -6,6 +6,7 @@ use xvs_switch::config::Config;
 use xvs_switch::frames;
 use xvs_switch::pipeline::DropReason;
 use xvs_switch::pipeline::encap::{Underlayer, parse_outer};
+use xvs_switch::port::FrameMem;
 use xvs_switch::sim::Sim;
 use xvs_switch::tables::UPLINK;
 use xvs_switch::types::{PortId, TenantId};
@@ -377,7 +378,7 @@ fn host_frames_are_handed_over() {
     s.core.poll(s.now);
     assert_eq!(s.core.stage.host.len(), 1);
     let d = s.core.stage.host[0];
-    assert_eq!(s.core.mem.data(d), &req[..]);
+    assert_eq!(s.core.mem.data(&d), &req[..]);
     assert!(matches!(parse_outer(&req, t.vtep_ip), Ok(Underlayer::Host)));
 }
 

@@ -34,7 +34,7 @@ fn run(s: &mut Scheduler, sizes: &mut Sizes, active: &[bool], from: u64, to: u64
                 while s.tenant(t as u32).unwrap().1.backlog < 8 {
                     *next_id += 1;
                     let flow = (t * 2 + (*next_id as usize % 2)) as u32;
-                    let _ = s.enqueue(t as u32, flow, Desc { id: *next_id, len: sizes.next() }, now);
+                    let _ = s.enqueue(t as u32, flow, Desc::new(*next_id, sizes.next() as usize), now);
                 }
             }
         }
@@ -162,7 +162,7 @@ fn jittery_polling_still_fills_the_link() {
         for t in 0..2u32 {
             while s.tenant(t).unwrap().1.backlog < 200 {
                 id += 1;
-                let _ = s.enqueue(t, t * 2, Desc { id, len: sizes.next() }, now);
+                let _ = s.enqueue(t, t * 2, Desc::new(id, sizes.next() as usize), now);
             }
         }
         while let Some(d) = s.dequeue(now) {

@@ -279,7 +279,7 @@ fn send(
             let n = port.rx(&mut mem, &mut rxd);
             let t = now_ns();
             for d in &rxd[..n] {
-                if let Some((_, ts, sp, _)) = parse(&mem.buf(d.id)[..d.len as usize])
+                if let Some((_, ts, sp, _)) = parse(mem.data(d))
                     && sp == DPORT_REFLECT
                 {
                     rtt.saturating_record(t.saturating_sub(ts));
@@ -316,13 +316,13 @@ fn send(
             // Frames are numbered in the order they are taken; what the ring refuses now is
             // built again under the same numbers.
             let seq = sent + k as u64;
-            let buf = mem.buf_mut(id);
-            buf[..template.len()].copy_from_slice(&template);
+            let d = mem.write(id, &template);
+            let buf = mem.data_mut(&d);
             if rtt_every > 0 && seq.is_multiple_of(rtt_every) {
                 buf[36..38].copy_from_slice(&DPORT_REFLECT.to_be_bytes());
             }
             stamp(buf, seq, ts);
-            batch[k] = Desc { id, len: template.len() as u32 };
+            batch[k] = d;
             k += 1;
         }
         let taken = port.tx(&batch[..k]);
@@ -397,7 +397,7 @@ fn sink(iface: &str, secs: f64, idle_exit: f64, out: &Option<String>, ready: &Op
         let t = now_ns();
         let mut nb = 0;
         for d in &rxd[..n] {
-            let f = &mut mem.buf_mut(d.id)[..d.len as usize];
+            let f = mem.data_mut(d);
             match parse(f) {
                 Some((seq, ts, _, dp)) => {
                     received += 1;

@@ -58,8 +58,7 @@ pub use xvs_proto::reply::StageCycles;
 /// The data of frame `d`.
 #[inline]
 fn frame<'a, M: FrameMem>(mem: &'a M, d: &Desc) -> &'a [u8] {
-    let b = mem.buf(d.id);
-    &b[..(d.len as usize).min(b.len())]
+    mem.data(d)
 }
 
 fn no_cycles() -> u64 {

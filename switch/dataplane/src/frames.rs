@@ -74,9 +74,10 @@ pub fn arp(op: ArpOperation, sha: MacAddr, spa: Ipv4Addr, tha: MacAddr, tpa: Ipv
 pub fn vxlan4(to: &Underlay, src_mac: MacAddr, src_vtep: Ipv4Addr, vni: u32, inner: &[u8]) -> Vec<u8> {
     let from = Underlay { vtep_ip: src_vtep, mac: src_mac, mtu: 9000, ..to.clone() };
     let t = EncapTemplate::new(&from);
-    let mut f = vec![0u8; inner.len() + crate::wire::VXLAN_V4_OVERHEAD];
-    f[..inner.len()].copy_from_slice(inner);
-    let n = inner.len();
-    t.encapsulate(&mut f, n, to.mac, to.vtep_ip, vni, crate::pipeline::encap::flow_src_port(inner)).expect("room");
+    let o = crate::wire::VXLAN_V4_OVERHEAD;
+    let mut f = vec![0u8; inner.len() + o];
+    f[o..].copy_from_slice(inner);
+    let r = o..f.len();
+    t.encapsulate(&mut f, r, to.mac, to.vtep_ip, vni, crate::pipeline::encap::flow_src_port(inner)).expect("room");
     f
 }

@@ -5,7 +5,7 @@
 //! May depend on: neigh, port, tables, wire; smoltcp.
 
 use crate::neigh::Neighbors;
-use crate::port::{Desc, FrameMem, FreeList, TxStage};
+use crate::port::{Desc, FrameMem, FreeList, HEADROOM, TxStage};
 use crate::tables::{Tables, UPLINK};
 use crate::wire::{
     ArpOperation, ArpPacket, ArpRepr, EtherType, EthernetFrame, EthernetRepr, IpProtocol, Ipv4Packet, MacAddr,
@@ -63,11 +63,9 @@ impl HostStack {
     ) {
         let frames = std::mem::take(&mut stage.host);
         for d in &frames {
-            let buf = mem.buf_mut(d.id);
-            let len = (d.len as usize).min(buf.len());
-            let reply = self.answer(t, neigh, &mut buf[..len], now);
+            let reply = self.answer(t, neigh, mem.data_mut(d), now);
             match reply {
-                Some(n) if stage.push(UPLINK, Desc { id: d.id, len: n as u32 }) => {}
+                Some(n) if stage.push(UPLINK, Desc { len: n as u32, ..*d }) => {}
                 _ => free.free(d.id),
             }
         }
@@ -190,8 +188,9 @@ impl HostStack {
                 continue;
             }
             let Some(id) = free.alloc() else { return };
-            let len = write_arp_request(mem.buf_mut(id), t.underlay.mac, t.underlay.vtep_ip, ip, n.mac);
-            if stage.push(UPLINK, Desc { id, len: len as u32 }) {
+            let len =
+                write_arp_request(&mut mem.buf_mut(id)[HEADROOM..], t.underlay.mac, t.underlay.vtep_ip, ip, n.mac);
+            if stage.push(UPLINK, Desc::new(id, len)) {
                 n.tries += 1;
                 n.last_request = now;
                 self.counters.arp_requests_sent += 1;
@@ -256,7 +255,7 @@ mod tests {
         h.receive(&t, &mut n, &mut mem, &mut free, &mut stage, S);
         let out = stage.staged(UPLINK).clone();
         assert_eq!(out.len(), 1);
-        let eth = EthernetFrame::new_checked(mem.data(out[0])).unwrap();
+        let eth = EthernetFrame::new_checked(mem.data(&out[0])).unwrap();
         assert_eq!((eth.dst_addr(), eth.src_addr()), (peer, t.underlay.mac));
         let r = ArpRepr::parse(&ArpPacket::new_checked(eth.payload()).unwrap()).unwrap();
         assert!(
@@ -295,7 +294,7 @@ mod tests {
         assert!(stage.staged(UPLINK).is_empty(), "fresh");
         h.tick(&t, &mut n, &mut mem, &mut free, &mut stage, 68 * S);
         let d = stage.staged(UPLINK)[0];
-        assert_eq!(EthernetFrame::new_checked(mem.data(d)).unwrap().dst_addr(), peer, "refresh is unicast");
+        assert_eq!(EthernetFrame::new_checked(mem.data(&d)).unwrap().dst_addr(), peer, "refresh is unicast");
     }
 
     #[test]
@@ -317,7 +316,7 @@ mod tests {
         stage.host.push(mem.write(id, &f));
         h.receive(&t, &mut n, &mut mem, &mut free, &mut stage, S);
         let d = stage.staged(UPLINK)[0];
-        let eth = EthernetFrame::new_checked(mem.data(d)).unwrap();
+        let eth = EthernetFrame::new_checked(mem.data(&d)).unwrap();
         let ip = Ipv4Packet::new_checked(eth.payload()).unwrap();
         assert!(ip.verify_checksum());
         assert_eq!(ip.dst_addr(), Ipv4Addr::new(192, 168, 77, 2));

@@ -25,17 +25,6 @@ impl MemFrames {
         let start = id as usize * self.frame_size;
         start..start + self.frame_size
     }
-
-    /// Writes `bytes` into frame `id` and returns its descriptor.
-    pub fn write(&mut self, id: u32, bytes: &[u8]) -> Desc {
-        self.buf_mut(id)[..bytes.len()].copy_from_slice(bytes);
-        Desc { id, len: bytes.len() as u32 }
-    }
-
-    /// The data of `d`.
-    pub fn data(&self, d: Desc) -> &[u8] {
-        &self.buf(d.id)[..d.len as usize]
-    }
 }
 
 impl FrameMem for MemFrames {

@@ -2,8 +2,10 @@
 //!
 //! Frames live in one frame memory per core (an AF_XDP UMEM shared by all of that core's
 //! sockets, or a plain buffer for in-memory ports) and move between ports as [`Desc`]s, so
-//! forwarding from one port to another copies nothing. A frame's data always starts at the
-//! beginning of its data area; encapsulation and decapsulation move the data within it.
+//! forwarding from one port to another copies nothing. A received frame's data starts
+//! [`HEADROOM`] bytes into its buffer (where the kernel puts it in an AF_XDP UMEM chunk), so
+//! encapsulation writes the outer headers in front of the data and decapsulation skips them:
+//! neither moves the frame, only the descriptor's start.
 //!
 //! May depend on: types.
 
@@ -13,25 +15,64 @@ use std::ops::Range;
 /// Frames a port hands over per receive call; the pipeline's batch size.
 pub const BATCH: usize = 64;
 
-/// A frame in the core's frame memory: its index and the length of its data.
+/// Bytes before a new frame's data, free for headers to be prepended (the kernel's
+/// `XDP_PACKET_HEADROOM`: an AF_XDP socket receives frames this far into their chunk).
+pub const HEADROOM: usize = 256;
+
+/// A frame in the core's frame memory: its index, where its data starts in the frame's
+/// buffer and how long it is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Desc {
     /// Frame index in the frame memory.
     pub id: u32,
-    /// Bytes of data at the start of the frame's data area.
+    /// Bytes of data.
     pub len: u32,
+    /// Where the data starts in the frame's buffer.
+    pub off: u16,
+}
+
+impl Desc {
+    /// Frame `id` with `len` bytes of data at the usual place, [`HEADROOM`] into its buffer.
+    #[inline]
+    pub fn new(id: u32, len: usize) -> Desc {
+        Desc { id, len: len as u32, off: HEADROOM as u16 }
+    }
+
+    /// Where the data is in the frame's buffer.
+    #[inline]
+    pub fn range(&self) -> Range<usize> {
+        let off = usize::from(self.off);
+        off..off + self.len as usize
+    }
 }
 
 /// The memory frames live in.
 pub trait FrameMem {
-    /// The whole data area of frame `id` (its capacity, not just the data).
+    /// The whole buffer of frame `id`, headroom included (its capacity, not just the data).
     fn buf(&self, id: u32) -> &[u8];
-    /// The whole data area of frame `id`, writable.
+    /// The whole buffer of frame `id`, writable.
     fn buf_mut(&mut self, id: u32) -> &mut [u8];
-    /// Copies `src_range` of frame `src` to offset `dst_off` of frame `dst` (`src != dst`).
+    /// Copies `src_range` of frame `src`'s buffer to offset `dst_off` of frame `dst`'s
+    /// buffer (`src != dst`).
     fn copy(&mut self, src: u32, src_range: Range<usize>, dst: u32, dst_off: usize);
-    /// Capacity of every frame's data area.
+    /// Size of every frame's buffer, headroom included.
     fn capacity(&self) -> usize;
+    /// The data of `d` (empty where the descriptor does not fit the buffer).
+    #[inline]
+    fn data(&self, d: &Desc) -> &[u8] {
+        self.buf(d.id).get(d.range()).unwrap_or_default()
+    }
+    /// The data of `d`, writable.
+    #[inline]
+    fn data_mut(&mut self, d: &Desc) -> &mut [u8] {
+        self.buf_mut(d.id).get_mut(d.range()).unwrap_or_default()
+    }
+    /// Writes `bytes` (cut to what fits) as the data of frame `id` at the usual place.
+    fn write(&mut self, id: u32, bytes: &[u8]) -> Desc {
+        let n = bytes.len().min(self.capacity().saturating_sub(HEADROOM));
+        self.buf_mut(id)[HEADROOM..HEADROOM + n].copy_from_slice(&bytes[..n]);
+        Desc::new(id, n)
+    }
     /// Number of frames.
     fn frames(&self) -> u32;
 }

@@ -832,7 +832,7 @@ mod tests {
     const G: u64 = 1_000_000_000;
 
     fn frame(id: u32, len: u32) -> Desc {
-        Desc { id, len }
+        Desc::new(id, len as usize)
     }
 
     #[test]

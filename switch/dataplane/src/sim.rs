@@ -35,8 +35,7 @@ impl Sim {
     /// Queues `bytes` for reception on `port`; false when no frame is free.
     pub fn inject(&mut self, port: PortId, bytes: &[u8]) -> bool {
         let Some(id) = self.core.free.alloc() else { return false };
-        let n = bytes.len().min(self.core.mem.capacity());
-        let d = self.core.mem.write(id, &bytes[..n]);
+        let d = self.core.mem.write(id, bytes);
         match self.core.ports.get_mut(port.index()).and_then(Option::as_mut) {
             Some(p) => {
                 p.rx_queue.push_back(d);
@@ -72,7 +71,7 @@ impl Sim {
             return Vec::new();
         };
         let descs: Vec<Desc> = p.complete_tx().collect();
-        let out = descs.iter().map(|d| self.core.mem.data(*d).to_vec()).collect();
+        let out = descs.iter().map(|d| self.core.mem.data(d).to_vec()).collect();
         // return completed frames to the free list
         if let Some(p) = self.core.ports.get_mut(port.index()).and_then(Option::as_mut) {
             use crate::port::Port;

@@ -3,19 +3,20 @@
 //! it, copy mode otherwise (veth, tap), chosen automatically; need_wakeup always.
 #![allow(unsafe_code)]
 
-use crate::port::{BATCH, Desc, FrameMem, FreeList, KernelDrops, Port};
+use crate::port::{BATCH, Desc, FrameMem, FreeList, HEADROOM, KernelDrops, Port};
 use std::num::NonZeroU32;
 use std::ops::Range;
 use std::os::fd::{AsRawFd, FromRawFd, RawFd};
 use std::ptr::NonNull;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 use xsk_rs::config::{BindFlags, FrameSize, Interface, LibxdpFlags, QueueSize, SocketConfig, UmemConfig};
 use xsk_rs::{CompQueue, FillQueue, FrameDesc, RxQueue, Socket, TxQueue, Umem};
 
 /// UMEM chunk size: one page, room for jumbo-ish frames plus encapsulation.
 pub const FRAME_SIZE: u32 = 4096;
-/// Data bytes of a frame: the chunk less the kernel's XDP headroom (256 bytes).
-pub const FRAME_CAPACITY: usize = FRAME_SIZE as usize - 256;
+/// Data bytes of a received frame: the chunk less the kernel's XDP headroom (256 bytes).
+pub const FRAME_CAPACITY: usize = FRAME_SIZE as usize - HEADROOM;
 /// Descriptors per ring.
 pub const RING_SIZE: u32 = 2048;
 
@@ -31,8 +32,8 @@ pub struct UmemFrames {
 #[derive(Clone)]
 pub struct UmemHandle {
     umem: Umem,
+    /// The start of chunk 0.
     base: NonNull<u8>,
-    data_off: usize,
     frames: u32,
     canon: Arc<Vec<FrameDesc>>,
 }
@@ -61,6 +62,7 @@ impl UmemFrames {
             .build()
             .map_err(|e| anyhow::anyhow!("UMEM config: {e:?}"))?;
         let data_off = config.xdp_headroom() as usize + config.frame_headroom() as usize;
+        anyhow::ensure!(data_off == HEADROOM, "UMEM data offset {data_off}, not {HEADROOM}");
         let n = NonZeroU32::new(frames).ok_or_else(|| anyhow::anyhow!("UMEM needs frames"))?;
         let (umem, descs) = Umem::new(config, n, false).map_err(|e| anyhow::anyhow!("creating UMEM: {e}"))?;
         let mut d0 = descs[0];
@@ -75,51 +77,58 @@ impl UmemFrames {
         };
         // SAFETY: frame 0's data segment starts `data_off` bytes into the mapping.
         let base = NonNull::new(unsafe { p.sub(data_off) }).ok_or_else(|| anyhow::anyhow!("null UMEM"))?;
-        Ok(UmemFrames { h: UmemHandle { umem, base, data_off, frames, canon: Arc::new(descs) } })
+        Ok(UmemFrames { h: UmemHandle { umem, base, frames, canon: Arc::new(descs) } })
     }
 }
 
 impl UmemHandle {
-    fn data_ptr(&self, id: u32) -> *mut u8 {
+    fn chunk_ptr(&self, id: u32) -> *mut u8 {
         assert!(id < self.frames, "frame {id} outside the UMEM");
         // SAFETY: id < frames, so the offset is inside the mapping of frames * FRAME_SIZE bytes.
-        unsafe { self.base.as_ptr().add(id as usize * FRAME_SIZE as usize + self.data_off) }
+        unsafe { self.base.as_ptr().add(id as usize * FRAME_SIZE as usize) }
     }
 
-    /// Data capacity of a frame.
-    fn cap(&self) -> usize {
-        FRAME_SIZE as usize - self.data_off
-    }
-
-    /// Data capacity of every frame.
+    /// Data bytes a new frame holds (after the headroom).
     pub fn capacity(&self) -> usize {
-        self.cap()
+        FRAME_SIZE as usize - HEADROOM
     }
 
-    /// The start of frame `id`'s data area, for handing it to a system call.
-    pub fn frame_ptr(&self, id: u32) -> *mut u8 {
-        self.data_ptr(id)
+    /// Where the data of `d` starts, for handing it to a system call.
+    pub fn frame_ptr(&self, d: &Desc) -> *mut u8 {
+        // SAFETY: the offset is capped at the chunk's size, so it stays in the chunk.
+        unsafe { self.chunk_ptr(d.id).add(usize::from(d.off).min(FRAME_SIZE as usize)) }
     }
 
-    /// The first `len` bytes of frame `id`, owned as for [`UmemHandle::frame_mut`].
-    pub fn frame(&self, id: u32, len: usize) -> &[u8] {
-        // SAFETY: as in `frame_mut`; the length is capped at the frame's capacity.
-        unsafe { std::slice::from_raw_parts(self.data_ptr(id), len.min(self.cap())) }
+    /// The data of `d` (capped at its chunk), owned as for [`UmemHandle::frame_mut`].
+    pub fn frame(&self, d: &Desc) -> &[u8] {
+        let off = usize::from(d.off).min(FRAME_SIZE as usize);
+        let len = (d.len as usize).min(FRAME_SIZE as usize - off);
+        // SAFETY: as in `frame_mut`; the range is capped at the chunk.
+        unsafe { std::slice::from_raw_parts(self.chunk_ptr(d.id).add(off), len) }
     }
 
-    /// Frame `id`'s data area, writable. The caller owns the frame (took it from the free
-    /// list and has not handed it on).
+    /// The data of `d`, writable, owned as for [`UmemHandle::frame_mut`].
+    pub fn frame_data_mut(&mut self, d: &Desc) -> &mut [u8] {
+        let off = usize::from(d.off).min(FRAME_SIZE as usize);
+        let len = (d.len as usize).min(FRAME_SIZE as usize - off);
+        // SAFETY: as in `frame_mut`; the range is capped at the chunk.
+        unsafe { std::slice::from_raw_parts_mut(self.chunk_ptr(d.id).add(off), len) }
+    }
+
+    /// Frame `id`'s data area after the headroom, writable, for a new frame. The caller owns
+    /// the frame (took it from the free list and has not handed it on).
     pub fn frame_mut(&mut self, id: u32) -> &mut [u8] {
         // SAFETY: the frame is owned by the caller (see above), so neither the kernel nor any
-        // other reference touches it; the range is inside the mapping.
-        unsafe { std::slice::from_raw_parts_mut(self.data_ptr(id), self.cap()) }
+        // other reference touches it; the range is inside the chunk.
+        unsafe { std::slice::from_raw_parts_mut(self.chunk_ptr(id).add(HEADROOM), self.capacity()) }
     }
 
-    /// Copies `data` (at most a frame's capacity) to the start of frame `id`, owned as for
-    /// [`UmemHandle::frame_mut`].
-    pub fn write(&mut self, id: u32, data: &[u8]) {
-        let n = data.len().min(self.cap());
+    /// Copies `data` (at most [`UmemHandle::capacity`]) into frame `id` after the headroom,
+    /// owned as for [`UmemHandle::frame_mut`]; returns its descriptor.
+    pub fn write(&mut self, id: u32, data: &[u8]) -> Desc {
+        let n = data.len().min(self.capacity());
         self.frame_mut(id)[..n].copy_from_slice(&data[..n]);
+        Desc::new(id, n)
     }
 
     /// Binds an AF_XDP socket on `ifname` queue `queue` to this UMEM.
@@ -161,20 +170,21 @@ impl UmemHandle {
                     // A socket sharing a UMEM takes the UMEM's mode, whatever it asked for:
                     // report what the kernel did.
                     let mode = if zero_copy(rx.fd().as_raw_fd()) { XskMode::ZeroCopy } else { XskMode::Copy };
+                    let ring = TxRing::map(tx.fd().as_raw_fd(), RING_SIZE)
+                        .map_err(|e| anyhow::anyhow!("{ifname} queue {queue}: mapping the TX ring: {e}"))?;
                     let scratch = vec![self.canon[0]; RING_SIZE as usize];
                     return Ok(XskPort {
                         name: ifname.to_string(),
                         queue,
                         mode,
                         tx,
+                        ring,
                         rx,
                         fq,
                         cq,
-                        umem: self.umem.clone(),
+                        _umem: self.umem.clone(),
                         canon: Arc::clone(&self.canon),
                         scratch,
-                        base: self.base,
-                        data_off: self.data_off,
                         in_fill: 0,
                         fill_target: RING_SIZE / 4,
                         inflight: vec![0; (self.frames as usize).div_ceil(64)],
@@ -195,24 +205,29 @@ impl FrameMem for UmemFrames {
     fn buf(&self, id: u32) -> &[u8] {
         // SAFETY: frame `id` is owned by userspace (the core received it or took it from the
         // free list), so neither the kernel nor another reference writes it meanwhile.
-        unsafe { std::slice::from_raw_parts(self.h.data_ptr(id), self.h.cap()) }
+        unsafe { std::slice::from_raw_parts(self.h.chunk_ptr(id), FRAME_SIZE as usize) }
     }
 
     fn buf_mut(&mut self, id: u32) -> &mut [u8] {
         // SAFETY: as in `buf`, and `&mut self` excludes other userspace references.
-        unsafe { std::slice::from_raw_parts_mut(self.h.data_ptr(id), self.h.cap()) }
+        unsafe { std::slice::from_raw_parts_mut(self.h.chunk_ptr(id), FRAME_SIZE as usize) }
     }
 
     fn copy(&mut self, src: u32, r: Range<usize>, dst: u32, dst_off: usize) {
-        assert!(src != dst && r.end <= self.h.cap() && r.start <= r.end && dst_off + r.len() <= self.h.cap());
+        let size = FRAME_SIZE as usize;
+        assert!(src != dst && r.end <= size && r.start <= r.end && dst_off + r.len() <= size);
         // SAFETY: both frames are owned by userspace, distinct, and the ranges are in bounds.
         unsafe {
-            std::ptr::copy_nonoverlapping(self.h.data_ptr(src).add(r.start), self.h.data_ptr(dst).add(dst_off), r.len())
+            std::ptr::copy_nonoverlapping(
+                self.h.chunk_ptr(src).add(r.start),
+                self.h.chunk_ptr(dst).add(dst_off),
+                r.len(),
+            )
         }
     }
 
     fn capacity(&self) -> usize {
-        self.h.cap()
+        FRAME_SIZE as usize
     }
 
     fn frames(&self) -> u32 {
@@ -240,15 +255,16 @@ pub struct XskPort {
     pub queue: u32,
     /// How it is bound.
     pub mode: XskMode,
+    /// For the socket's wake-up and its need_wakeup flag only: frames go on `ring`.
     tx: TxQueue,
+    ring: TxRing,
     rx: RxQueue,
     fq: FillQueue,
     cq: CompQueue,
-    umem: Umem,
+    /// Keeps the UMEM alive as long as the socket.
+    _umem: Umem,
     canon: Arc<Vec<FrameDesc>>,
     scratch: Vec<FrameDesc>,
-    base: NonNull<u8>,
-    data_off: usize,
     in_fill: u32,
     fill_target: u32,
     /// Frames this socket's rings hold (fill and TX), one bit per frame, so they can be
@@ -310,19 +326,11 @@ impl Port for XskPort {
         // the core, which owns them from now on.
         let n = unsafe { self.rx.consume(&mut self.scratch[..want]) };
         for (slot, d) in out.iter_mut().zip(&self.scratch[..n]) {
+            // Copy mode puts the data HEADROOM bytes into the chunk; wherever the kernel put
+            // it, the descriptor says where, and the frame stays there.
             let (id, off) = Self::id_of(d.addr());
-            let len = d.lengths().data().min(FRAME_SIZE as usize - self.data_off);
-            if off != self.data_off {
-                // Copy mode may place data at another offset in the chunk: move it to the
-                // frame's data start so every frame looks the same to the pipeline.
-                // SAFETY: both ranges lie within chunk `id`, which we own now.
-                unsafe {
-                    let chunk = self.base.as_ptr().add(id as usize * FRAME_SIZE as usize);
-                    let len = len.min(FRAME_SIZE as usize - off);
-                    std::ptr::copy(chunk.add(off), chunk.add(self.data_off), len);
-                }
-            }
-            *slot = Desc { id, len: len as u32 };
+            let len = d.lengths().data().min(FRAME_SIZE as usize - off);
+            *slot = Desc { id, len: len as u32, off: off as u16 };
         }
         for d in out.iter().take(n) {
             let id = d.id;
@@ -333,16 +341,10 @@ impl Port for XskPort {
     }
 
     fn tx(&mut self, descs: &[Desc]) -> usize {
-        let room = self.tx.nb_free(descs.len() as u32) as usize;
-        let n = descs.len().min(room).min(self.scratch.len());
-        for (s, d) in self.scratch.iter_mut().zip(&descs[..n]) {
-            *s = self.canon[d.id as usize];
-            // SAFETY: frame d.id is ours until the completion ring returns it; setting the
-            // descriptor's length touches no frame memory.
-            unsafe { self.umem.data_mut(s).cursor().set_pos(d.len as usize) };
-        }
-        // SAFETY: the frames belong to this UMEM and are handed to the kernel until completed.
-        let sent = unsafe { self.tx.produce(&self.scratch[..n]) };
+        let n = descs.len().min(self.ring.free(descs.len() as u32) as usize);
+        let sent = self
+            .ring
+            .produce(descs[..n].iter().map(|d| (u64::from(d.id) * u64::from(FRAME_SIZE) + u64::from(d.off), d.len)));
         for d in &descs[..sent] {
             self.hold(d.id);
         }
@@ -353,7 +355,7 @@ impl Port for XskPort {
         // In copy mode each kick transmits at most 32 frames (the kernel's TX batch), so kick
         // until the ring is drained, a bounded number of times.
         for _ in 0..(RING_SIZE / 32) {
-            if !self.tx.needs_wakeup() || self.tx.nb_free_exact() >= RING_SIZE {
+            if !self.tx.needs_wakeup() || self.ring.free(RING_SIZE) >= RING_SIZE {
                 break;
             }
             let _ = self.tx.wakeup();
@@ -414,6 +416,121 @@ impl Port for XskPort {
         if self.fq.needs_wakeup() {
             let _ = self.fq.wakeup(self.rx.fd_mut(), 0);
         }
+    }
+}
+
+/// A socket's TX ring, mapped by us rather than through xsk-rs, whose descriptors always
+/// point at the start of a chunk's data segment: a frame encapsulated into its headroom or
+/// decapsulated where it lies starts elsewhere in its chunk, and the kernel takes any start
+/// in the chunk. The same producer protocol as libxdp's: reserve against a cached consumer,
+/// write the descriptors, publish the producer with release order.
+struct TxRing {
+    map: NonNull<u8>,
+    map_len: usize,
+    producer: NonNull<AtomicU32>,
+    consumer: NonNull<AtomicU32>,
+    descs: NonNull<libc::xdp_desc>,
+    size: u32,
+    cached_prod: u32,
+    /// The consumer plus the ring size: how far the producer may go.
+    cached_cons: u32,
+}
+
+impl TxRing {
+    /// Maps the TX ring of socket `fd`, which has `size` descriptors (a power of two).
+    fn map(fd: RawFd, size: u32) -> std::io::Result<TxRing> {
+        const SOL_XDP: libc::c_int = 283;
+        // SAFETY: xdp_mmap_offsets is plain integers, valid all zero.
+        let mut off: libc::xdp_mmap_offsets = unsafe { std::mem::zeroed() };
+        let mut optlen = std::mem::size_of::<libc::xdp_mmap_offsets>() as libc::socklen_t;
+        // SAFETY: `off` is a valid out-buffer of `optlen` bytes for the call.
+        let rc = unsafe { libc::getsockopt(fd, SOL_XDP, libc::XDP_MMAP_OFFSETS, (&raw mut off).cast(), &mut optlen) };
+        if rc != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        if optlen as usize != std::mem::size_of::<libc::xdp_mmap_offsets>() {
+            return Err(std::io::Error::other("the kernel's ring offsets have another layout"));
+        }
+        let map_len = off.tx.desc as usize + size as usize * std::mem::size_of::<libc::xdp_desc>();
+        // SAFETY: maps the socket's TX ring (created with `size` descriptors) shared, as the
+        // kernel's AF_XDP interface documents; the result is checked.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                map_len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED | libc::MAP_POPULATE,
+                fd,
+                libc::XDP_PGOFF_TX_RING,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error());
+        }
+        let map = NonNull::new(p.cast::<u8>()).ok_or_else(|| std::io::Error::other("null TX ring"))?;
+        // SAFETY: the offsets the kernel gave lie inside the mapping, suitably aligned.
+        let at = |o: u64| unsafe { NonNull::new_unchecked(map.as_ptr().add(o as usize)) };
+        let (producer, consumer) = (at(off.tx.producer).cast::<AtomicU32>(), at(off.tx.consumer).cast::<AtomicU32>());
+        let mut r = TxRing {
+            map,
+            map_len,
+            producer,
+            consumer,
+            descs: at(off.tx.desc).cast(),
+            size,
+            cached_prod: 0,
+            cached_cons: 0,
+        };
+        r.cached_prod = r.producer().load(Ordering::Relaxed);
+        r.cached_cons = r.consumer().load(Ordering::Acquire).wrapping_add(size);
+        Ok(r)
+    }
+
+    fn producer(&self) -> &AtomicU32 {
+        // SAFETY: the producer index lives in the mapping as long as `self`.
+        unsafe { self.producer.as_ref() }
+    }
+
+    fn consumer(&self) -> &AtomicU32 {
+        // SAFETY: as for the producer.
+        unsafe { self.consumer.as_ref() }
+    }
+
+    /// Free descriptors, looking at the kernel's consumer only when the cache shows fewer
+    /// than `want`.
+    fn free(&mut self, want: u32) -> u32 {
+        let free = self.cached_cons.wrapping_sub(self.cached_prod);
+        if free >= want {
+            return free;
+        }
+        self.cached_cons = self.consumer().load(Ordering::Acquire).wrapping_add(self.size);
+        self.cached_cons.wrapping_sub(self.cached_prod)
+    }
+
+    /// Queues frames given as (UMEM address, length) while there is room, and publishes
+    /// them; returns how many.
+    fn produce(&mut self, frames: impl Iterator<Item = (u64, u32)>) -> usize {
+        let mut n = 0u32;
+        let room = self.free(1);
+        for (addr, len) in frames.take(room as usize) {
+            let i = (self.cached_prod.wrapping_add(n) & (self.size - 1)) as usize;
+            // SAFETY: i < size, so the slot is inside the descriptor array of the mapping;
+            // slots between the producer and the consumer plus size belong to us.
+            unsafe { self.descs.as_ptr().add(i).write(libc::xdp_desc { addr, len, options: 0 }) };
+            n += 1;
+        }
+        if n > 0 {
+            self.cached_prod = self.cached_prod.wrapping_add(n);
+            self.producer().store(self.cached_prod, Ordering::Release);
+        }
+        n as usize
+    }
+}
+
+impl Drop for TxRing {
+    fn drop(&mut self) {
+        // SAFETY: unmaps exactly what `map` mapped; nothing refers to it after this.
+        unsafe { libc::munmap(self.map.as_ptr().cast(), self.map_len) };
     }
 }
 

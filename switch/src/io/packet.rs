@@ -209,8 +209,7 @@ impl PacketPort {
                         self.tally.too_big += 1;
                     } else if let Some(id) = self.pool.pop() {
                         self.tally.csum_completed += u64::from(hdr.flags & offload::F_NEEDS_CSUM != 0);
-                        self.umem.write(id, frame);
-                        out[k] = Desc { id, len: frame.len() as u32 };
+                        out[k] = self.umem.write(id, frame);
                         k += 1;
                     } else {
                         self.tally.no_buffer += 1;
@@ -233,7 +232,7 @@ impl PacketPort {
                             continue;
                         };
                         let n = plan.segment(frame, seg, self.umem.frame_mut(id));
-                        out[k] = Desc { id, len: n as u32 };
+                        out[k] = Desc::new(id, n);
                         (k, seg) = (k + 1, seg + 1);
                         self.tally.tso_segments += 1;
                     }
@@ -253,11 +252,11 @@ impl PacketPort {
     /// How many frames from the start of `descs` form one coalescable TCP run (1: none).
     /// Also says whether the first frame is a TCP segment whose checksums were verified.
     fn run_at(&self, descs: &[Desc]) -> (usize, bool) {
-        let first = self.umem.frame(descs[0].id, descs[0].len as usize);
+        let first = self.umem.frame(&descs[0]);
         let Some(f) = offload::tcp4_segment(first) else { return (1, false) };
         let (mut prev, mut total, mut n) = (f, first.len(), 1);
         for d in &descs[1..] {
-            let next = self.umem.frame(d.id, d.len as usize);
+            let next = self.umem.frame(d);
             let Some(s) = offload::tcp4_segment(next) else { break };
             if total + s.payload > GRO_SLOT - 128 || !offload::continues(first, &f, &prev, next, &s) {
                 break;
@@ -274,7 +273,7 @@ impl PacketPort {
     fn build_super(&mut self, run: &[Desc], slot: usize) -> Option<usize> {
         let mut views: [&[u8]; TX_MSGS] = [&[]; TX_MSGS];
         for (v, d) in views.iter_mut().zip(run) {
-            *v = self.umem.frame(d.id, d.len as usize);
+            *v = self.umem.frame(d);
         }
         let first = offload::tcp4_segment(views[0])?;
         let out = &mut self.gro_bufs[slot * GRO_SLOT..(slot + 1) * GRO_SLOT];
@@ -348,15 +347,14 @@ impl Port for PacketPort {
                         // partial, which the guest takes as verified (as the kernel's path
                         // hands it over: the guest need not checksum it again).
                         let hdr = if verified {
-                            self.tx_vhdrs[msgs] =
-                                offload::mark_verified(&mut self.umem.frame_mut(d.id)[..d.len as usize]).emit();
+                            self.tx_vhdrs[msgs] = offload::mark_verified(self.umem.frame_data_mut(&d)).emit();
                             self.tx_vhdrs[msgs].as_mut_ptr()
                         } else {
                             ZERO_HDR.as_ptr() as *mut u8
                         };
                         [
                             libc::iovec { iov_base: hdr.cast(), iov_len: VNET_HDR_LEN },
-                            libc::iovec { iov_base: self.umem.frame_ptr(d.id).cast(), iov_len: d.len as usize },
+                            libc::iovec { iov_base: self.umem.frame_ptr(&d).cast(), iov_len: d.len as usize },
                         ]
                     }
                 };

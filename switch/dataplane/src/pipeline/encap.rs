@@ -8,6 +8,7 @@ use crate::wire::{
     UDP_HEADER_LEN, UdpPacket, VXLAN_PORT, VXLAN_V4_OVERHEAD, vxlan,
 };
 use std::net::Ipv4Addr;
+use std::ops::Range;
 
 const IP: usize = ETHERNET_HEADER_LEN;
 const UDP: usize = IP + IPV4_HEADER_LEN;
@@ -64,26 +65,32 @@ impl EncapTemplate {
         out[VX + 4..VX + 7].copy_from_slice(&vni.to_be_bytes()[1..]);
     }
 
-    /// Encapsulates in place: the inner frame at `buf[..len]` moves back by 50 bytes and the
-    /// outer headers are written in front. Returns the new length, or `None` when `buf` has
-    /// no room.
+    /// Encapsulates the inner frame at `buf[inner]`: the outer headers go into the 50 bytes
+    /// before it, so the frame does not move (it moves back only where the headroom is short).
+    /// Returns where the encapsulated frame is, or `None` when `buf` has no room.
     #[inline]
     pub fn encapsulate(
         &self,
         buf: &mut [u8],
-        len: usize,
+        inner: Range<usize>,
         dst_mac: MacAddr,
         dst_ip: Ipv4Addr,
         vni: u32,
         src_port: u16,
-    ) -> Option<usize> {
-        let total = len + VXLAN_V4_OVERHEAD;
-        if total > buf.len() {
-            return None;
-        }
-        buf.copy_within(..len, VXLAN_V4_OVERHEAD);
-        self.write(buf, dst_mac, dst_ip, vni, src_port, len);
-        Some(total)
+    ) -> Option<Range<usize>> {
+        let len = inner.len();
+        let start = match inner.start.checked_sub(VXLAN_V4_OVERHEAD) {
+            Some(s) if inner.end <= buf.len() => s,
+            _ => {
+                if inner.end > buf.len() || len + VXLAN_V4_OVERHEAD > buf.len() {
+                    return None;
+                }
+                buf.copy_within(inner, VXLAN_V4_OVERHEAD);
+                0
+            }
+        };
+        self.write(&mut buf[start..], dst_mac, dst_ip, vni, src_port, len);
+        Some(start..start + VXLAN_V4_OVERHEAD + len)
     }
 }
 
@@ -170,11 +177,13 @@ pub fn parse_outer(frame: &[u8], vtep_ip: Ipv4Addr) -> Result<Underlayer, DropRe
     Ok(Underlayer::Vxlan(Outer { src_ip: ip.src_addr(), vni: repr.vni, inner_off, inner_len }))
 }
 
-/// Decapsulates in place: moves the inner frame to the start of `buf`; returns its length.
-#[inline]
-pub fn decapsulate(buf: &mut [u8], outer: &Outer) -> usize {
-    buf.copy_within(outer.inner_off..outer.inner_off + outer.inner_len, 0);
-    outer.inner_len
+impl Outer {
+    /// Where the inner frame is in the parsed frame: decapsulation is taking that range, the
+    /// frame does not move.
+    #[inline]
+    pub fn inner(&self) -> Range<usize> {
+        self.inner_off..self.inner_off + self.inner_len
+    }
 }
 
 /// UDP source port for an inner frame: a hash of its flow (MACs, and for IPv4 the addresses,
@@ -228,10 +237,11 @@ mod tests {
         let t = EncapTemplate::new(&underlay());
         let mut buf = [0u8; 128];
         buf[..16].copy_from_slice(&INNER);
-        let n = t
-            .encapsulate(&mut buf, 16, MacAddr([2, 0, 0, 0, 0xff, 2]), Ipv4Addr::new(192, 168, 77, 2), 100, 0xc123)
+        // No headroom: the inner frame moves back to make room.
+        let r = t
+            .encapsulate(&mut buf, 0..16, MacAddr([2, 0, 0, 0, 0xff, 2]), Ipv4Addr::new(192, 168, 77, 2), 100, 0xc123)
             .unwrap();
-        assert_eq!(n, 66);
+        assert_eq!(r, 0..66);
         #[rustfmt::skip]
         let expect: [u8; 50] = [
             2, 0, 0, 0, 0xff, 2,  2, 0, 0, 0, 0xff, 1,  0x08, 0x00,
@@ -248,6 +258,24 @@ mod tests {
         let ip = Ipv4Packet::new_checked(&buf[14..66]).unwrap();
         assert!(ip.verify_checksum());
         assert_eq!(wire::checksum(&buf[14..34]), 0);
+
+        // With headroom the outer headers go in front and the inner frame stays put: the same
+        // bytes, 60 bytes on.
+        let mut room = [0u8; 188];
+        room[110..126].copy_from_slice(&INNER);
+        let r = t
+            .encapsulate(
+                &mut room,
+                110..126,
+                MacAddr([2, 0, 0, 0, 0xff, 2]),
+                Ipv4Addr::new(192, 168, 77, 2),
+                100,
+                0xc123,
+            )
+            .unwrap();
+        assert_eq!(r, 60..126);
+        assert_eq!(&room[60..126], &buf[..66]);
+        assert!(room[..60].iter().all(|&b| b == 0), "nothing written before the outer headers");
     }
 
     #[test]
@@ -256,11 +284,10 @@ mod tests {
         let mut buf = [0u8; 128];
         buf[..16].copy_from_slice(&INNER);
         // Encapsulated *to* 192.168.77.1 so that it parses as for us.
-        let n = t.encapsulate(&mut buf, 16, MacAddr([2; 6]), Ipv4Addr::new(192, 168, 77, 1), 4242, 50000).unwrap();
-        let Ok(Underlayer::Vxlan(o)) = parse_outer(&buf[..n], Ipv4Addr::new(192, 168, 77, 1)) else { panic!() };
+        let r = t.encapsulate(&mut buf, 0..16, MacAddr([2; 6]), Ipv4Addr::new(192, 168, 77, 1), 4242, 50000).unwrap();
+        let Ok(Underlayer::Vxlan(o)) = parse_outer(&buf[r], Ipv4Addr::new(192, 168, 77, 1)) else { panic!() };
         assert_eq!((o.vni, o.src_ip, o.inner_off, o.inner_len), (4242, Ipv4Addr::new(192, 168, 77, 1), 50, 16));
-        assert_eq!(decapsulate(&mut buf, &o), 16);
-        assert_eq!(&buf[..16], &INNER);
+        assert_eq!(&buf[o.inner()], &INNER);
     }
 
     #[test]
@@ -270,7 +297,7 @@ mod tests {
         let mk = || {
             let mut buf = [0u8; 128];
             buf[..16].copy_from_slice(&INNER);
-            t.encapsulate(&mut buf, 16, MacAddr([2; 6]), me, 7, 50000).unwrap();
+            t.encapsulate(&mut buf, 0..16, MacAddr([2; 6]), me, 7, 50000).unwrap();
             buf
         };
         assert_eq!(parse_outer(&mk()[..13], me), Err(DropReason::MalformedEthernet));

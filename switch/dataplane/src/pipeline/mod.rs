@@ -16,7 +16,7 @@ pub use encap::{EncapTemplate, Outer, Underlayer};
 use crate::bucket::TokenBucket;
 use crate::fdb::{Fdb, Learn, Origin};
 use crate::neigh::Neighbors;
-use crate::port::{BATCH, Desc, FrameMem, FreeList, TxStage};
+use crate::port::{BATCH, Desc, FrameMem, FreeList, HEADROOM, TxStage};
 use crate::stats::{Events, Stats};
 use crate::tables::{FdbDest, Port, PortKind, Tables, UPLINK};
 use crate::types::{PortId, TenantId};
@@ -284,8 +284,6 @@ impl Pipeline {
             let mut neigh = NeighView::Resolving(&mut self.neigh, None);
             let mut memo = Memo::default();
             for d in rx.iter().take(BATCH) {
-                let buf = mem.buf_mut(d.id);
-                let len = (d.len as usize).min(buf.len());
                 let a = classify(
                     &mut memo,
                     t,
@@ -294,7 +292,7 @@ impl Pipeline {
                     &mut neigh,
                     &mut self.stats.events,
                     ingress,
-                    &mut buf[..len],
+                    mem.data_mut(d),
                     now,
                 );
                 self.actions.push(a);
@@ -332,16 +330,15 @@ impl Pipeline {
                 Action::Drop(r) => out.drop(d.id, r),
                 Action::Forward(p) => out.send(p, *d),
                 Action::Encap { dst_mac, dst_ip, vni, src_port } => {
-                    let buf = mem.buf_mut(d.id);
-                    match self.tmpl.encapsulate(buf, d.len as usize, dst_mac, dst_ip, vni, src_port) {
-                        Some(len) => out.send(UPLINK, Desc { id: d.id, len: len as u32 }),
+                    match self.tmpl.encapsulate(mem.buf_mut(d.id), d.range(), dst_mac, dst_ip, vni, src_port) {
+                        Some(r) => out.send(UPLINK, Desc { id: d.id, len: r.len() as u32, off: r.start as u16 }),
                         None => out.drop(d.id, DropReason::MtuExceeded),
                     }
                 }
                 Action::Decap { port, inner_off, inner_len } => {
-                    let (off, len) = (usize::from(inner_off), usize::from(inner_len));
-                    mem.buf_mut(d.id).copy_within(off..off + len, 0);
-                    out.send(port, Desc { id: d.id, len: len as u32 });
+                    // The inner frame stays where it is: only the descriptor skips the outer
+                    // headers.
+                    out.send(port, Desc { id: d.id, len: u32::from(inner_len), off: d.off + inner_off });
                 }
                 Action::Flood { tenant, exclude, inner_off, inner_len, remote } => {
                     out.stats.events.flooded += 1;
@@ -362,10 +359,11 @@ impl Pipeline {
                 }
                 Action::TooBig { mtu } => {
                     count_drop(out.stats, ingress, tenant, DropReason::MtuExceeded);
-                    match icmp::too_big(mem.buf_mut(d.id), d.len as usize, mtu) {
+                    let buf = mem.buf_mut(d.id).get_mut(usize::from(d.off)..).unwrap_or_default();
+                    match icmp::too_big(buf, d.len as usize, mtu) {
                         Some(len) => {
                             out.stats.events.icmp_too_big += 1;
-                            out.send(ingress, Desc { id: d.id, len: len as u32 });
+                            out.send(ingress, Desc { len: len as u32, ..*d });
                         }
                         None => out.free.free(d.id),
                     }
@@ -779,7 +777,7 @@ fn flood<M: FrameMem + ?Sized>(
     let Some(tn) = t.tenant(tenant) else {
         return out.drop(d.id, DropReason::NoTenantPorts);
     };
-    let (off, len) = (usize::from(inner_off), usize::from(inner_len));
+    let (off, len) = (usize::from(d.off) + usize::from(inner_off), usize::from(inner_len));
     let src = off..off + len;
     let mut sent = 0usize;
     for &p in tn.ports.iter().filter(|&&p| p != exclude) {
@@ -787,12 +785,12 @@ fn flood<M: FrameMem + ?Sized>(
             count_drop(out.stats, out.ingress, out.tenant, DropReason::NoBuffer);
             continue;
         };
-        mem.copy(d.id, src.clone(), id, 0);
-        out.send(p, Desc { id, len: len as u32 });
+        mem.copy(d.id, src.clone(), id, HEADROOM);
+        out.send(p, Desc::new(id, len));
         sent += 1;
     }
     if remote && !tn.vteps.is_empty() {
-        if len > tmpl.max_inner || len + VXLAN_V4_OVERHEAD > mem.capacity() {
+        if len > tmpl.max_inner || HEADROOM + len + VXLAN_V4_OVERHEAD > mem.capacity() {
             count_drop(out.stats, out.ingress, out.tenant, DropReason::MtuExceeded);
         } else {
             let src_port = encap::flow_src_port(&mem.buf(d.id)[src.clone()]);
@@ -805,9 +803,9 @@ fn flood<M: FrameMem + ?Sized>(
                     count_drop(out.stats, out.ingress, out.tenant, DropReason::NoBuffer);
                     continue;
                 };
-                mem.copy(d.id, src.clone(), id, VXLAN_V4_OVERHEAD);
-                tmpl.write(mem.buf_mut(id), dst_mac, vtep, tn.vni.get(), src_port, len);
-                out.send(UPLINK, Desc { id, len: (len + VXLAN_V4_OVERHEAD) as u32 });
+                mem.copy(d.id, src.clone(), id, HEADROOM + VXLAN_V4_OVERHEAD);
+                tmpl.write(&mut mem.buf_mut(id)[HEADROOM..], dst_mac, vtep, tn.vni.get(), src_port, len);
+                out.send(UPLINK, Desc::new(id, len + VXLAN_V4_OVERHEAD));
                 sent += 1;
             }
         }
