@@ -1,5 +1,6 @@
 //! Pipeline cost per packet on one core, in memory: local switching, encapsulation,
-//! decapsulation and flooding to 8 VTEPs, each with 1 and with 1,000,000 FDB entries; and
+//! decapsulation (of minimum-size and of 1,400-byte frames) and flooding to 8 VTEPs, each
+//! with 1 and with 1,000,000 FDB entries; and
 //! local switching from a policed port (a policer that passes everything: the bucket's cost).
 //!
 //! The `capture` group is what a packet capture costs the core: local switching of 64- and
@@ -152,21 +153,29 @@ fn bench(c: &mut Criterion) {
                 u32::MAX,
             );
         }
-        let encap: Vec<Vec<u8>> = (0..BATCH)
-            .map(|i| frames::udp4_min(vm1, remote_mac(pick(i, entries)), ip1, Ipv4Addr::new(10, 0, 1, i as u8)))
-            .collect();
-        g.bench_function(BenchmarkId::new("encap", entries), |b| b.iter(|| run(&mut s, PortId(1), &encap)));
-
-        // decap: inner sources are known remote MACs (refresh), destination a local VM
+        // `size`-byte frames (Ethernet header included, no FCS)
+        let udp = |src, dst, s, d, size: usize| frames::udp4(src, dst, s, d, 1000, 2000, &vec![0u8; size - 42]);
         let u = s.core.pipeline.tables().underlay.clone();
-        let decap: Vec<Vec<u8>> = (0..BATCH)
-            .map(|i| {
-                let m = remote_mac(pick(i, entries));
-                let inner = frames::udp4_min(m, vm1, Ipv4Addr::new(10, 0, 1, i as u8), ip1);
-                frames::vxlan4(&u, MacAddr([2, 0, 0, 0, 0xee, 0]), Ipv4Addr::new(192, 168, 77, 2), 100, &inner)
-            })
-            .collect();
-        g.bench_function(BenchmarkId::new("decap", entries), |b| b.iter(|| run(&mut s, UPLINK, &decap)));
+        for (name, size) in [("", 60), ("_1400", 1400)] {
+            let encap: Vec<Vec<u8>> = (0..BATCH)
+                .map(|i| udp(vm1, remote_mac(pick(i, entries)), ip1, Ipv4Addr::new(10, 0, 1, i as u8), size))
+                .collect();
+            let id = BenchmarkId::new(format!("encap{name}"), entries);
+            g.bench_function(id, |b| b.iter(|| run(&mut s, PortId(1), &encap)));
+
+            // decap: inner sources are known remote MACs (refresh), destination a local VM
+            let decap: Vec<Vec<u8>> = (0..BATCH)
+                .map(|i| {
+                    let m = remote_mac(pick(i, entries));
+                    let inner = udp(m, vm1, Ipv4Addr::new(10, 0, 1, i as u8), ip1, size);
+                    frames::vxlan4(&u, MacAddr([2, 0, 0, 0, 0xee, 0]), Ipv4Addr::new(192, 168, 77, 2), 100, &inner)
+                })
+                .collect();
+            let id = BenchmarkId::new(format!("decap{name}"), entries);
+            g.bench_function(id, |b| b.iter(|| run(&mut s, UPLINK, &decap)));
+            let st = &s.core.pipeline.stats;
+            assert_eq!(st.ports[0].dropped() + st.ports[1].dropped(), 0, "{size}-byte frames: nothing dropped");
+        }
 
         let mut s8 = switch(entries, 8);
         let bcast: Vec<Vec<u8>> =
