@@ -55,12 +55,6 @@ pub struct Core<P: Port, M: FrameMem> {
 
 pub use xvs_proto::reply::StageCycles;
 
-/// The data of frame `d`.
-#[inline]
-fn frame<'a, M: FrameMem>(mem: &'a M, d: &Desc) -> &'a [u8] {
-    mem.data(d)
-}
-
 fn no_cycles() -> u64 {
     0
 }
@@ -262,7 +256,7 @@ impl<P: Port, M: FrameMem> Core<P, M> {
             if tapped {
                 for tap in self.taps.iter_mut().filter(|t| t.port == id) {
                     for (k, d) in self.rx[..n].iter().enumerate() {
-                        tap.copy(k, Dir::In, frame(&self.mem, d), now);
+                        tap.copy(k, Dir::In, self.mem.data(d), now);
                     }
                 }
             }
@@ -355,7 +349,7 @@ impl<P: Port, M: FrameMem> Core<P, M> {
             if tapped {
                 for tap in self.taps.iter_mut().filter(|t| t.port == id) {
                     for (k, d) in staged.iter().enumerate() {
-                        tap.copy(k, Dir::Out, frame(&self.mem, d), now);
+                        tap.copy(k, Dir::Out, self.mem.data(d), now);
                     }
                 }
             }

@@ -93,24 +93,28 @@ impl UmemHandle {
         FRAME_SIZE as usize - HEADROOM
     }
 
+    /// Where the data of `d` is in its chunk, capped at the chunk: (start, length).
+    fn span(d: &Desc) -> (usize, usize) {
+        let off = usize::from(d.off).min(FRAME_SIZE as usize);
+        (off, (d.len as usize).min(FRAME_SIZE as usize - off))
+    }
+
     /// Where the data of `d` starts, for handing it to a system call.
     pub fn frame_ptr(&self, d: &Desc) -> *mut u8 {
         // SAFETY: the offset is capped at the chunk's size, so it stays in the chunk.
-        unsafe { self.chunk_ptr(d.id).add(usize::from(d.off).min(FRAME_SIZE as usize)) }
+        unsafe { self.chunk_ptr(d.id).add(Self::span(d).0) }
     }
 
     /// The data of `d` (capped at its chunk), owned as for [`UmemHandle::frame_mut`].
     pub fn frame(&self, d: &Desc) -> &[u8] {
-        let off = usize::from(d.off).min(FRAME_SIZE as usize);
-        let len = (d.len as usize).min(FRAME_SIZE as usize - off);
+        let (off, len) = Self::span(d);
         // SAFETY: as in `frame_mut`; the range is capped at the chunk.
         unsafe { std::slice::from_raw_parts(self.chunk_ptr(d.id).add(off), len) }
     }
 
     /// The data of `d`, writable, owned as for [`UmemHandle::frame_mut`].
     pub fn frame_data_mut(&mut self, d: &Desc) -> &mut [u8] {
-        let off = usize::from(d.off).min(FRAME_SIZE as usize);
-        let len = (d.len as usize).min(FRAME_SIZE as usize - off);
+        let (off, len) = Self::span(d);
         // SAFETY: as in `frame_mut`; the range is capped at the chunk.
         unsafe { std::slice::from_raw_parts_mut(self.chunk_ptr(d.id).add(off), len) }
     }
@@ -341,10 +345,9 @@ impl Port for XskPort {
     }
 
     fn tx(&mut self, descs: &[Desc]) -> usize {
-        let n = descs.len().min(self.ring.free(descs.len() as u32) as usize);
         let sent = self
             .ring
-            .produce(descs[..n].iter().map(|d| (u64::from(d.id) * u64::from(FRAME_SIZE) + u64::from(d.off), d.len)));
+            .produce(descs.iter().map(|d| (u64::from(d.id) * u64::from(FRAME_SIZE) + u64::from(d.off), d.len)));
         for d in &descs[..sent] {
             self.hold(d.id);
         }
@@ -508,10 +511,10 @@ impl TxRing {
     }
 
     /// Queues frames given as (UMEM address, length) while there is room, and publishes
-    /// them; returns how many.
-    fn produce(&mut self, frames: impl Iterator<Item = (u64, u32)>) -> usize {
+    /// them; returns how many (the first ones).
+    fn produce(&mut self, frames: impl ExactSizeIterator<Item = (u64, u32)>) -> usize {
         let mut n = 0u32;
-        let room = self.free(1);
+        let room = self.free(frames.len() as u32);
         for (addr, len) in frames.take(room as usize) {
             let i = (self.cached_prod.wrapping_add(n) & (self.size - 1)) as usize;
             // SAFETY: i < size, so the slot is inside the descriptor array of the mapping;

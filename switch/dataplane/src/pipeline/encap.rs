@@ -79,15 +79,16 @@ impl EncapTemplate {
         src_port: u16,
     ) -> Option<Range<usize>> {
         let len = inner.len();
+        if inner.end > buf.len() {
+            return None;
+        }
         let start = match inner.start.checked_sub(VXLAN_V4_OVERHEAD) {
-            Some(s) if inner.end <= buf.len() => s,
-            _ => {
-                if inner.end > buf.len() || len + VXLAN_V4_OVERHEAD > buf.len() {
-                    return None;
-                }
+            Some(s) => s,
+            None if len + VXLAN_V4_OVERHEAD <= buf.len() => {
                 buf.copy_within(inner, VXLAN_V4_OVERHEAD);
                 0
             }
+            None => return None,
         };
         self.write(&mut buf[start..], dst_mac, dst_ip, vni, src_port, len);
         Some(start..start + VXLAN_V4_OVERHEAD + len)
