@@ -18,7 +18,7 @@ use xvs_systests::etcd::Etcd;
 fn config(bed: &Bed, etcd: &Etcd, h: u8) -> String {
     format!(
         "[uplink]\ninterface = \"{p}-u{h}\"\nvtep_ip = \"192.168.77.{h}/24\"\n\n[daemon]\ncores = [1]\n\n\
-         [store]\nurl = \"{url}\"\nhost = \"h{h}\"\nlease_secs = 5\n",
+         [store]\nurl = \"{url}\"\nhost = \"h{h}\"\nlease_secs = 8\n",
         p = bed.p,
         url = etcd.url()
     )
@@ -201,16 +201,23 @@ fn three_hosts_share_one_desired_state_in_etcd() {
     cut("add");
     let t_cut = Instant::now();
     move_vm1(&bed, &etcd, "h1", "p1", 2, "p7");
-    until("host 2 has vm1's new port", Duration::from_secs(5), || {
+    // Attached: its sockets are bound, so frames flow (the bind may retry for up to a second).
+    until("host 2 has vm1's new port attached", Duration::from_secs(5), || {
         let ports: Value = bed.ctl_json(2, &["port", "list"]);
-        (ports.to_string().contains(&format!("{p}-p7")), ports)
+        let state = ports
+            .as_array()
+            .and_then(|a| a.iter().find(|x| x["name"] == format!("{p}-p7")))
+            .map(|x| x["state"].clone());
+        (state.as_ref().and_then(|s| s.as_str()) == Some("attached"), ports)
     });
     let before = static_dest(&bed, 3, "blue", "02:00:00:00:00:01");
     assert_eq!(before.as_deref(), Some("vtep 192.168.77.1"), "host 3 has not heard from the store");
-    bed.ok("vm1", 10, "ping -c 2 -i 0.2 -W 1 10.0.0.3");
+    // vm1's eth0 is new, so its first frame is an ARP request: ping until one answer, bounded
+    // by a deadline that keeps the cut inside host 3's lease.
+    bed.ok("vm1", 10, "ping -c 1 -i 0.2 -w 4 -W 1 10.0.0.3");
     let after = static_dest(&bed, 3, "blue", "02:00:00:00:00:01");
     assert_eq!(after.as_deref(), Some("vtep 192.168.77.2"), "vm1's first frames from host 2 moved host 3's entry");
-    assert!(t_cut.elapsed() < Duration::from_secs(4), "the cut outlasted host 3's lease; the test needs a longer one");
+    assert!(t_cut.elapsed() < Duration::from_secs(7), "the cut outlasted host 3's lease; the test needs a longer one");
     cut("del");
     bed.ok("vm5", 20, "ping -c 2 -i 0.2 -W 2 10.0.0.1");
 
