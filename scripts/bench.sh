@@ -1,15 +1,21 @@
 #!/usr/bin/env bash
 # The performance harness: xvs, the Linux kernel's bridge+vxlan, Open vSwitch (userspace
-# datapath, AF_XDP ports) and a plain in-kernel XDP forwarder on the same two-host veth
+# datapath with AF_XDP ports, and with DPDK), and the testbed's limits (an in-kernel XDP
+# forwarder and DPDK testpmd, neither switching nor encapsulating) on the same two-host veth
 # testbed, in one run.
 #
 #   usage: scripts/bench.sh [--smoke] [--repeats N] [--secs S] [--out DIR] [SWITCH...]
-#          SWITCH: xvs xvs-core kernel ovs xdpfwd (default: all)
+#          SWITCH: xvs xvs-core kernel ovs ovs-dpdk xdpfwd testpmd testpmd-hosts (default: all)
 #            xvs       the remote VMs as static entries (as the etcd store gives them), so
 #                      known unicast takes the XDP fast path
 #            xvs-core  the same with `xdp_fast_path = false`: every frame through the cores
+#            ovs-dpdk  Open vSwitch's DPDK build, every port a DPDK net_af_xdp device, VXLAN
 #            xdpfwd    XDP redirect p1->u1, u2->p2 (no switching, no encapsulation): the limit
 #                      of forwarding in XDP on these ports
+#            testpmd   dpdk-testpmd io forwarding p1<->u1, u2<->p2 in one process owning all
+#                      four ports (AF_XDP copy mode; no switching, no encapsulation): the limit
+#                      of forwarding through AF_XDP on these ports
+#            testpmd-hosts  the same with one testpmd per host, placed as the two xvsd are
 #
 # For each switch, repeated N times (default 3; medians reported):
 #   - 64-byte frames VM to VM across VXLAN with xvs-trafgen (AF_XDP sender in vm1, AF_XDP sink
@@ -18,6 +24,7 @@
 #   - TCP VM to VM with iperf3 (one stream, VM offloads off as a userspace switch needs);
 #   - round-trip latency (frames reflected by the sink) at 1,000 pps and at 50 % of the peak;
 #   - CPU: the switch's processes and CPU1 (where every switch runs) idle and under load.
+# The sweep records the whole machine's CPU at every offered rate (the CPU-against-load plot).
 # Then the generator's own ceiling (a bare veth pair) and xvs with 1 and 2 forwarding cores.
 # Placement as in shared/PEERS.md: generator and sink on CPU0, the switch on CPU1.
 # Writes DIR/runs.jsonl (every measurement) and, with xvs-report, DIR/report.md and SVG plots.
@@ -37,9 +44,10 @@ while [ $# -gt 0 ]; do
     *) break ;;
   esac
 done
-SWITCHES=${*:-xvs xvs-core kernel ovs xdpfwd}
+ALL="xvs xvs-core kernel ovs ovs-dpdk xdpfwd testpmd testpmd-hosts"
+SWITCHES=${*:-$ALL}
 for sw in $SWITCHES; do
-  case $sw in xvs|xvs-core|kernel|ovs|xdpfwd) ;; *) echo "bench: unknown switch $sw (xvs, xvs-core, kernel, ovs, xdpfwd)" >&2; exit 2 ;; esac
+  case " $ALL " in *" $sw "*) ;; *) echo "bench: unknown switch $sw ($ALL)" >&2; exit 2 ;; esac
 done
 [ "$(id -u)" = 0 ] || { echo "bench: needs root (network namespaces, XDP)" >&2; exit 1; }
 ./scripts/setup.sh >/dev/null
@@ -78,8 +86,8 @@ proc_jiffies() { local t=0; for p in "$@"; do t=$((t + $(awk '{print $14+$15}' "
 switch_pids() {
   case $SW in
     xvs|xvs-core) echo "${XPIDS[*]}" ;;
-    xdpfwd) echo "${FPIDS[*]}" ;;
-    ovs) cat /tmp/xvs-ovs-$P/h*/ovs-vswitchd.pid /tmp/xvs-ovs-$P/h*/ovsdb-server.pid 2>/dev/null | tr '\n' ' ' ;;
+    xdpfwd|testpmd*) echo "${FPIDS[*]}" ;;
+    ovs*) cat /tmp/xvs-ovs-$P/h*/ovs-vswitchd.pid /tmp/xvs-ovs-$P/h*/ovsdb-server.pid 2>/dev/null | tr '\n' ' ' ;;
     kernel) echo "" ;;
   esac
 }
@@ -152,15 +160,16 @@ print(round(k["received"] / max(s["secs"], 1e-9)), max(0.0, 1 - k["received"] / 
 EOF
 }
 idle_cpu() { # idle_cpu REPEAT: CPU of the switch and of CPU1 over 5 s without traffic
-  local pids c0 t0 c1 t1 p0 p1 hz
+  local pids c0 t0 c1 t1 p0 p1 a0 a1 hz secs=$((SMOKE ? 2 : 5))
   pids=$(switch_pids); hz=$(getconf CLK_TCK)
   sleep 1
-  read -r c0 t0 < <(cpu1_jiffies); p0=$(proc_jiffies $pids)
-  sleep $((SMOKE ? 2 : 5))
-  read -r c1 t1 < <(cpu1_jiffies); p1=$(proc_jiffies $pids)
+  read -r c0 t0 < <(cpu1_jiffies); p0=$(proc_jiffies $pids); a0=$(all_jiffies)
+  sleep $secs
+  read -r c1 t1 < <(cpu1_jiffies); p1=$(proc_jiffies $pids); a1=$(all_jiffies)
   local sw_cpu=null
-  [ -z "$pids" ] || sw_cpu=$(python3 -c "print(round(100*($p1-$p0)/$hz/$((SMOKE ? 2 : 5)),1))")
-  record idle "$1" cpu1_pct="$(python3 -c "print(round(100*($c1-$c0)/max(1,$t1-$t0),1))")" switch_cpu_pct="$sw_cpu"
+  [ -z "$pids" ] || sw_cpu=$(python3 -c "print(round(100*($p1-$p0)/$hz/$secs,1))")
+  record idle "$1" cpu1_pct="$(python3 -c "print(round(100*($c1-$c0)/max(1,$t1-$t0),1))")" switch_cpu_pct="$sw_cpu" \
+    machine_busy_jiffies=$((a1 - a0)) hz="$hz" secs="$secs"
 }
 tcp() { # tcp REPEAT
   ip netns exec "$P-vm2" iperf3 -s -1 -D -I "$TMP/iperf.pid"; sleep 0.3
@@ -215,7 +224,19 @@ up() { # up SWITCH [CORES]
       ./scripts/testbed.sh up "$P" kernel2
       for n in "h1 p1" "h1 p3" "h2 p2" "h2 p4"; do set -- $n
         ip netns exec "$P-$1" sh -c "echo 2 > /sys/class/net/$P-$2/queues/rx-0/rps_cpus"; done ;;
-    ovs) ./scripts/testbed.sh up "$P" ovs ;;
+    ovs|ovs-dpdk) ./scripts/testbed.sh up "$P" "$1" ;;
+    testpmd)
+      # One process owns all four ports, so they must share a namespace: host 2's move to host 1.
+      ./scripts/testbed.sh up "$P" xvs
+      for i in u2 p2; do
+        ip netns exec "$P-h2" ip link set "$P-$i" netns "$P-h1"
+        ip netns exec "$P-h1" ip link set "$P-$i" up
+      done
+      ip netns exec "$P-h1" ip link set "$P-u2" mtu 1600
+      testpmd h1 --port-topology=paired p1 u1 u2 p2; testpmd_wait h1 ;;
+    testpmd-hosts)
+      ./scripts/testbed.sh up "$P" xvs
+      testpmd h1 "" p1 u1; testpmd h2 "" u2 p2; testpmd_wait h1 h2 ;;
   esac
   # Both tenants must work before anything is measured (ARP, learning, tunnel neighbours).
   local ok=0
@@ -223,10 +244,33 @@ up() { # up SWITCH [CORES]
     # (the plain XDP forwarder is checked by its flows: it redirects into the VMs' veths,
     # which take XDP frames only while the sink's or sender's program is on them)
     if [ "$1" = xdpfwd ]; then ok=1; break; fi
+    # (testpmd forwards only the blue ports)
+    if [[ $1 == testpmd* ]]; then ip netns exec "$P-vm1" ping -c 1 -W 1 10.0.0.2 >/dev/null && { ok=1; break; }; continue; fi
     if ip netns exec "$P-vm1" ping -c 1 -W 1 10.0.0.2 >/dev/null && ip netns exec "$P-vm3" ping -c 1 -W 1 10.0.0.2 >/dev/null; then ok=1; break; fi
   done
   [ $ok = 1 ] || { log "$SW: no connectivity between the VMs"; exit 1; }
   log "$SW: up, both tenants reach their peer"
+}
+# dpdk-testpmd io forwarding in host namespace HOST over AF_XDP devices for PORTS, on CPU1:
+# copy mode (veth has no zero copy), busy_budget=0 (the driver's busy polling would run the
+# veths' NAPI on the contended CPU and lose frames between the hosts), no huge pages; without
+# a terminal it needs --stats-period to stay up. SIGTERM stops it and prints its counters.
+testpmd() { # testpmd HOST EXTRA_ARG PORT...
+  local h=$1 extra=$2; shift 2
+  local vdevs=() i=0
+  for port in "$@"; do vdevs+=(--vdev "net_af_xdp$i,iface=$P-$port,force_copy=1,busy_budget=0"); i=$((i + 1)); done
+  ip netns exec "$P-$h" taskset -c 1 stdbuf -oL dpdk-testpmd --lcores 0@1,1@1 --no-huge --no-pci -m 1024 \
+    --no-shconf --file-prefix "$P-$h" "${vdevs[@]}" -- --forward-mode=io --nb-cores=1 --burst=32 \
+    --total-num-mbufs=32768 --disable-link-check --stats-period 100000 $extra > "$TMP/testpmd-$h.log" 2>&1 &
+  FPIDS+=($!)
+}
+# Waits until every testpmd forwards (a second one starts slowly beside one already polling).
+testpmd_wait() {
+  local h
+  for h in "$@"; do
+    for _ in $(seq 600); do grep -q "start packet forwarding" "$TMP/testpmd-$h.log" && continue 2; sleep 0.1; done
+    log "testpmd in $h did not start within 60 s: $(tail -5 "$TMP/testpmd-$h.log")"; exit 1
+  done
 }
 down() { stop_xvsd; stop_fwd; ./scripts/testbed.sh down "$P"; }
 median() { python3 -c "import statistics,sys; print(statistics.median(float(x) for x in sys.argv[1:]))" "$@"; }

@@ -9,13 +9,17 @@ log() { echo "setup: $*" >&2; }
 # --- Debian packages -------------------------------------------------------------------------
 # clang/llvm/libelf/zlib/m4/pkg-config: xsk-rs builds libxdp/libbpf from source (use_cc_build).
 # iproute2/iputils-ping/iperf3/tcpdump/ethtool/socat: the namespace testbed and system tests;
-# openvswitch-switch: the performance harness runs OVS (userspace datapath) beside xvs.
+# openvswitch-switch: the performance harness runs OVS (userspace datapath) beside xvs;
+# openvswitch-switch-dpdk, dpdk-dev (dpdk-testpmd), librte-net-af-xdp23 and librte-mempool-ring23
+# (DPDK's AF_XDP driver and mempool, only recommended by them, so named): OVS with DPDK and
+# an AF_XDP forwarder doing no switching, as peers in the performance harness.
 # qemu-system-x86/busybox-static/cpio: the real-VM tests boot Debian's kernel (extracted from
 # linux-image-amd64 by tests/vm/build-guest.sh, not installed) with a busybox initramfs.
 # etcd-server/etcd-client: the etcd store's tests start their own etcd cluster (etcd, etcdctl);
 # protobuf-compiler/libprotobuf-dev: the etcd client crate compiles etcd's gRPC definitions at build time.
 APT_PKGS=(clang llvm libelf-dev zlib1g-dev m4 pkg-config make gcc iproute2 iputils-ping
           iperf3 tcpdump ethtool socat procps python3 util-linux openvswitch-switch
+          openvswitch-switch-dpdk dpdk-dev librte-net-af-xdp23 librte-mempool-ring23
           qemu-system-x86 busybox-static cpio etcd-server etcd-client protobuf-compiler libprotobuf-dev)
 missing=()
 for p in "${APT_PKGS[@]}"; do

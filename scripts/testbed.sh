@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The standard two-host, two-tenant testbed in network namespaces.
 #
-#   usage: testbed.sh up PREFIX [xvs|kernel|kernel2|ovs|bare|fabric] | down PREFIX | config PREFIX HOST [CORES] [veth|tap]
+#   usage: testbed.sh up PREFIX [xvs|kernel|kernel2|ovs|ovs-dpdk|bare|fabric] | down PREFIX | config PREFIX HOST [CORES] [veth|tap]
 #
 #   PREFIX-vm1 [10.0.0.1 02:..:01] -- PREFIX-p1 \                      / PREFIX-p2 -- [10.0.0.2 02:..:02] PREFIX-vm2   tenant blue, VNI 100
 #   PREFIX-vm3 [10.0.0.1 02:..:01] -- PREFIX-p3  PREFIX-h1 ==== PREFIX-h2  PREFIX-p4 -- [10.0.0.2 02:..:02] PREFIX-vm4   tenant red,  VNI 200
@@ -12,7 +12,8 @@
 # own VTEP (a vxlan device per VNI and a bridge) instead of a port set for xvsd; with
 # "kernel2" both hosts are (the kernel switch of shared/PEERS.md, for comparisons). With "ovs"
 # each host runs its own Open vSwitch (userspace datapath, AF_XDP ports, VXLAN ports per
-# tenant; database, sockets and logs under /tmp/xvs-ovs-PREFIX), its PMD thread on CPU1.
+# tenant; database, sockets and logs under /tmp/xvs-ovs-PREFIX), its PMD thread on CPU1;
+# "ovs-dpdk" is the same with Debian's DPDK build of OVS, every port a DPDK net_af_xdp device.
 # With "bare" only the two hosts and the underlay are made: the VMs are real qemu guests on
 # taps PREFIX-t1..t4 in the host namespaces (tests/vm, scripts/bench-vm.sh), and "config ...
 # tap" names those taps as the VM ports.
@@ -82,16 +83,19 @@ up() {
   if [ "$peer" = kernel2 ]; then
     kernel_vtep 1 2 p1 p3
   fi
-  if [ "$peer" = ovs ]; then
-    ovs_host 1 2 p1 p3
-    ovs_host 2 1 p2 p4
+  if [ "$peer" = ovs ] || [ "$peer" = ovs-dpdk ]; then
+    local dpdk=""; [ "$peer" = ovs ] || dpdk=dpdk
+    ovs_host 1 2 p1 p3 $dpdk
+    ovs_host 2 1 p2 p4 $dpdk
   fi
 }
 
 OVSDIR=/tmp/xvs-ovs-$P
-ovs_host() { # ovs_host HOST OTHER BLUEPORT REDPORT: ovsdb-server + ovs-vswitchd inside PREFIX-hHOST
-  local h=$1 o=$2 blue=$3 red=$4 d="$OVSDIR/h$1"
-  command -v ovs-vswitchd >/dev/null || { echo "testbed: ovs-vswitchd not installed (scripts/setup.sh installs it)" >&2; exit 1; }
+ovs_host() { # ovs_host HOST OTHER BLUEPORT REDPORT [dpdk]: ovsdb-server + ovs-vswitchd inside PREFIX-hHOST
+  local h=$1 o=$2 blue=$3 red=$4 d="$OVSDIR/h$1" dpdk=${5:-} vswitchd=ovs-vswitchd
+  # Debian installs the DPDK build beside the plain one, at lower priority: called by path.
+  [ -z "$dpdk" ] || vswitchd=/usr/lib/openvswitch-switch-dpdk/ovs-vswitchd-dpdk
+  command -v "$vswitchd" >/dev/null || { echo "testbed: $vswitchd not installed (scripts/setup.sh installs it)" >&2; exit 1; }
   mkdir -p "$d"
   export OVS_RUNDIR="$d" OVS_DBDIR="$d" OVS_LOGDIR="$d" OVS_SYSCONFDIR="$d"
   local vsctl="ovs-vsctl --db=unix:$d/db.sock --timeout=20"
@@ -101,19 +105,32 @@ ovs_host() { # ovs_host HOST OTHER BLUEPORT REDPORT: ovsdb-server + ovs-vswitchd
   $vsctl --no-wait init
   # Both hosts share the machine: PMDs on CPU1, the traffic generator keeps CPU0 (shared/PEERS.md).
   $vsctl --no-wait set Open_vSwitch . other_config:pmd-cpu-mask=0x2
-  ns "$P-h$h" taskset -c 1 ovs-vswitchd "unix:$d/db.sock" 2>/dev/null --pidfile="$d/ovs-vswitchd.pid" \
+  # DPDK without huge pages or PCI devices; --legacy-mem, since OVS adds --in-memory
+  # otherwise, which EAL refuses with --no-huge (shared/PEERS.md).
+  [ -z "$dpdk" ] || $vsctl --no-wait set Open_vSwitch . other_config:dpdk-init=true \
+    other_config:dpdk-extra="--no-huge --legacy-mem -m 1024 --no-pci --no-shconf --file-prefix $P-h$h"
+  ns "$P-h$h" taskset -c 1 "$vswitchd" "unix:$d/db.sock" 2>/dev/null --pidfile="$d/ovs-vswitchd.pid" \
     --unixctl="$d/ovs-vswitchd.ctl" --log-file="$d/ovs-vswitchd.log" -vconsole:off --detach --no-chdir
   # The underlay: an AF_XDP port in a netdev bridge whose internal port holds the VTEP IP.
   ns "$P-h$h" ip addr flush dev "$P-u$h"
+  # (with DPDK: each port a net_af_xdp device of its own; busy_budget=0, since the driver's
+  # busy polling would run the veths' NAPI on the contended CPU and lose frames between hosts)
+  port() { # port IF N: the interface options for IF, the process's Nth DPDK device
+    if [ -z "$dpdk" ]; then echo "type=afxdp"; return; fi
+    echo "type=dpdk options:dpdk-devargs=net_af_xdp$2,iface=$1,force_copy=1,busy_budget=0"
+  }
+  # (the MTU in the same transaction: reconfiguring a net_af_xdp port fails to make its socket again)
+  local up_opts; up_opts=$(port "$P-u$h" 0)
+  [ -z "$dpdk" ] || up_opts="$up_opts mtu_request=1600"
   $vsctl add-br "$P-phy" -- set bridge "$P-phy" datapath_type=netdev \
-    -- add-port "$P-phy" "$P-u$h" -- set interface "$P-u$h" type=afxdp
+    -- add-port "$P-phy" "$P-u$h" -- set interface "$P-u$h" $up_opts
   ns "$P-h$h" ip link set "$P-phy" mtu 1600 up
   ns "$P-h$h" ip addr add "192.168.77.$h/24" dev "$P-phy"
   ns "$P-h$h" ip addr add "192.168.77.1$h/24" dev "$P-phy"
-  for t in "100 $blue" "200 $red"; do
+  for t in "100 $blue 1" "200 $red 2"; do
     set -- $t
     $vsctl add-br "$P-t$1" -- set bridge "$P-t$1" datapath_type=netdev \
-      -- add-port "$P-t$1" "$P-$2" -- set interface "$P-$2" type=afxdp \
+      -- add-port "$P-t$1" "$P-$2" -- set interface "$P-$2" $(port "$P-$2" "$3") \
       -- add-port "$P-t$1" "$P-vx$1" -- set interface "$P-vx$1" type=vxlan \
          options:remote_ip="192.168.77.$o" options:key="$1"
   done

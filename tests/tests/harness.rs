@@ -1,6 +1,7 @@
 //! The performance harness itself: the AF_XDP generator and sink on a bare veth pair, and a
-//! smoke run of scripts/bench.sh proving every switch (xvs, the kernel, OVS) is set up, carries
-//! traffic and is torn down.
+//! smoke run of scripts/bench.sh proving every switch (xvs, the kernel, OVS, OVS-DPDK) and every
+//! limit (the XDP forwarder, testpmd in one process and per host) is set up, carries traffic and
+//! is torn down.
 
 use serde_json::Value;
 use std::process::Command;
@@ -131,6 +132,7 @@ fn bench_smoke_run_sets_up_measures_and_tears_down_every_switch() {
     let links = sh("ip -o link");
     assert!(!String::from_utf8_lossy(&links.stdout).contains(&prefix), "interfaces left behind");
     assert!(!sh(&format!("pgrep -f [x]vs-ovs-{prefix}")).status.success(), "OVS daemons left running");
+    assert!(!sh(&format!("pgrep -f '[f]ile-prefix {prefix}-'")).status.success(), "testpmd left running");
     assert!(!std::path::Path::new(&format!("/tmp/xvs-ovs-{prefix}")).exists(), "OVS directory left behind");
 
     // Every switch carried traffic in every measurement.
@@ -165,16 +167,39 @@ fn bench_smoke_run_sets_up_measures_and_tears_down_every_switch() {
     let flat = find("xvs", "flat");
     let cores = flat["h1"]["per_core"].as_array().expect("xvsd per-core load");
     assert!(cores.iter().any(|c| c["stage_cycles"]["tx"].as_u64().unwrap_or(0) > 0), "stage cycles: {cores:?}");
+    // OVS-DPDK switches (VXLAN both ways); the limits forward (sweep, idle and CPU recorded).
+    for sw in ["ovs-dpdk", "xdpfwd", "testpmd", "testpmd-hosts"] {
+        let flat = find(sw, "flat");
+        let got = flat["sink"]["received"].as_u64().unwrap_or(0);
+        assert!(got > 10_000, "{sw} delivered {got} frames flat out");
+        assert!(find(sw, "sweep")["machine_busy_jiffies"].as_u64().is_some(), "{sw}: CPU against offered load");
+        assert!(find(sw, "idle")["machine_busy_jiffies"].as_u64().is_some(), "{sw}: idle CPU");
+    }
+    let r = find("ovs-dpdk", "rtt_low");
+    assert!(r["send"]["replies"].as_u64().unwrap_or(0) > 10, "ovs-dpdk round trips: {r}");
     let two = find("xvs-2core", "flat2");
     assert!(two["sink"]["received"].as_u64().unwrap_or(0) > 10_000, "two cores: {two}");
     assert_eq!(two["h1"]["per_core"].as_array().map(Vec::len), Some(2), "two cores per xvsd");
 
     // The report has every switch, the ratios, and plots.
     let report = std::fs::read_to_string(out_dir.join("report.md")).expect("report.md");
-    for want in ["| xvs |", "| kernel |", "| ovs |", "xvs / kernel", "xvs / OVS", "Multi-core scaling", "cycles"] {
+    for want in [
+        "| xvs |",
+        "| kernel |",
+        "| ovs |",
+        "| ovs-dpdk |",
+        "| testpmd |",
+        "| testpmd-hosts |",
+        "xvs / kernel",
+        "xvs / OVS",
+        "xvs / OVS-DPDK",
+        "xvs / testpmd",
+        "Multi-core scaling",
+        "cycles",
+    ] {
         assert!(report.contains(want), "report lacks {want:?}:\n{report}");
     }
-    for svg in ["throughput.svg", "sweep.svg", "latency-cdf.svg", "tcp.svg"] {
+    for svg in ["throughput.svg", "sweep.svg", "cpu.svg", "latency-cdf.svg", "tcp.svg"] {
         let s = std::fs::read_to_string(out_dir.join(svg)).unwrap_or_default();
         assert!(s.contains("<svg") && s.contains("</svg>"), "{svg} is not an SVG");
     }
