@@ -351,7 +351,16 @@ pub fn drops(stats: &Value, reason: &str) -> u64 {
 
 /// Counter of a port by interface name.
 pub fn port_counter(stats: &Value, ifname: &str, field: &str) -> u64 {
+    port_stats(stats, ifname)[field].as_u64().unwrap_or(0)
+}
+
+/// Port `ifname`'s drops for `reason` in a stats snapshot.
+pub fn port_drop(stats: &Value, ifname: &str, reason: &str) -> u64 {
+    port_stats(stats, ifname)["drops"][reason].as_u64().unwrap_or(0)
+}
+
+fn port_stats<'a>(stats: &'a Value, ifname: &str) -> &'a Value {
     let names = stats["ports"].as_array().expect("ports");
     let i = names.iter().position(|p| p["name"] == ifname).unwrap_or_else(|| panic!("no port {ifname}"));
-    stats["stats"]["ports"][i][field].as_u64().unwrap_or(0)
+    &stats["stats"]["ports"][i]
 }

@@ -2,12 +2,13 @@
 //! gives every host) known unicast between two xvs hosts is encapsulated and decapsulated by
 //! the XDP programs, both tenants stay apart with the same MACs and IPs, a capture and
 //! `xdp_fast_path = false` keep frames in the cores, and a VM side that stops taking XDP
-//! frames gets them through the core again.
+//! frames gets them through the core again; the redirects the kernel refused meanwhile are
+//! counted as the port's `kernel_tx_dropped`.
 
 use serde_json::Value;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-use xvs_systests::{Bed, port_counter, xvsctl_bin};
+use xvs_systests::{Bed, port_counter, port_drop, xvsctl_bin};
 
 /// Host `h`'s testbed config with each tenant's remote VM as a static entry.
 fn static_config(bed: &Bed, h: u8, extra_daemon: &str) -> String {
@@ -121,8 +122,25 @@ fn known_unicast_takes_the_xdp_fast_path_and_tenants_stay_apart() {
         counter(&h1.fresh_stats(), &p1, "fast_rx_packets") > during
     });
 
-    // vm2's side stops taking XDP frames: within the recheck, its frames come through the
-    // core again, and nothing is lost to a redirect the veth cannot deliver
+    // vm2's interface goes down while host 2's xvsd is frozen (so nothing reacts to it): the
+    // uplink's program still redirects into vm2's port, whose peer has no NAPI now, and the
+    // kernel drops each frame; xvsd counts them as the port's kernel_tx_dropped when it runs.
+    let drops_before = port_drop(&h2.fresh_stats(), &p2, "kernel_tx_dropped");
+    let pid = h2.pid().to_string();
+    assert!(Command::new("kill").args(["-STOP", &pid]).status().unwrap().success());
+    bed.ok("vm2", 5, "ip link set eth0 down");
+    let blast = "python3 -c \"import socket;s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM);[s.sendto(b'x'*100,('10.0.0.2',9)) for _ in range(5000)]\"";
+    let sent = bed.run("vm1", 20, blast);
+    bed.ok("vm2", 5, "ip link set eth0 up");
+    assert!(Command::new("kill").args(["-CONT", &pid]).status().unwrap().success());
+    assert!(sent.status.success(), "blast: {}", String::from_utf8_lossy(&sent.stderr));
+    let s2 = h2.fresh_stats();
+    let dropped = port_drop(&s2, &p2, "kernel_tx_dropped") - drops_before;
+    assert!(dropped > 1000, "redirects the veth refused, counted on {p2}: {dropped}: {}", s2["stats"]["ports"]);
+    bed.ok("vm1", 20, "ping -c 3 -i 0.2 -W 2 10.0.0.2");
+
+    // vm2's side stops taking XDP frames: within the recheck its frames come through the
+    // core again, and nothing more is lost
     for c in &mut passes {
         let _ = c.kill();
         let _ = c.wait();

@@ -6,7 +6,7 @@
 use serde_json::Value;
 use std::time::{Duration, Instant};
 use xvs_systests::vm::{Guest, GuestSpec, guest_dir, iperf_mbits};
-use xvs_systests::{Bed, drops, port_counter};
+use xvs_systests::{Bed, drops, port_counter, port_drop};
 
 const BOOT: Duration = Duration::from_secs(180);
 
@@ -38,12 +38,6 @@ fn prog_counter(stats: &Value, ifname: &str, counter: &str) -> u64 {
     let progs = stats["xdp"].as_array().expect("xdp counters");
     let p = progs.iter().find(|p| p[0] == ifname).unwrap_or_else(|| panic!("no program counters for {ifname}"));
     p[1].as_array().unwrap().iter().find(|c| c[0] == counter).and_then(|c| c[1].as_u64()).unwrap_or(0)
-}
-
-fn port_drop(stats: &Value, ifname: &str, reason: &str) -> u64 {
-    let names = stats["ports"].as_array().expect("ports");
-    let i = names.iter().position(|p| p["name"] == ifname).unwrap_or_else(|| panic!("no port {ifname}"));
-    stats["stats"]["ports"][i]["drops"][reason].as_u64().unwrap_or(0)
 }
 
 #[test]

@@ -192,7 +192,7 @@ fn open(iface: &str, queues: std::ops::Range<u32>, receive: bool) -> Result<(Ume
             p.register(s.queue, s.fd())?;
         }
     }
-    Ok((umem, QueueSet::new(socks), prog))
+    Ok((umem, QueueSet::new(socks, None), prog))
 }
 
 /// Sequence number, transmit time and whether it asks for reflection, if `f` is ours.

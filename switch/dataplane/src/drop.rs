@@ -77,7 +77,7 @@ reasons! {
     KernelRxDropped => "kernel_rx_dropped", "the kernel dropped a frame for this port's socket (no buffer, socket full, or too large for a buffer)";
     KernelRxRingFull => "kernel_rx_ring_full", "the kernel found this port's AF_XDP receive ring full";
     KernelInvalidDesc => "kernel_invalid_desc", "the kernel refused an AF_XDP descriptor of this port";
-    KernelTxDropped => "kernel_tx_dropped", "the interface dropped a frame xvs sent (its transmit queue was full or it had no reader)";
+    KernelTxDropped => "kernel_tx_dropped", "the interface dropped a frame sent on it: its transmit queue or peer's ring was full, or (veth) its peer took no XDP frame redirected into it";
     SpoofedNd => "spoofed_nd", "VM sent a router advertisement or redirect, or an ND message whose target or link-layer address is not its own";
     EthertypeNotAllowed => "ethertype_not_allowed", "VM sent an ethertype other than IPv4, IPv6 and ARP";
     InnerVlanTagged => "inner_vlan_tagged", "decapsulated frame carries an 802.1Q/802.1ad tag (RFC 7348: SHOULD be discarded)";

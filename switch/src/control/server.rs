@@ -85,8 +85,8 @@ impl PortIo {
             let attached = cores.xdp.attach(&port.name, ifindex, id, Role::VmTap, false)?;
             let fanout = (n > 1).then_some(ifindex as u16);
             let mut per = Vec::new();
-            for c in &cores.cores {
-                per.push(IoPort::Packet(Box::new(PacketPort::open(&port.name, c.umem.clone(), fanout)?)));
+            for (k, c) in cores.cores.iter().enumerate() {
+                per.push(IoPort::Packet(Box::new(PacketPort::open(&port.name, c.umem.clone(), fanout, k == 0)?)));
             }
             return Ok((PortIo { attached, ifindex, io: reply::PortIo::AfPacket }, per));
         }
@@ -110,7 +110,12 @@ impl PortIo {
             attached.register(q, s.fd())?;
             socks[k].push(s);
         }
-        let per = socks.into_iter().map(|q| IoPort::Xsk(QueueSet::new(q))).collect();
+        // The interface's transmit drops are counted once, by the first core.
+        let per = socks
+            .into_iter()
+            .enumerate()
+            .map(|(k, q)| IoPort::Xsk(QueueSet::new(q, (k == 0).then(|| netdev::TxDrops::new(&port.name)))))
+            .collect();
         Ok((PortIo { attached, ifindex, io: reply::PortIo::AfXdp }, per))
     }
 }

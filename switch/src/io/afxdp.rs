@@ -547,12 +547,14 @@ pub struct QueueSet {
     /// The sockets, one per queue.
     pub queues: Vec<XskPort>,
     next: usize,
+    /// The interface's transmit drops (in one core's set per interface).
+    tx_drops: Option<crate::io::netdev::TxDrops>,
 }
 
 impl QueueSet {
-    /// Wraps the sockets of one interface.
-    pub fn new(queues: Vec<XskPort>) -> QueueSet {
-        QueueSet { queues, next: 0 }
+    /// Wraps the sockets of one interface; `tx_drops` in one core's set per interface.
+    pub fn new(queues: Vec<XskPort>, tx_drops: Option<crate::io::netdev::TxDrops>) -> QueueSet {
+        QueueSet { queues, next: 0, tx_drops }
     }
 
     /// File descriptors, for poll.
@@ -612,6 +614,7 @@ impl Port for QueueSet {
             k.rx_ring_full += d.rx_ring_full;
             k.invalid_desc += d.invalid_desc;
         }
+        k.tx_dropped = self.tx_drops.as_ref().map_or(0, crate::io::netdev::TxDrops::since_open);
         k
     }
 }

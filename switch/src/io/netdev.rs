@@ -8,6 +8,34 @@ fn sys(ifname: &str, file: &str) -> Option<String> {
     std::fs::read_to_string(format!("/sys/class/net/{ifname}/{file}")).ok().map(|s| s.trim().to_string())
 }
 
+/// What an interface dropped on transmit since a port opened on it: its `tx_dropped` counter.
+/// That covers frames whose transmit queue or peer ring was full; on a veth also the frames
+/// redirected into it in XDP that its peer could not take (the kernel's `xdp_xmit_errors`, and
+/// whole batches while the peer is down). It is the interface's counter,
+/// so one port per interface reads it (the first core's), and on a shared uplink it also counts
+/// what the host stack sent there.
+#[derive(Debug)]
+pub struct TxDrops {
+    ifname: String,
+    base: u64,
+}
+
+impl TxDrops {
+    /// Starts counting from the interface's counter now.
+    pub fn new(ifname: &str) -> TxDrops {
+        TxDrops { ifname: ifname.to_string(), base: tx_dropped(ifname) }
+    }
+
+    /// Drops since [`TxDrops::new`] (a file read: call it per publishing interval, not per poll).
+    pub fn since_open(&self) -> u64 {
+        tx_dropped(&self.ifname).saturating_sub(self.base)
+    }
+}
+
+fn tx_dropped(ifname: &str) -> u64 {
+    sys(ifname, "statistics/tx_dropped").and_then(|s| s.parse().ok()).unwrap_or(0)
+}
+
 /// Whether the interface exists.
 pub fn exists(ifname: &str) -> bool {
     !ifname.contains('/') && std::path::Path::new(&format!("/sys/class/net/{ifname}")).exists()

@@ -14,6 +14,7 @@
 #![allow(unsafe_code)]
 
 use crate::io::afxdp::UmemHandle;
+use crate::io::netdev::TxDrops;
 use crate::offload::{self, Offload, VNET_HDR_LEN, VnetHdr};
 use crate::port::{Desc, FrameMem, FreeList, KernelDrops, Port, RxTally};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -48,7 +49,8 @@ pub struct PacketPort {
     sent: Vec<u32>,
     tally: RxTally,
     kernel: KernelDrops,
-    tx_dropped_base: u64,
+    /// The interface's transmit drops (on the first core's socket only).
+    tx_drops: Option<TxDrops>,
     bufs: Vec<u8>,
     rx_hdrs: Vec<libc::mmsghdr>,
     rx_iov: Vec<libc::iovec>,
@@ -80,17 +82,16 @@ fn setsockopt<T>(fd: RawFd, level: libc::c_int, name: libc::c_int, v: T, what: &
 }
 
 /// The interface's `tx_dropped` counter.
-fn tx_dropped(ifname: &str) -> u64 {
-    std::fs::read_to_string(format!("/sys/class/net/{ifname}/statistics/tx_dropped"))
-        .ok()
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(0)
-}
-
 impl PacketPort {
     /// Opens a packet socket on `ifname` sending from and receiving into `umem`. With
-    /// `fanout` (several cores), the sockets of one interface share its frames by flow hash.
-    pub fn open(ifname: &str, umem: UmemHandle, fanout: Option<u16>) -> anyhow::Result<PacketPort> {
+    /// `fanout` (several cores), the sockets of one interface share its frames by flow hash;
+    /// `counts_interface`: this socket reports the interface's transmit drops (one per interface).
+    pub fn open(
+        ifname: &str,
+        umem: UmemHandle,
+        fanout: Option<u16>,
+        counts_interface: bool,
+    ) -> anyhow::Result<PacketPort> {
         let ifindex = crate::io::netdev::ifindex(ifname).ok_or_else(|| anyhow::anyhow!("no interface {ifname:?}"))?;
         // Protocol 0 until bound: a packet socket with a protocol receives from every
         // interface until bind narrows it.
@@ -143,7 +144,7 @@ impl PacketPort {
             sent: Vec::with_capacity(TX_MSGS * 64),
             tally: RxTally::default(),
             kernel: KernelDrops::default(),
-            tx_dropped_base: tx_dropped(ifname),
+            tx_drops: counts_interface.then(|| TxDrops::new(ifname)),
             bufs,
             rx_hdrs: vec![zero; RX_MSGS],
             rx_iov,
@@ -414,7 +415,7 @@ impl Port for PacketPort {
         if rc == 0 {
             self.kernel.rx_dropped += u64::from(st.tp_drops);
         }
-        self.kernel.tx_dropped = tx_dropped(&self.name).saturating_sub(self.tx_dropped_base);
+        self.kernel.tx_dropped = self.tx_drops.as_ref().map_or(0, TxDrops::since_open);
         // The guest negotiates its offloads when its driver starts, after the port opened.
         self.gro = crate::io::netdev::tso_on(&self.name);
         self.kernel
