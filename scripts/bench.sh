@@ -301,7 +301,9 @@ import json, statistics
 rs = [json.loads(l) for l in open('$RUNS')]
 print(int(statistics.median(r['sink']['received'] / r['send']['secs'] for r in rs if r['switch'] == '$SW' and r['kind'] == 'flat')))")
   [ "$peak" -gt 0 ] || { log "$SW carried no traffic"; exit 1; }
-  if [ $SMOKE = 1 ]; then fracs="0.5"; else fracs="0.3 0.5 0.7 0.8 0.9 1.0 1.1 1.25"; fi
+  # (down to a tenth of the peak: a switch several times faster than the others has its
+  # loss-free rate far below its peak)
+  if [ $SMOKE = 1 ]; then fracs="0.5"; else fracs="0.1 0.2 0.3 0.5 0.7 0.8 0.9 1.0 1.1 1.25"; fi
   for r in $(seq "$REPEATS"); do
     for fr in $fracs; do
       rate=$(python3 -c "print(int($peak * $fr))")
