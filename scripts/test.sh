@@ -29,8 +29,8 @@ fi
 step "unit, property and in-memory pipeline tests"
 cargo test --lib --bins --tests -p xvs-switch -p xvs-dataplane -p xvs-hint -p xvs-proto -p xvs-common -p xvs-benches
 
-step "fuzz targets (each for 15 s; a longer campaign: ./scripts/fuzz.sh 600)"
-FUZZ_SANITIZER=none ./scripts/fuzz.sh 15
+step "fuzz targets (each for 10 s; a longer campaign: ./scripts/fuzz.sh 600)"
+FUZZ_SANITIZER=none ./scripts/fuzz.sh 10
 
 if [ -d tests/tests ]; then
   step "system tests (network namespaces, XDP, AF_XDP)"
