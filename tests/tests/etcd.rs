@@ -204,11 +204,8 @@ fn three_hosts_share_one_desired_state_in_etcd() {
     // Attached: its sockets are bound, so frames flow (the bind may retry for up to a second).
     until("host 2 has vm1's new port attached", Duration::from_secs(5), || {
         let ports: Value = bed.ctl_json(2, &["port", "list"]);
-        let state = ports
-            .as_array()
-            .and_then(|a| a.iter().find(|x| x["name"] == format!("{p}-p7")))
-            .map(|x| x["state"].clone());
-        (state.as_ref().and_then(|s| s.as_str()) == Some("attached"), ports)
+        let port = ports.as_array().and_then(|a| a.iter().find(|x| x["name"] == format!("{p}-p7")));
+        (port.and_then(|x| x["state"].as_str()) == Some("attached"), ports)
     });
     let before = static_dest(&bed, 3, "blue", "02:00:00:00:00:01");
     assert_eq!(before.as_deref(), Some("vtep 192.168.77.1"), "host 3 has not heard from the store");

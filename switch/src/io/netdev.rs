@@ -11,9 +11,9 @@ fn sys(ifname: &str, file: &str) -> Option<String> {
 /// What an interface dropped on transmit since a port opened on it: its `tx_dropped` counter.
 /// That covers frames whose transmit queue or peer ring was full; on a veth also the frames
 /// redirected into it in XDP that its peer could not take (the kernel's `xdp_xmit_errors`, and
-/// whole batches while the peer is down). It is the interface's counter,
-/// so one port per interface reads it (the first core's), and on a shared uplink it also counts
-/// what the host stack sent there.
+/// whole batches while the peer is down). It is the interface's counter, so one port per
+/// interface reads it (the first core's), and on a shared uplink it also counts what the host
+/// stack sent there.
 #[derive(Debug)]
 pub struct TxDrops {
     ifname: String,

@@ -81,7 +81,6 @@ fn setsockopt<T>(fd: RawFd, level: libc::c_int, name: libc::c_int, v: T, what: &
     Ok(())
 }
 
-/// The interface's `tx_dropped` counter.
 impl PacketPort {
     /// Opens a packet socket on `ifname` sending from and receiving into `umem`. With
     /// `fanout` (several cores), the sockets of one interface share its frames by flow hash;
