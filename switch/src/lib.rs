@@ -11,7 +11,7 @@
 
 pub use xvs_dataplane::{
     bucket, capture, config, datapath, drop, fastpath, fdb, frames, hint, host, memport, neigh, offload, pipeline,
-    port, qos, sim, stats, tables, types, wire,
+    port, qos, share, sim, stats, tables, types, wire,
 };
 
 pub mod control;

@@ -92,6 +92,30 @@ impl TokenBucket {
         self.frac = fine as u64 & FRAC_MASK;
     }
 
+    /// Changes the rate and depth at `now`, keeping the tokens it holds (or its debt) as
+    /// bytes: what was saved at the old rate is worth as many bytes at the new one, up to
+    /// the new depth. From or to unlimited, the bucket starts full.
+    pub fn retune(&mut self, rate: u64, burst: u64, now: u64) {
+        let new = TokenBucket::new(rate, burst, now, true);
+        if !self.is_limited() || !new.is_limited() {
+            *self = new;
+            return;
+        }
+        let saved = (now as i64 - self.t).min(self.burst_ns as i64);
+        let bytes = (i128::from(saved) << FP) / i128::from(self.ns_per_byte);
+        let at_new = ((bytes * i128::from(new.ns_per_byte)) >> FP).clamp(-(MAX_STEP as i128), new.burst_ns as i128);
+        *self = TokenBucket { t: now as i64 - at_new as i64, ..new };
+    }
+
+    /// Adds `bytes` of tokens, up to the depth (a scheduler's share that was raised late).
+    pub fn credit(&mut self, bytes: u64, now: u64) {
+        if !self.is_limited() {
+            return;
+        }
+        let ns = (cost_fp(bytes, self.ns_per_byte, 0) >> FP).min(MAX_STEP) as i64;
+        self.t = (self.t - ns).max(now as i64 - self.burst_ns as i64);
+    }
+
     /// Spends `n` bytes at `now` if the bucket holds them, never going into debt: whether
     /// it did (a policer drops the frame otherwise).
     #[inline]
@@ -135,6 +159,31 @@ mod tests {
         let mut b = TokenBucket::new(8_000_000, 10_000, 0, true);
         let sent: u64 = (0..100_000u64).filter(|i| b.admit(100, i * 10_000)).count() as u64 * 100;
         assert!((1_000_000..=1_010_100).contains(&sent), "{sent} bytes in 1 s at 1 MB/s plus the depth");
+    }
+
+    #[test]
+    fn retuning_keeps_the_tokens_as_bytes() {
+        // 8 Mbit/s = 1 byte per µs, 10,000 bytes deep, half spent
+        let mut b = TokenBucket::new(8_000_000, 10_000, 0, true);
+        b.take(5_000, 0);
+        // at 16 Mbit/s the 5,000 bytes left take 2.5 ms, not 5 ms
+        b.retune(16_000_000, 20_000, 0);
+        assert!(b.admit(5_000, 0) && !b.admit(1, 0));
+        // debt is kept too: 1,000 bytes owed at 16 Mbit/s are 1 ms at 8 Mbit/s
+        let mut b = TokenBucket::new(16_000_000, 2_000, 0, false);
+        b.take(1_000, 0);
+        b.retune(8_000_000, 2_000, 0);
+        assert_eq!(b.ready_at(), 1_000_000);
+        // a credit pays it back, up to the depth
+        b.credit(1_000, 0);
+        assert!(b.ready(0));
+        b.credit(1 << 30, 0);
+        assert!(b.admit(2_000, 0) && !b.admit(1, 0));
+        // to and from unlimited: full
+        b.retune(0, 0, 5);
+        assert!(!b.is_limited());
+        b.retune(8_000_000, 3_000, 5);
+        assert!(b.admit(3_000, 5) && !b.admit(1, 5));
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! forwarding logic (pure, batched, time passed in), [`port`] is the device interface with
 //! [`memport`] as the in-memory implementation and [`sim`] a whole switch in memory;
 //! [`tables`], [`fdb`] and [`neigh`] hold state, [`config`] builds it; [`qos`] schedules the
-//! uplink; [`capture`] copies tapped frames into rings a reader empties.
+//! uplink and [`share`] splits it between cores; [`capture`] copies tapped frames into rings a reader empties.
 //!
 //! This crate cannot do I/O: it depends on no system-call crate (no nix, libc, aya or
 //! xsk-rs) and forbids `unsafe`. The daemon (`xvs-switch`) runs it over AF_XDP sockets and
@@ -26,6 +26,7 @@ pub mod offload;
 pub mod pipeline;
 pub mod port;
 pub mod qos;
+pub mod share;
 pub mod sim;
 pub mod stats;
 pub mod tables;

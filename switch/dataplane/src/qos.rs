@@ -354,18 +354,45 @@ impl Scheduler {
         // Weights are at most 1,000 (configuration).
         let weight = qos.weight.clamp(1, 1_000_000);
         self.weights = self.weights - u64::from(t.weight) + u64::from(weight);
-        // The guarantee bucket holds up to 5 ms at its rate (a tenant held back, by others or
-        // by a late poll, catches up that much at priority); the limit bucket only 50 µs, so
-        // a limit holds within 1% over 10 ms; both at least two full frames.
-        let burst = |rate: u64, per_sec: u64| (rate / 8 / per_sec).max(2 * FULL_FRAME);
         let limit = qos.limit.unwrap_or(0);
-        t.guar = Bucket::new(qos.guarantee, burst(qos.guarantee, 200), now, false);
-        t.lim = Bucket::new(limit, burst(limit, 20_000), now, true);
+        t.guar = Bucket::new(qos.guarantee, guarantee_burst(qos.guarantee), now, false);
+        t.lim = Bucket::new(limit, limit_burst(limit), now, true);
         t.weight = weight;
-        t.g_wait = ((cost_fp(G_TURN_BYTES, t.guar.ns_per_byte(), 0) >> FP) as u64).min(G_WAIT_NS) as u32;
+        t.g_wait = g_wait(&t.guar);
         t.deficit = 0;
         *old = qos;
         self.size_quantum();
+    }
+
+    /// Changes a tenant's guarantee and limit live, keeping what its buckets hold (this
+    /// core's share of them, set by [`crate::share`] every interval); its weight, queue and
+    /// counters stay. A raised guarantee is credited with what the increase gives over
+    /// `late_ns`, the time the share took to follow demand. Call [`Scheduler::set_link`]
+    /// after a round of changes, which sizes the excess tier's quantum again.
+    pub fn set_rates(&mut self, tenant: u32, guarantee: u64, limit: Option<u64>, late_ns: u64, now: u64) {
+        let Some(t) = self.tenants.get_mut(tenant as usize) else { return };
+        let old = &mut self.qos[tenant as usize];
+        if old.guarantee == guarantee && old.limit == limit {
+            return;
+        }
+        self.guarantees = self.guarantees - u128::from(old.guarantee) + u128::from(guarantee);
+        let was = if t.guar.is_limited() { old.guarantee } else { 0 };
+        t.guar.retune(guarantee, guarantee_burst(guarantee), now);
+        if !t.guar.is_limited() {
+            t.guar = Bucket::new(0, 0, now, false);
+        } else if was == 0 {
+            // from no share: the bucket starts empty, not full, then takes the credit
+            t.guar = Bucket::new(guarantee, guarantee_burst(guarantee), now, false);
+        }
+        if guarantee > was {
+            let bytes = (u128::from(guarantee - was) * u128::from(late_ns) / 8_000_000_000) as u64;
+            t.guar.credit(bytes, now);
+        }
+        let lim = limit.unwrap_or(0);
+        t.lim.retune(lim, limit_burst(lim), now);
+        t.g_wait = g_wait(&t.guar);
+        (old.guarantee, old.limit) = (guarantee, limit);
+        self.schedule(tenant, now);
     }
 
     /// Zeroes a tenant's counters (its id now belongs to a new tenant); what it has queued
@@ -810,6 +837,22 @@ impl Scheduler {
         tn.stats.bytes += bytes;
         self.backlog -= u64::from(n);
     }
+}
+
+/// A guarantee bucket holds up to 5 ms at its rate (a tenant held back, by others or by a
+/// late poll, catches up that much at priority); a limit bucket only 50 µs, so a limit holds
+/// within 1% over 10 ms; both at least two full frames.
+fn guarantee_burst(rate: u64) -> u64 {
+    (rate / 8 / 200).max(2 * FULL_FRAME)
+}
+
+fn limit_burst(rate: u64) -> u64 {
+    (rate / 8 / 20_000).max(2 * FULL_FRAME)
+}
+
+/// How long a tenant waits past its guarantee's due time.
+fn g_wait(guar: &Bucket) -> u32 {
+    ((cost_fp(G_TURN_BYTES, guar.ns_per_byte(), 0) >> FP) as u64).min(G_WAIT_NS) as u32
 }
 
 /// Why a tenant's turn stopped.
