@@ -366,7 +366,7 @@ impl Scheduler {
 
     /// Changes a tenant's guarantee and limit live, keeping what its buckets hold (this
     /// core's share of them, set by [`crate::share`] every interval); its weight, queue and
-    /// counters stay. A raised guarantee is credited with what the increase gives over
+    /// counters stay. A guarantee that starts here is credited with what it gives over
     /// `late_ns`, the time the share took to follow demand. Call [`Scheduler::set_link`]
     /// after a round of changes, which sizes the excess tier's quantum again.
     pub fn set_rates(&mut self, tenant: u32, guarantee: u64, limit: Option<u64>, late_ns: u64, now: u64) {
@@ -381,11 +381,12 @@ impl Scheduler {
         if !t.guar.is_limited() {
             t.guar = Bucket::new(0, 0, now, false);
         } else if was == 0 {
-            // from no share: the bucket starts empty, not full, then takes the credit
+            // From no share (the tenant's traffic came to this core): the bucket starts
+            // empty, not full, and is credited with the time the share took to come. A share
+            // that only moves is not credited: its bucket kept its tokens, and crediting every
+            // rise would fill every bucket, turning the guaranteed tier into round robin.
             t.guar = Bucket::new(guarantee, guarantee_burst(guarantee), now, false);
-        }
-        if guarantee > was {
-            let bytes = (u128::from(guarantee - was) * u128::from(late_ns) / 8_000_000_000) as u64;
+            let bytes = (u128::from(guarantee) * u128::from(late_ns) / 8_000_000_000) as u64;
             t.guar.credit(bytes, now);
         }
         let lim = limit.unwrap_or(0);
