@@ -376,15 +376,13 @@ impl Scheduler {
             return;
         }
         self.guarantees = self.guarantees - u128::from(old.guarantee) + u128::from(guarantee);
-        let was = if t.guar.is_limited() { old.guarantee } else { 0 };
-        t.guar.retune(guarantee, guarantee_burst(guarantee), now);
-        if !t.guar.is_limited() {
-            t.guar = Bucket::new(0, 0, now, false);
-        } else if was == 0 {
-            // From no share (the tenant's traffic came to this core): the bucket starts
-            // empty, not full, and is credited with the time the share took to come. A share
-            // that only moves is not credited: its bucket kept its tokens, and crediting every
-            // rise would fill every bucket, turning the guaranteed tier into round robin.
+        if t.guar.is_limited() && guarantee > 0 {
+            t.guar.retune(guarantee, guarantee_burst(guarantee), now);
+        } else {
+            // To no share, or from none (the tenant's traffic came to this core): the bucket
+            // starts empty, not full, and is credited with the time the share took to come. A
+            // share that only moves is not credited: its bucket kept its tokens, and crediting
+            // every rise would fill every bucket, turning the guaranteed tier into round robin.
             t.guar = Bucket::new(guarantee, guarantee_burst(guarantee), now, false);
             let bytes = (u128::from(guarantee) * u128::from(late_ns) / 8_000_000_000) as u64;
             t.guar.credit(bytes, now);
