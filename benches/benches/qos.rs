@@ -16,12 +16,15 @@
 //!   link can take since the previous poll is released with `dequeue_burst`.
 //! * `qos_interleaved_imix`: the worst case for caches. One frame in (each from the next
 //!   tenant), one frame out, so with many tenants every frame touches two cold tenants.
+//! * `qos_cores_64`: 1, 2, 4 and 8 cores on one uplink, each with its own scheduler, its part
+//!   of the link following its demand every 100 µs (see `cores_64`).
 #![allow(missing_docs)]
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use std::hint::black_box;
 use xvs_switch::port::Desc;
 use xvs_switch::qos::{Scheduler, TenantQos, WIRE_OVERHEAD};
+use xvs_switch::share::{self, Balancer, CoreMeter, CoreShare, Demand};
 
 const LINK: u64 = 100_000_000_000;
 const SIZES: [usize; 3] = [10, 1_000, 100_000];
@@ -131,9 +134,107 @@ fn interleaved(c: &mut Criterion) {
     g.finish();
 }
 
+/// Several cores on one uplink, as xvsd runs them: each core has its own scheduler on its
+/// part of the link, meters what it offers it per tenant (`CoreMeter::offer`, per frame),
+/// and every 100 µs of link time the cores sample their demand and one balancer gives each
+/// core its part of the link and of every tenant's rates (`share`). Each poll, every core
+/// queues one VM port's batch (32 frames of the next tenant in turn: every tenant's traffic
+/// is spread over every core, the balancer's worst case) and releases what its part of the
+/// link can take. The figure is per frame per core: the cores' work (run one after another
+/// here) over the frames they all handled, sampling and rebalancing included.
+fn cores_64(c: &mut Criterion) {
+    const BURST: usize = 32;
+    const POLLS: usize = 32;
+    let mut g = c.benchmark_group("qos_cores_64");
+    for cores in [1usize, 2, 4, 8] {
+        g.throughput(Throughput::Elements((BURST * POLLS * cores) as u64));
+        for tenants in SIZES {
+            let part = LINK / cores as u64;
+            let mut scheds: Vec<Scheduler> = (0..cores)
+                .map(|_| {
+                    let mut s = Scheduler::with_advice(
+                        part,
+                        tenants,
+                        tenants,
+                        64,
+                        CORE_FRAMES,
+                        xvs_switch::io::advise_huge_pages,
+                    );
+                    for t in 0..tenants {
+                        let q =
+                            TenantQos { guarantee: LINK / 2 / tenants as u64, limit: None, weight: 1 + (t as u32 % 4) };
+                        s.set_tenant(t as u32, if cores > 1 { share::absent(q) } else { q }, 0);
+                    }
+                    s
+                })
+                .collect();
+            let mut meters: Vec<CoreMeter> = (0..cores).map(|_| CoreMeter::new(tenants)).collect();
+            let mut bal = Balancer::new(LINK, tenants, cores);
+            for t in 0..tenants {
+                bal.set_tenant(
+                    t as u32,
+                    TenantQos { guarantee: LINK / 2 / tenants as u64, limit: None, weight: 1 + (t as u32 % 4) },
+                );
+            }
+            let mut parts = vec![CoreShare::default(); cores];
+            let mut demand: Vec<Vec<Demand>> = vec![Vec::with_capacity(tenants); cores];
+            let batch: Vec<Desc> = (0..BURST as u32).map(|id| Desc::new(id, 60)).collect();
+            let wire: u64 = batch.iter().map(|d| u64::from(d.len) + WIRE_OVERHEAD).sum();
+            // the link time of one round (every core one batch)
+            let round_ns = (wire as f64 * cores as f64 * 8e9 / LINK as f64) as u64;
+            let mut meta = vec![(0u32, 0u32); BURST];
+            let mut out = Vec::with_capacity(4 * BURST);
+            let (mut now, mut next, mut next_interval) = (0u64, 0usize, share::INTERVAL_NS);
+            let (mut queued, mut sent, mut rebalances) = (0u64, 0u64, 0u64);
+            let id = BenchmarkId::new(format!("{cores}_cores"), tenants);
+            g.bench_function(id, |b| {
+                b.iter(|| {
+                    for _ in 0..POLLS {
+                        for (k, s) in scheds.iter_mut().enumerate() {
+                            let t = next as u32;
+                            next = if next + 1 == tenants { 0 } else { next + 1 };
+                            meta.fill((t, t));
+                            if cores > 1 {
+                                for d in &batch {
+                                    meters[k].offer(t, u32::from(d.len));
+                                }
+                            }
+                            let m = &mut meters[k];
+                            s.enqueue_burst(&batch, &meta, now, |d, t, _| m.refuse(t, u32::from(d.len)));
+                            queued += BURST as u64;
+                            out.clear();
+                            sent += s.dequeue_burst(now, &mut out, 4 * BURST) as u64;
+                            black_box(&out);
+                        }
+                        now += round_ns;
+                        if cores > 1 && now >= next_interval {
+                            next_interval = now + share::INTERVAL_NS;
+                            for (k, s) in scheds.iter().enumerate() {
+                                meters[k].sample(s);
+                                demand[k].clear();
+                                demand[k].extend_from_slice(&meters[k].demand);
+                            }
+                            bal.rebalance(&demand, now, &mut parts);
+                            for (s, p) in scheds.iter_mut().zip(&parts) {
+                                CoreMeter::apply(s, p, now);
+                            }
+                            rebalances += 1;
+                        }
+                    }
+                })
+            });
+            println!(
+                "qos_cores_64/{cores}/{tenants}: queued {queued}, released {sent} ({:.2} %), rebalances {rebalances}",
+                100.0 * sent as f64 / queued.max(1) as f64
+            );
+        }
+    }
+    g.finish();
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default().sample_size(30).warm_up_time(std::time::Duration::from_secs(1)).measurement_time(std::time::Duration::from_secs(3));
-    targets = burst_64, burst_imix, interleaved, deep_64
+    targets = burst_64, burst_imix, interleaved, deep_64, cores_64
 }
 criterion_main!(benches);

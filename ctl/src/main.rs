@@ -256,7 +256,8 @@ enum FdbVerb {
 
 #[derive(Subcommand, Debug)]
 enum QosVerb {
-    /// Configured and measured rate, backlog and drops per tenant.
+    /// Configured and measured rate, backlog and drops per tenant; with several forwarding
+    /// cores on the uplink, also each core's part of the link and of every tenant's rates.
     Show,
 }
 
@@ -623,6 +624,30 @@ fn print_human(v: &Reply) {
                 })
                 .collect();
             table(&["tenant", "vni", "guarantee", "limit", "weight", "rate", "backlog", "drops"], &rows);
+            if !q.per_core.is_empty() {
+                // several cores share the uplink: each one's part, following its demand
+                println!();
+                let parts: Vec<String> =
+                    q.per_core.iter().map(|(cpu, l)| format!("cpu {cpu} {}", rate_str(*l))).collect();
+                println!("per core (the link's parts: {})", parts.join(", "));
+                let rows: Vec<Vec<String>> = q
+                    .tenants
+                    .iter()
+                    .flat_map(|t| {
+                        t.per_core.iter().map(|c| {
+                            vec![
+                                t.tenant.clone(),
+                                c.cpu.to_string(),
+                                if c.guarantee_bps == 0 { "-".into() } else { rate_str(c.guarantee_bps) },
+                                rate(c.limit_bps),
+                                rate_str(c.rate_bps),
+                                c.backlog.to_string(),
+                            ]
+                        })
+                    })
+                    .collect();
+                table(&["tenant", "cpu", "guarantee", "limit", "rate", "backlog"], &rows);
+            }
         }
         Reply::Trace(t) => {
             for st in &t.steps {
@@ -707,6 +732,16 @@ fn print_stats(v: Option<&Snapshot>) {
         core.ns_per_packet,
         core.busy_share * 100.0
     );
+    if v.per_core.len() > 1 {
+        for c in &v.per_core {
+            let share = if c.qos_link_bps > 0 {
+                format!(", uplink part {} ({} tenant rates moved)", rate_str(c.qos_link_bps), c.qos_share_changes)
+            } else {
+                String::new()
+            };
+            println!("  cpu {}: {} frames, busy {:.1}% of the time{share}", c.cpu, c.packets, c.busy_share * 100.0);
+        }
+    }
     let e = &v.stats.events;
     println!(
         "events: flooded {}, arp suppressed {}, fdb learned {}, moved {}, limit hit {}, to host {}",

@@ -86,9 +86,24 @@ pub struct CoreReport {
     pub qos: Vec<QosRow>,
     /// Load of each core (filled in when reports are merged).
     pub per_core: Vec<CoreLoad>,
+    /// Each core's CPU, scheduler link rate and tenants (filled in when reports are merged).
+    pub qos_per_core: Vec<(usize, u64, Vec<QosRow>)>,
 }
 
 pub use xvs_proto::reply::{CoreLoad, PortStatus, QosRow, Snapshot};
+
+/// Adds one core's view of a tenant in the scheduler to the total (a limit on one core and
+/// none on another is none: the link rate).
+fn add_qos(q: &mut QosRow, r: &QosRow) {
+    q.stats.packets += r.stats.packets;
+    q.stats.bytes += r.stats.bytes;
+    q.stats.guaranteed_bytes += r.stats.guaranteed_bytes;
+    q.stats.drops += r.stats.drops;
+    q.stats.backlog += r.stats.backlog;
+    q.rate_bps += r.rate_bps;
+    q.guarantee_bps += r.guarantee_bps;
+    q.limit_bps = q.limit_bps.zip(r.limit_bps).map(|(a, b)| a + b);
+}
 
 /// The control plane's handles on the forwarding cores.
 pub struct Cores {
@@ -158,6 +173,7 @@ impl Cores {
                 None => {
                     let mut first = r.clone();
                     first.per_core = vec![r.core.clone()];
+                    first.qos_per_core = vec![(r.core.cpu, r.core.qos_link_bps, r.qos.clone())];
                     merged = Some(first);
                 }
                 Some(m) => {
@@ -171,7 +187,16 @@ impl Cores {
                     }
                     m.core.packets += r.core.packets;
                     m.core.busy_ns += r.core.busy_ns;
+                    m.core.qos_link_bps += r.core.qos_link_bps;
+                    m.core.qos_share_changes += r.core.qos_share_changes;
                     m.per_core.push(r.core.clone());
+                    for row in &r.qos {
+                        match m.qos.iter_mut().find(|q| q.tenant == row.tenant) {
+                            Some(q) => add_qos(q, row),
+                            None => m.qos.push(row.clone()),
+                        }
+                    }
+                    m.qos_per_core.push((r.core.cpu, r.core.qos_link_bps, r.qos));
                 }
             }
         }

@@ -18,10 +18,12 @@ use crate::io::afxdp::{DEFAULT_UMEM_FRAMES, UmemFrames, Waker, wait_readable};
 use crate::io::netdev;
 use crate::io::ports::IoPort;
 use crate::neigh::NeighShare;
+use crate::share::{CoreShare, INTERVAL_NS};
 use crate::stats::Stats;
 use crate::store::{FileStore, Store};
 use crate::tables::Tables;
 use crate::types::PortId;
+use crate::uplink_share::UplinkShare;
 use anyhow::bail;
 use crossbeam::channel::Receiver;
 use std::os::fd::RawFd;
@@ -131,18 +133,21 @@ pub fn run(cfg: Config, opts: Options, stop: Arc<AtomicBool>) -> anyhow::Result<
     store.save(&desired)?;
     let mut threads = Vec::new();
     let share = Arc::new(NeighShare::new(4096));
+    // Several cores on one uplink share its rate (and every tenant's) by demand.
+    let uplink = (cpus.len() > 1).then(|| Arc::new(UplinkShare::new(cpus.len(), &tables)));
+    // One clock for every core, so the shares' intervals mean the same everywhere.
+    let epoch = Instant::now();
     for (k, ((umem, sets), rx)) in umems.into_iter().zip(sets).zip(receivers).enumerate() {
         let share = Arc::clone(&share);
         let xdp = Arc::clone(&xdp);
+        let uplink = uplink.clone().map(|u| (k, u));
         let c = &cores.cores[k];
         let (cpu, tables, report, stop, waker) =
             (c.cpu, Arc::clone(&tables), Arc::clone(&c.report), Arc::clone(&stop), Arc::clone(&c.waker));
         let spin_ns = u64::from(desired.daemon.poll_after_traffic_us) * 1000;
-        threads.push(
-            std::thread::Builder::new()
-                .name(format!("xvs-core{cpu}"))
-                .spawn(move || core_loop(cpu, tables, umem, sets, rx, report, stop, waker, spin_ns, share, xdp))?,
-        );
+        threads.push(std::thread::Builder::new().name(format!("xvs-core{cpu}")).spawn(move || {
+            core_loop(cpu, tables, umem, sets, rx, report, stop, waker, spin_ns, share, xdp, uplink, epoch)
+        })?);
     }
     let wakers: Vec<Arc<Waker>> = cores.cores.iter().map(|c| Arc::clone(&c.waker)).collect();
     tracing::info!(cores = cpus.len(), tenants = tables.live_tenants().count(), "xvsd attached; forwarding");
@@ -236,19 +241,26 @@ fn core_loop(
     spin_ns: u64,
     share: Arc<NeighShare>,
     xdp: Arc<crate::io::xdp::XdpObject>,
+    uplink: Option<(usize, Arc<UplinkShare>)>,
+    epoch: Instant,
 ) {
     let mut moved = Vec::with_capacity(256);
     pin_to(cpu);
     let mut share_seen = 0u64;
     let mut core: Core<IoPort, UmemFrames> = Core::with_advice(Arc::clone(&tables), umem, crate::io::advise_huge_pages);
     core.cycle_counter = crate::io::cycles;
+    // this core's part of a shared uplink: when it next samples its demand, the last part
+    // it took, and that part
+    let (mut next_sample, mut part_seen, mut part) = (0u64, 0u64, CoreShare::default());
+    if let Some((_, u)) = &uplink {
+        core.share_uplink(u.cores(), 1);
+    }
     for (id, s) in sets {
         core.attach(id, s);
     }
     let mut tables = tables;
     let mut host = HostStack::default();
-    let clock = Instant::now();
-    let now_ns = || clock.elapsed().as_nanos() as u64 + 1;
+    let now_ns = || epoch.elapsed().as_nanos() as u64 + 1;
     for v in tables.all_vteps() {
         core.pipeline.neigh.resolve(tables.underlay.next_hop(v), 0);
     }
@@ -269,6 +281,12 @@ fn core_loop(
                         }
                     }
                     core.set_tables(Arc::clone(&t), &change, now);
+                    if let Some((k, u)) = &uplink {
+                        u.set_tables(&t);
+                        if core.take_qos_rebuilt() {
+                            u.rebuilt(*k);
+                        }
+                    }
                     for (id, s) in attach {
                         core.attach(id, s);
                     }
@@ -311,6 +329,19 @@ fn core_loop(
             }
         }
         share.merge_into(&mut core.pipeline.neigh, &mut share_seen, now);
+        if let Some((k, u)) = &uplink {
+            if now >= next_sample {
+                next_sample = now + INTERVAL_NS;
+                if let Some(d) = core.sample_demand() {
+                    u.post(*k, d, now);
+                    u.rebalance_if_due(now);
+                }
+            }
+            if u.take(*k, &mut part_seen, &mut part) {
+                core.apply_share(&part, now);
+                load.qos_share_changes += part.rows.len() as u64;
+            }
+        }
         let n = core.poll(now);
         // Static entries frames moved: the fast path forgets them before the next poll.
         let all = core.pipeline.fdb.take_moved(&mut moved);
@@ -363,7 +394,11 @@ fn core_loop(
                 && core.qos.as_ref().is_none_or(|s| s.backlog() == 0)
             {
                 // Nothing for a while: sleep on the sockets (and the control waker) until a
-                // frame or a message arrives.
+                // frame or a message arrives. A shared uplink's other cores take this one's
+                // parts meanwhile.
+                if let Some((k, u)) = &uplink {
+                    u.post(*k, &[], now);
+                }
                 let t1 = Instant::now();
                 wait_readable(&fds, MAX_SLEEP_MS);
                 waker.drain();
@@ -418,10 +453,16 @@ fn publish(
         let n = core.pipeline.tables().tenants.len();
         rates.bytes.resize(n, 0);
         for (id, _) in core.pipeline.tables().live_tenants() {
-            if let Some((_, st)) = s.tenant(u32::from(id.0)) {
+            if let Some((q, st)) = s.tenant(u32::from(id.0)) {
                 let prev = std::mem::replace(&mut rates.bytes[id.index()], st.bytes);
                 let rate_bps = (u128::from(st.bytes.saturating_sub(prev)) * 8 * 1_000_000_000 / u128::from(dt)) as u64;
-                r.qos.push(QosRow { tenant: id.0, stats: st, rate_bps });
+                r.qos.push(QosRow {
+                    tenant: id.0,
+                    stats: st,
+                    rate_bps,
+                    guarantee_bps: q.guarantee,
+                    limit_bps: q.limit,
+                });
             }
         }
         rates.at = now;
@@ -432,6 +473,7 @@ fn publish(
     r.neighbors.extend(core.pipeline.neigh.iter().map(|(ip, n)| (ip, n.mac)));
     r.core = CoreLoad {
         neighbors_unresolved: r.neighbors.iter().filter(|(_, mac)| mac.is_none()).count() as u32,
+        qos_link_bps: core.qos.as_ref().map_or(0, |s| s.link_bps()),
         ..load.taken(&core.profile, now)
     };
     r.afxdp.clear();

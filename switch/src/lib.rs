@@ -22,3 +22,4 @@ pub mod io;
 pub mod metrics;
 pub mod preflight;
 pub mod store;
+pub mod uplink_share;

@@ -78,9 +78,6 @@ pub fn host_checks(cfg: &Config, starting: bool) -> anyhow::Result<()> {
                 bail!("daemon: {n} cores need {n} queues on every port, but {name:?} has {q}");
             }
         }
-        if cfg.uplink.rate.is_some() {
-            bail!("daemon: QoS (uplink.rate) needs a single forwarding core in this version");
-        }
     }
     Ok(())
 }

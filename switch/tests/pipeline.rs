@@ -617,3 +617,94 @@ fn a_capture_sees_frames_in_and_out_with_their_decision_and_changes_nothing() {
     s.run();
     assert!(s.core.taps.is_empty());
 }
+
+/// Two forwarding cores on one shaped uplink, as xvsd runs them: each core's scheduler gets
+/// its part of the link and of each tenant's guarantee from a balancer every 100 µs, by
+/// where the tenant's traffic arrives. Blue arrives on core 0 only, red on both; together
+/// they offer 1.6x the link. Over the measured 100 ms the link holds, each tenant gets its
+/// guarantee (they add up to the link), both cores send, and every frame is accounted for.
+#[test]
+fn two_cores_share_one_shaped_uplink() {
+    use xvs_switch::share::{Balancer, CoreShare, INTERVAL_NS};
+    const LINK: u64 = 100_000_000;
+    let shaped = CONFIG
+        .replace("mtu = 1550\n", "mtu = 1550\nrate = \"100M\"\n")
+        .replace("vni = 100\n", "vni = 100\nguarantee = \"30M\"\n")
+        .replace("vni = 200\n", "vni = 200\nguarantee = \"70M\"\n");
+    let t = Arc::new(Config::from_toml(&shaped).unwrap().build(None, None).unwrap());
+    let mut cores: Vec<Sim> = (0..2)
+        .map(|_| {
+            let mut s = Sim::new(Arc::clone(&t), 4096);
+            let now = s.now;
+            s.core.share_uplink(2, now);
+            s.core.pipeline.neigh.update(ip(192, 168, 77, 2), PEER_MAC, now);
+            s
+        })
+        .collect();
+    assert_eq!(cores[0].core.qos.as_ref().map(|q| q.link_bps()), Some(LINK / 2), "an even part to start");
+    let mut bal = Balancer::new(LINK, t.tenants.len(), 2);
+    for (id, tn) in t.live_tenants() {
+        bal.set_tenant(u32::from(id.0), tn.qos);
+    }
+    let mut parts = vec![CoreShare::default(), CoreShare::default()];
+    // 1,000-byte UDP frames (1,066 bytes on the wire with the outer headers)
+    let blue = frames::udp4(VM1, VM2, ip(10, 0, 0, 1), ip(10, 0, 0, 2), 1, 2, &[0u8; 958]);
+    let red = frames::udp4(VM1, VM2, ip(10, 0, 0, 1), ip(10, 0, 0, 2), 1, 2, &[0u8; 958]);
+    // offered (bits/s): blue 60M on core 0; red 50M on each core
+    let offered = [[60e6, 50e6], [0.0, 50e6]];
+    let mut owed = [[0.0f64; 2]; 2];
+    let step = 10_000u64; // polls every 10 µs
+    let wire = |f: &[u8]| f.len() as f64 + 24.0;
+    let (mut sent, mut sent_by_core) = ([0u64; 2], [0u64; 2]);
+    let total_frames: usize = cores.iter().map(|s| s.core.free.len()).sum();
+    let (mut injected, mut refused) = (0u64, 0u64);
+    for k in 0..30_000u64 {
+        let measure = k >= 20_000; // the last 100 ms of 300
+        for (c, s) in cores.iter_mut().enumerate() {
+            for (i, (port, f)) in [(B1, &blue), (R1, &red)].into_iter().enumerate() {
+                owed[c][i] += offered[c][i] * step as f64 / 8e9 / (f.len() as f64 + 24.0 - 50.0);
+                while owed[c][i] >= 1.0 {
+                    owed[c][i] -= 1.0;
+                    if s.inject(port, f) {
+                        injected += 1;
+                    } else {
+                        refused += 1;
+                    }
+                }
+            }
+            s.run();
+            for f in s.take(UPLINK) {
+                // the VNI says whose it is (outer Ethernet 14, IPv4 20, UDP 8, VXLAN 4..7)
+                let vni = u32::from_be_bytes([0, f[46], f[47], f[48]]);
+                if measure {
+                    sent[usize::from(vni == 200)] += wire(&f) as u64;
+                    sent_by_core[c] += wire(&f) as u64;
+                }
+            }
+            s.advance(step);
+        }
+        if (k * step).is_multiple_of(INTERVAL_NS) {
+            let now = cores[0].now;
+            let demand: Vec<Vec<_>> =
+                cores.iter_mut().map(|s| s.core.sample_demand().map(<[_]>::to_vec).unwrap_or_default()).collect();
+            bal.rebalance(&demand, now, &mut parts);
+            for (s, p) in cores.iter_mut().zip(&parts) {
+                s.core.apply_share(p, now);
+            }
+        }
+    }
+    let secs = 0.1;
+    let rate = |b: u64| b as f64 * 8.0 / secs;
+    let link_parts: u64 = cores.iter().map(|s| s.core.qos.as_ref().unwrap().link_bps()).sum();
+    assert!(link_parts.abs_diff(LINK) <= LINK / 100, "the cores' parts {link_parts} add up to the link");
+    let (b, r) = (rate(sent[0]), rate(sent[1]));
+    eprintln!("blue {:.2} red {:.2} Mbit/s, by core {sent_by_core:?}, parts {link_parts}", b / 1e6, r / 1e6);
+    assert!(b + r <= 1.01 * LINK as f64 && b + r >= 0.95 * LINK as f64, "link: {:.1} Mbit/s", (b + r) / 1e6);
+    assert!((0.97 * 30e6..=1.05 * 30e6).contains(&b), "blue {:.1} Mbit/s, guaranteed 30", b / 1e6);
+    assert!(r >= 0.97 * 70e6, "red {:.1} Mbit/s, guaranteed 70", r / 1e6);
+    assert!(sent_by_core.iter().all(|&x| x > 0), "both cores sent: {sent_by_core:?}");
+    // every frame sent, queued, dropped for a full queue or never taken in
+    let queued: u64 = cores.iter().map(|s| s.core.qos.as_ref().unwrap().backlog()).sum();
+    let free: usize = cores.iter().map(|s| s.core.free.len()).sum();
+    assert_eq!(free + queued as usize, total_frames, "frames leaked ({injected} injected, {refused} refused)");
+}

@@ -10,7 +10,8 @@ use crate::fdb::Entry;
 use crate::hint::MemAdvice;
 use crate::pipeline::{Action, Change, DropReason, Pipeline};
 use crate::port::{BATCH, Desc, FrameMem, FreeList, KernelDrops, Port, RxTally, TxStage};
-use crate::qos::Scheduler;
+use crate::qos::{Scheduler, TenantQos};
+use crate::share::{CoreMeter, CoreShare, Demand};
 use crate::tables::Tables;
 use crate::types::{PortId, TenantId};
 use crate::wire::MacAddr;
@@ -33,6 +34,12 @@ pub struct Core<P: Port, M: FrameMem> {
     pub stage: TxStage,
     /// The uplink's bandwidth scheduler, when the uplink has a rate.
     pub qos: Option<Scheduler>,
+    /// With several cores on one uplink: how many, and what this core offers its scheduler
+    /// per tenant ([`crate::share`]), so that its share of the link and of each tenant's
+    /// rates follows its demand. `None`: this core owns the whole link.
+    sharing: Option<(usize, CoreMeter)>,
+    /// The scheduler was made anew since [`Core::take_qos_rebuilt`].
+    qos_rebuilt: bool,
     /// Cycles spent in each stage, read from `cycle_counter` once per port and stage per poll
     /// (never per frame), so a regression shows which stage it is in.
     pub profile: StageCycles,
@@ -64,12 +71,18 @@ pub const QOS_QUEUE: usize = 512;
 
 /// The uplink scheduler for `t`, if the uplink has a rate. It has room for every frame of the
 /// core's frame memory (`frames`), which is all a core can ever queue.
-fn new_scheduler(t: &Tables, frames: u32, now: u64, advice: MemAdvice) -> Option<Scheduler> {
+/// With `cores` cores on the uplink (more than one), each starts with an even part of the
+/// link and, for every tenant, what [`crate::share`] gives a core where the tenant has no
+/// demand yet (no guarantee, the floor of its limit); its shares follow from the first
+/// interval on.
+fn new_scheduler(t: &Tables, frames: u32, now: u64, advice: MemAdvice, cores: usize) -> Option<Scheduler> {
     let rate = t.underlay.rate?;
     let (tenants, ports) = (t.tenants.len().max(16) * 2, t.ports.len().max(16) * 2);
-    let mut s = Scheduler::with_advice(rate, tenants, ports, QOS_QUEUE, frames as usize, advice);
+    let link = if cores > 1 { (rate / cores as u64).max(1) } else { rate };
+    let mut s = Scheduler::with_advice(link, tenants, ports, QOS_QUEUE, frames as usize, advice);
     for (id, tn) in t.live_tenants() {
-        s.set_tenant(u32::from(id.0), tn.qos, now);
+        let qos = if cores > 1 { crate::share::absent(tn.qos) } else { tn.qos };
+        s.set_tenant(u32::from(id.0), qos, now);
     }
     Some(s)
 }
@@ -130,10 +143,12 @@ impl<P: Port, M: FrameMem> Core<P, M> {
     pub fn with_advice(tables: Arc<Tables>, mem: M, advice: MemAdvice) -> Core<P, M> {
         let n = tables.ports.len();
         let free = FreeList::new(mem.frames());
-        let qos = new_scheduler(&tables, mem.frames(), 0, advice);
+        let qos = new_scheduler(&tables, mem.frames(), 0, advice, 1);
         Core {
             advice,
             qos,
+            sharing: None,
+            qos_rebuilt: false,
             out: Vec::with_capacity(UPLINK_STAGE),
             uplink_backlog: std::collections::VecDeque::new(),
             pipeline: Pipeline::new(tables),
@@ -191,9 +206,22 @@ impl<P: Port, M: FrameMem> Core<P, M> {
             self.ports.resize_with(tables.ports.len(), || None);
         }
         let fits = |s: &Scheduler| s.capacity().0 >= tables.tenants.len() && s.capacity().1 >= tables.ports.len();
+        let cores = self.sharing.as_ref().map_or(1, |(n, _)| *n);
         match (&mut self.qos, tables.underlay.rate) {
+            (Some(s), Some(_)) if fits(s) && cores > 1 => {
+                // The rates come from the balancer, which has the new settings; a tenant
+                // new to the scheduler starts as one without demand here. Weights are local.
+                for (id, tn) in tables.live_tenants() {
+                    let t = u32::from(id.0);
+                    match s.tenant(t) {
+                        Some((q, _)) if q == TenantQos::default() => s.set_tenant(t, crate::share::absent(tn.qos), now),
+                        Some((q, _)) if q.weight != tn.qos.weight => s.set_weight(t, tn.qos.weight),
+                        _ => {}
+                    }
+                }
+            }
             (Some(s), Some(rate)) if fits(s) => {
-                s.set_link(rate);
+                s.set_link_at(rate, now);
                 for (id, tn) in tables.live_tenants() {
                     if s.tenant(u32::from(id.0)).map(|(q, _)| q) != Some(tn.qos) {
                         s.set_tenant(u32::from(id.0), tn.qos, now);
@@ -206,7 +234,11 @@ impl<P: Port, M: FrameMem> Core<P, M> {
                 // core) or, without a rate, to the uplink unscheduled. Every frame stays
                 // accounted for.
                 let old = self.qos.take();
-                self.qos = new_scheduler(&tables, self.mem.frames(), now, self.advice);
+                self.qos = new_scheduler(&tables, self.mem.frames(), now, self.advice, cores);
+                if let (Some(s), Some((_, meter))) = (&self.qos, &mut self.sharing) {
+                    *meter = CoreMeter::new(s.capacity().0);
+                }
+                self.qos_rebuilt = true;
                 if let Some(mut old) = old {
                     let (new, backlog) = (&mut self.qos, &mut self.uplink_backlog);
                     old.drain(|d, tenant, flow| match new {
@@ -226,6 +258,52 @@ impl<P: Port, M: FrameMem> Core<P, M> {
             }
         }
         self.pipeline.set_tables(tables, change);
+    }
+
+    /// Shares the uplink with `cores` forwarding cores in all (more than one): from now on
+    /// this core meters what it offers its scheduler ([`Core::sample_demand`]) and takes its
+    /// part of the link and of each tenant's rates from a balancer ([`Core::apply_share`]).
+    /// Its scheduler starts over with an even part of the link; its queue moves over.
+    pub fn share_uplink(&mut self, cores: usize, now: u64) {
+        if cores <= 1 {
+            return;
+        }
+        self.sharing = Some((cores, CoreMeter::new(0)));
+        let tables = Arc::clone(self.pipeline.tables());
+        let old = self.qos.take();
+        self.qos = new_scheduler(&tables, self.mem.frames(), now, self.advice, cores);
+        if let (Some(s), Some((_, meter))) = (&self.qos, &mut self.sharing) {
+            *meter = CoreMeter::new(s.capacity().0);
+        }
+        if let Some(mut old) = old {
+            let (new, backlog) = (&mut self.qos, &mut self.uplink_backlog);
+            old.drain(|d, tenant, flow| match new.as_mut().map(|s| s.enqueue(tenant, flow, d, now)) {
+                Some(Ok(())) => {}
+                _ => backlog.push_back(d),
+            });
+        }
+    }
+
+    /// With a shared uplink: each tenant's demand on this core since the last call (call it
+    /// every [`crate::share::INTERVAL_NS`]); `None` when the uplink has no rate or is not
+    /// shared.
+    pub fn sample_demand(&mut self) -> Option<&[Demand]> {
+        let (s, (_, meter)) = (self.qos.as_ref()?, self.sharing.as_mut()?);
+        meter.sample(s);
+        Some(&meter.demand)
+    }
+
+    /// Whether the scheduler was made anew (or the rate came or went) since the last call:
+    /// the balancer's record of what it gave this core no longer holds.
+    pub fn take_qos_rebuilt(&mut self) -> bool {
+        std::mem::take(&mut self.qos_rebuilt)
+    }
+
+    /// Applies this core's settings from the balancer.
+    pub fn apply_share(&mut self, share: &CoreShare, now: u64) {
+        if let Some(s) = self.qos.as_mut() {
+            CoreMeter::apply(s, share, now);
+        }
     }
 
     /// One poll iteration at time `now` (ns): every port's receive ring once, then transmit.
@@ -304,12 +382,21 @@ impl<P: Port, M: FrameMem> Core<P, M> {
         let mut staged = std::mem::take(self.stage.staged(crate::tables::UPLINK));
         self.out.clear();
         let (out, stats, free) = (&mut self.out, &mut self.pipeline.stats, &mut self.free);
+        let mut meter = self.sharing.as_mut().map(|(_, m)| m);
+        if let Some(m) = meter.as_deref_mut() {
+            for (d, &(tenant, _)) in staged.iter().zip(&meta) {
+                m.offer(tenant, u32::from(d.len));
+            }
+        }
         // Frames of the host stack carry no tenant (u32::MAX): the scheduler gives them back
         // and they go out unscheduled; anything else it gives back met a full queue.
         s.enqueue_burst(&staged, &meta, now, |d, tenant, flow| {
             if tenant == u32::MAX {
                 out.push(d);
                 return;
+            }
+            if let Some(m) = meter.as_deref_mut() {
+                m.refuse(tenant, u32::from(d.len));
             }
             if let Some(p) = stats.ports.get_mut(flow as usize) {
                 p.drops[DropReason::QosQueueFull as usize] += 1;

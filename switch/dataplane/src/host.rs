@@ -65,7 +65,7 @@ impl HostStack {
         for d in &frames {
             let reply = self.answer(t, neigh, mem.data_mut(d), now);
             match reply {
-                Some(n) if stage.push(UPLINK, Desc { len: n as u32, ..*d }) => {}
+                Some(n) if stage.push(UPLINK, Desc { len: n as u16, ..*d }) => {}
                 _ => free.free(d.id),
             }
         }

@@ -25,8 +25,8 @@ pub const HEADROOM: usize = 256;
 pub struct Desc {
     /// Frame index in the frame memory.
     pub id: u32,
-    /// Bytes of data.
-    pub len: u32,
+    /// Bytes of data (a frame's buffer is at most 64 KiB: the AF_XDP chunk is 4 KiB).
+    pub len: u16,
     /// Where the data starts in the frame's buffer.
     pub off: u16,
 }
@@ -35,14 +35,14 @@ impl Desc {
     /// Frame `id` with `len` bytes of data at the usual place, [`HEADROOM`] into its buffer.
     #[inline]
     pub fn new(id: u32, len: usize) -> Desc {
-        Desc { id, len: len as u32, off: HEADROOM as u16 }
+        Desc { id, len: len as u16, off: HEADROOM as u16 }
     }
 
     /// Where the data is in the frame's buffer.
     #[inline]
     pub fn range(&self) -> Range<usize> {
         let off = usize::from(self.off);
-        off..off + self.len as usize
+        off..off + usize::from(self.len)
     }
 }
 

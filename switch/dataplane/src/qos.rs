@@ -329,7 +329,23 @@ impl Scheduler {
         self.link_bps
     }
 
-    /// Changes the link rate.
+    /// Changes the link rate at `now`, live: the link time still owed for bytes already
+    /// sent is counted again at the new rate, so a rate that falls (a core's part of a
+    /// shared link) does not push the next departure out by the old bytes' time at the new
+    /// rate, nor a rate that rises leave it there.
+    pub fn set_link_at(&mut self, bps: u64, now: u64) {
+        if self.link_free_at > now && self.link_bpn > 0 {
+            let owed = ((u128::from(self.link_free_at - now) * u128::from(self.link_bpn)) >> FP) as u64;
+            self.set_link(bps);
+            let ns = (cost_fp(owed, self.link_npb, 0) >> FP).min(u128::from(LINK_SLACK_NS)) as u64;
+            self.link_free_at = now + ns;
+        } else {
+            self.set_link(bps);
+            self.link_free_at = self.link_free_at.min(now);
+        }
+    }
+
+    /// Changes the link rate (before any frame was sent; later, [`Scheduler::set_link_at`]).
     pub fn set_link(&mut self, bps: u64) {
         self.link_bps = bps.max(1);
         self.link_npb = ns_per_byte(self.link_bps);
@@ -361,6 +377,17 @@ impl Scheduler {
         t.g_wait = g_wait(&t.guar);
         t.deficit = 0;
         *old = qos;
+        self.size_quantum();
+    }
+
+    /// Changes a tenant's weight only (with several cores its rates come from
+    /// [`crate::share`]); its queue, buckets and counters stay.
+    pub fn set_weight(&mut self, tenant: u32, weight: u32) {
+        let Some(t) = self.tenants.get_mut(tenant as usize) else { return };
+        let weight = weight.clamp(1, 1_000_000);
+        self.weights = self.weights - u64::from(t.weight) + u64::from(weight);
+        t.weight = weight;
+        self.qos[tenant as usize].weight = weight;
         self.size_quantum();
     }
 
@@ -481,10 +508,12 @@ impl Scheduler {
         let owner = if fl.len > 0 { fl.tenant } else { tenant };
         let room = (mask + 1 - fl.len).min(self.frames.saturating_sub(self.backlog).min(u64::from(NIL)) as u32);
         let took = descs.len().min(room as usize);
-        for (k, d) in descs[..took].iter().enumerate() {
-            let i = self.slot(flow, fl.head + fl.len + k as u32);
-            self.buf[i] = *d;
-        }
+        // at most two copies: up to the end of the flow's ring, then from its start
+        let first = ((fl.head + fl.len) & mask) as usize;
+        let wrap = (first + took).saturating_sub(mask as usize + 1);
+        let base = self.slot(flow, 0);
+        self.buf[base + first..base + first + took - wrap].copy_from_slice(&descs[..took - wrap]);
+        self.buf[base..base + wrap].copy_from_slice(&descs[took - wrap..took]);
         let t = &mut self.tenants[owner as usize];
         t.stats.drops += (descs.len() - took) as u64;
         if took == 0 {
@@ -887,6 +916,26 @@ mod tests {
         assert!(s.dequeue(5_000).is_none(), "link busy");
         assert_eq!(s.next_send_at(), 10_000);
         assert!(s.dequeue(10_000).is_some());
+    }
+
+    #[test]
+    fn a_live_link_change_counts_the_owed_time_again() {
+        let mut s = Scheduler::new(G, 1, 1, 64, 64);
+        for i in 0..10 {
+            s.enqueue(0, 0, frame(i, 1226), 0).unwrap(); // 1250 wire bytes = 10 µs at 1G
+        }
+        assert!(s.dequeue(0).is_some());
+        // the rate halves 5 µs in: the 625 bytes still owed take 10 µs, not 5
+        s.set_link_at(G / 2, 5_000);
+        assert_eq!(s.next_send_at(), 15_000);
+        // a core's part of a shared link fell to 1 bit/s, then came back: the frame sent at
+        // 1 bit/s owes at most the slack, not hours
+        assert!(s.dequeue(15_000).is_some());
+        s.set_link_at(1, 15_000);
+        assert!(s.dequeue(15_000).is_none());
+        s.set_link_at(G, 16_000);
+        assert!(s.next_send_at() <= 16_000 + LINK_SLACK_NS);
+        assert!(s.dequeue(16_000 + LINK_SLACK_NS).is_some());
     }
 
     #[test]

@@ -34,6 +34,12 @@ pub const INTERVAL_NS: u64 = 100_000;
 /// interval, so a limit holds when the tenant's traffic moves to a new core.
 const LIMIT_FLOOR_DIV: u64 = 64;
 
+/// What a core where `qos`'s tenant has no demand runs it with: no guarantee, the floor of
+/// its limit, its weight.
+pub fn absent(qos: TenantQos) -> TenantQos {
+    TenantQos { guarantee: 0, limit: qos.limit.map(|l| (l / LIMIT_FLOOR_DIV).max(1)), weight: qos.weight }
+}
+
 /// One tenant's demand on one core since the last sample: wire bytes that arrived (queued
 /// or refused), and wire bytes waiting now.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -147,7 +153,7 @@ impl CoreMeter {
             s.set_rates(t, g, l, share.late_ns, now);
         }
         if s.link_bps() != share.link_bps.max(1) || !share.rows.is_empty() {
-            s.set_link(share.link_bps);
+            s.set_link_at(share.link_bps, now);
         }
     }
 }
@@ -177,6 +183,9 @@ pub struct Balancer {
     place: Vec<Vec<u32>>,
     next: Vec<(u32, u64, Option<u64>)>,
     in_next: Vec<bool>,
+    /// Tenants whose settings changed since the last interval: every core hears of them.
+    dirty: Vec<u32>,
+    is_dirty: Vec<bool>,
     last: u64,
 }
 
@@ -193,14 +202,40 @@ impl Balancer {
             place: vec![vec![u32::MAX; tenants]; cores],
             next: Vec::with_capacity(tenants),
             in_next: vec![false; tenants],
+            dirty: Vec::with_capacity(tenants),
+            is_dirty: vec![false; tenants],
             last: 0,
         }
     }
 
-    /// Sets a tenant's QoS (or changes it, live); it takes effect at the next interval.
+    /// Sets a tenant's QoS (or changes it, live); it takes effect at the next interval, when
+    /// every core is told its part anew (where the tenant has no demand: [`absent`]).
     pub fn set_tenant(&mut self, tenant: u32, qos: TenantQos) {
-        if let Some(q) = self.qos.get_mut(tenant as usize) {
+        let t = tenant as usize;
+        if let Some(q) = self.qos.get_mut(t)
+            && *q != qos
+        {
             *q = qos;
+            if !self.is_dirty[t] {
+                self.is_dirty[t] = true;
+                self.dirty.push(tenant);
+            }
+        }
+    }
+
+    /// Room for this many tenants.
+    pub fn capacity(&self) -> usize {
+        self.qos.len()
+    }
+
+    /// Forgets what core `c` was given: its scheduler started over (every tenant as
+    /// [`absent`]), so the next interval gives it every row anew.
+    pub fn forget_core(&mut self, c: usize) {
+        if let (Some(given), Some(place)) = (self.given.get_mut(c), self.place.get_mut(c)) {
+            for &(t, _, _) in given.iter() {
+                place[t as usize] = u32::MAX;
+            }
+            given.clear();
         }
     }
 
@@ -221,13 +256,13 @@ impl Balancer {
 
     /// From each core's demand (`demand[c]`, what its meter sampled) computes each core's
     /// settings into `out[c]` (only the tenants whose rates there changed are listed).
-    pub fn rebalance(&mut self, demand: &[&[Demand]], now: u64, out: &mut [CoreShare]) {
+    pub fn rebalance<D: AsRef<[Demand]>>(&mut self, demand: &[D], now: u64, out: &mut [CoreShare]) {
         let late = now.saturating_sub(self.last).clamp(1, 10 * INTERVAL_NS);
         self.last = now;
         let link = self.link_bps;
         // 1. a tenant's demand over the cores
         for rows in demand {
-            for d in rows.iter() {
+            for d in rows.as_ref() {
                 let Some(s) = self.sums.get_mut(d.tenant as usize) else { continue };
                 if !s.seen {
                     *s = Sum { seen: true, ..Sum::default() };
@@ -280,7 +315,7 @@ impl Balancer {
         for c in 0..cores {
             let mut link_c = spare;
             self.next.clear();
-            for d in demand[c].iter() {
+            for d in demand[c].as_ref() {
                 let ti = d.tenant as usize;
                 let Some(s) = self.sums.get(ti) else { continue };
                 let m = d.arrived + d.backlog;
@@ -302,6 +337,10 @@ impl Balancer {
             self.sums[t as usize].seen = false;
         }
         self.active.clear();
+        for &t in &self.dirty {
+            self.is_dirty[t as usize] = false;
+        }
+        self.dirty.clear();
     }
 
     /// Lists in `out` what changed on core `c` from what it was given to `self.next`:
@@ -320,9 +359,16 @@ impl Balancer {
                 place[t as usize] = given.len() as u32;
                 given.push((t, g, l));
                 out.rows.push((t, g, l));
-            } else if given[p as usize] != (t, g, l) {
+            } else if given[p as usize] != (t, g, l) || self.is_dirty[t as usize] {
                 given[p as usize] = (t, g, l);
                 out.rows.push((t, g, l));
+            }
+        }
+        // tenants whose settings changed, without demand here: their new floor
+        for &t in &self.dirty {
+            if !self.in_next[t as usize] && place[t as usize] == u32::MAX {
+                let a = absent(self.qos[t as usize]);
+                out.rows.push((t, a.guarantee, a.limit));
             }
         }
         // tenants not in `next`: gone from this core
@@ -344,5 +390,43 @@ impl Balancer {
         for &(t, _, _) in &self.next {
             self.in_next[t as usize] = false;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn demand(tenant: u32, bytes: u64) -> Demand {
+        Demand { tenant, arrived: bytes, backlog: 0, saturated: false }
+    }
+
+    #[test]
+    fn changed_settings_and_a_restarted_core_are_told_anew() {
+        let q = TenantQos { guarantee: 40_000_000, limit: Some(64_000_000), weight: 1 };
+        let mut b = Balancer::new(100_000_000, 4, 2);
+        b.set_tenant(0, q);
+        b.set_tenant(1, q);
+        let mut out = vec![CoreShare::default(); 2];
+        // tenant 0 on core 0, tenant 1 on core 1: 1,250 bytes per 100 µs = 100 Mbit/s each
+        let d = [vec![demand(0, 1_250)], vec![demand(1, 1_250)]];
+        b.rebalance(&d, INTERVAL_NS, &mut out);
+        assert_eq!(out[0].rows.len(), 2, "its tenant, and the other's floor: {:?}", out[0].rows);
+        b.rebalance(&d, 2 * INTERVAL_NS, &mut out);
+        assert!(out[0].rows.is_empty() && out[1].rows.is_empty(), "nothing changed, nothing told");
+        // a new limit: every core hears of tenant 0, the one without its traffic its new floor
+        b.set_tenant(0, TenantQos { limit: Some(128_000_000), ..q });
+        b.rebalance(&d, 3 * INTERVAL_NS, &mut out);
+        assert!(out[0].rows.iter().any(|r| r.0 == 0 && r.2 == Some(128_000_000)), "{:?}", out[0].rows);
+        assert_eq!(out[1].rows, vec![(0, 0, Some(2_000_000))]);
+        b.rebalance(&d, 4 * INTERVAL_NS, &mut out);
+        assert!(out[0].rows.is_empty() && out[1].rows.is_empty());
+        // core 1 started over: it is given its rows again
+        b.forget_core(1);
+        b.rebalance(&d, 5 * INTERVAL_NS, &mut out);
+        assert!(out[0].rows.is_empty());
+        assert_eq!(out[1].rows.len(), 1, "{:?}", out[1].rows);
+        assert_eq!(out[1].rows[0].0, 1);
+        assert_eq!(absent(q), TenantQos { guarantee: 0, limit: Some(1_000_000), weight: 1 });
     }
 }

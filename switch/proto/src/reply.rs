@@ -251,6 +251,9 @@ pub struct QosShow {
     pub link_bps: Option<u64>,
     /// Every tenant.
     pub tenants: Vec<QosTenant>,
+    /// With several cores on the uplink: each core's CPU and part of the link, bits/s.
+    #[serde(default)]
+    pub per_core: Vec<(usize, u64)>,
 }
 
 /// One tenant in `qos show`.
@@ -274,6 +277,25 @@ pub struct QosTenant {
     pub backlog: Option<u32>,
     /// Frames refused for a full queue.
     pub drops: Option<u64>,
+    /// With several cores on the uplink: each core's part (CPU, guarantee and limit it runs
+    /// the tenant with, measured rate, backlog).
+    #[serde(default)]
+    pub per_core: Vec<QosTenantCore>,
+}
+
+/// One tenant on one forwarding core in `qos show`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QosTenantCore {
+    /// CPU.
+    pub cpu: usize,
+    /// This core's part of the guarantee, bits/s.
+    pub guarantee_bps: u64,
+    /// This core's part of the limit, bits/s.
+    pub limit_bps: Option<u64>,
+    /// Measured rate on this core over the last 100 ms, bits/s.
+    pub rate_bps: u64,
+    /// Frames waiting on this core.
+    pub backlog: u32,
 }
 
 /// A traced frame's decisions.
@@ -465,6 +487,14 @@ pub struct CoreLoad {
     /// Underlay neighbours (VTEP next hops) this core uses but has no MAC for: its frames
     /// to them are dropped as `vtep_unresolved` until ARP (on any core) answers.
     pub neighbors_unresolved: u32,
+    /// The uplink rate this core's scheduler runs at, bits/s (0: no scheduling). With
+    /// several cores on a shaped uplink, its part of the link, which follows its demand.
+    #[serde(default)]
+    pub qos_link_bps: u64,
+    /// With several cores on a shaped uplink: the tenant rows of its part it has applied so
+    /// far (each a tenant's guarantee or limit here moving with demand).
+    #[serde(default)]
+    pub qos_share_changes: u64,
 }
 
 impl CoreLoad {
@@ -508,6 +538,13 @@ pub struct QosRow {
     pub stats: TenantQosStats,
     /// Measured wire rate over the last publishing interval (100 ms), bits/s.
     pub rate_bps: u64,
+    /// The guarantee the scheduler runs the tenant with, bits/s: the configured one with
+    /// one core, this core's part of it with several (summed in the totals).
+    #[serde(default)]
+    pub guarantee_bps: u64,
+    /// The limit the scheduler runs the tenant with, bits/s (as `guarantee_bps`).
+    #[serde(default)]
+    pub limit_bps: Option<u64>,
 }
 
 /// Status and counters, as the stats file, `xvsctl stats --json` and the metrics show them.
@@ -539,8 +576,13 @@ pub struct Snapshot {
     pub neighbors: Vec<(String, String)>,
     /// Core load.
     pub core: CoreLoad,
-    /// Uplink rate (bits/s) when QoS is on, and each tenant in the scheduler.
+    /// Uplink rate (bits/s) when QoS is on, and each tenant in the scheduler (over all
+    /// cores).
     pub qos: Option<(u64, Vec<QosRow>)>,
+    /// With several cores: each core's CPU, its part of the link (bits/s) and each tenant
+    /// in its scheduler.
+    #[serde(default)]
+    pub qos_per_core: Vec<(usize, u64, Vec<QosRow>)>,
     /// Load of each forwarding core.
     pub per_core: Vec<CoreLoad>,
 }

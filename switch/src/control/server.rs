@@ -9,7 +9,9 @@
 use super::explain;
 use super::pcapng::{self, Session, Slot};
 use super::plane::{self, Apply, CapturePlan, FdbPlan, Plan, Plane};
-use super::proto::reply::{self, Done, FdbApplied, PortInfo, QosShow, QosTenant, Reply, Status, TenantInfo};
+use super::proto::reply::{
+    self, Done, FdbApplied, PortInfo, QosShow, QosTenant, QosTenantCore, Reply, Status, TenantInfo,
+};
 use super::proto::{self, Command, Error, ErrorKind};
 use crate::config::Config;
 use crate::cores::{CoreMsg, CoreReport, Cores, PortStatus, Snapshot};
@@ -613,7 +615,27 @@ impl ControlState {
             .live_tenants()
             .map(|(id, t)| {
                 let m = rep.as_ref().and_then(|r| r.qos.iter().find(|q| q.tenant == id.0));
+                let per_core = rep
+                    .as_ref()
+                    .filter(|r| r.qos_per_core.len() > 1)
+                    .map(|r| {
+                        r.qos_per_core
+                            .iter()
+                            .filter_map(|(cpu, _, rows)| {
+                                let q = rows.iter().find(|q| q.tenant == id.0)?;
+                                Some(QosTenantCore {
+                                    cpu: *cpu,
+                                    guarantee_bps: q.guarantee_bps,
+                                    limit_bps: q.limit_bps,
+                                    rate_bps: q.rate_bps,
+                                    backlog: q.stats.backlog,
+                                })
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
                 QosTenant {
+                    per_core,
                     tenant: t.name.clone(),
                     vni: t.vni.get(),
                     guarantee_bps: t.qos.guarantee,
@@ -626,7 +648,13 @@ impl ControlState {
                 }
             })
             .collect();
-        QosShow { link_bps: self.tables().underlay.rate, tenants }
+        let per_core = match (&rep, self.tables().underlay.rate) {
+            (Some(r), Some(_)) if r.qos_per_core.len() > 1 => {
+                r.qos_per_core.iter().map(|(cpu, link, _)| (*cpu, *link)).collect()
+            }
+            _ => Vec::new(),
+        };
+        QosShow { link_bps: self.tables().underlay.rate, tenants, per_core }
     }
 
     fn counters_of_tenant(&self, idx: usize) -> Option<reply::Counters> {
@@ -743,6 +771,11 @@ impl ControlState {
                 .collect(),
             core: r.core,
             qos: self.tables().underlay.rate.map(|l| (l, r.qos)),
+            qos_per_core: if r.qos_per_core.len() > 1 && self.tables().underlay.rate.is_some() {
+                r.qos_per_core
+            } else {
+                Vec::new()
+            },
             per_core: r.per_core,
         })
     }

@@ -334,7 +334,7 @@ impl Port for XskPort {
             // it, the descriptor says where, and the frame stays there.
             let (id, off) = Self::id_of(d.addr());
             let len = d.lengths().data().min(FRAME_SIZE as usize - off);
-            *slot = Desc { id, len: len as u32, off: off as u16 };
+            *slot = Desc { id, len: len as u16, off: off as u16 };
         }
         for d in out.iter().take(n) {
             let id = d.id;
@@ -345,9 +345,9 @@ impl Port for XskPort {
     }
 
     fn tx(&mut self, descs: &[Desc]) -> usize {
-        let sent = self
-            .ring
-            .produce(descs.iter().map(|d| (u64::from(d.id) * u64::from(FRAME_SIZE) + u64::from(d.off), d.len)));
+        let sent = self.ring.produce(
+            descs.iter().map(|d| (u64::from(d.id) * u64::from(FRAME_SIZE) + u64::from(d.off), u32::from(d.len))),
+        );
         for d in &descs[..sent] {
             self.hold(d.id);
         }

@@ -331,14 +331,14 @@ impl Pipeline {
                 Action::Forward(p) => out.send(p, *d),
                 Action::Encap { dst_mac, dst_ip, vni, src_port } => {
                     match self.tmpl.encapsulate(mem.buf_mut(d.id), d.range(), dst_mac, dst_ip, vni, src_port) {
-                        Some(r) => out.send(UPLINK, Desc { id: d.id, len: r.len() as u32, off: r.start as u16 }),
+                        Some(r) => out.send(UPLINK, Desc { id: d.id, len: r.len() as u16, off: r.start as u16 }),
                         None => out.drop(d.id, DropReason::MtuExceeded),
                     }
                 }
                 Action::Decap { port, inner_off, inner_len } => {
                     // The inner frame stays where it is: only the descriptor skips the outer
                     // headers.
-                    out.send(port, Desc { id: d.id, len: u32::from(inner_len), off: d.off + inner_off });
+                    out.send(port, Desc { id: d.id, len: inner_len, off: d.off + inner_off });
                 }
                 Action::Flood { tenant, exclude, inner_off, inner_len, remote } => {
                     out.stats.events.flooded += 1;
@@ -363,7 +363,7 @@ impl Pipeline {
                     match icmp::too_big(buf, d.len as usize, mtu) {
                         Some(len) => {
                             out.stats.events.icmp_too_big += 1;
-                            out.send(ingress, Desc { len: len as u32, ..*d });
+                            out.send(ingress, Desc { len: len as u16, ..*d });
                         }
                         None => out.free.free(d.id),
                     }
@@ -395,7 +395,8 @@ impl Out<'_> {
         self.free.free(id);
     }
 
-    #[inline]
+    // always: with 8-byte descriptors the compiler stopped inlining it (a call per frame)
+    #[inline(always)]
     fn send(&mut self, port: PortId, d: Desc) {
         let tenant = self.tenant.map_or(u32::MAX, |t| u32::from(t.0));
         if self.stage.push_tagged(port, d, tenant, u32::from(self.ingress.0)) {
