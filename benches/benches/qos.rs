@@ -17,7 +17,8 @@
 //! * `qos_interleaved_imix`: the worst case for caches. One frame in (each from the next
 //!   tenant), one frame out, so with many tenants every frame touches two cold tenants.
 //! * `qos_cores_64`: 1, 2, 4 and 8 cores on one uplink, each with its own scheduler, its part
-//!   of the link following its demand every 100 µs (see `cores_64`).
+//!   of the link following its demand every 100 µs (see `cores_64`); `qos_rebalance`: one
+//!   such rebalance with every tenant active.
 #![allow(missing_docs)]
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
@@ -232,9 +233,56 @@ fn cores_64(c: &mut Criterion) {
     g.finish();
 }
 
+/// One rebalance (every 100 µs with several cores) with every tenant active on 2 and 8
+/// cores: its cost grows with the active tenants (a sort), so it bounds how many a 100 µs
+/// interval can follow.
+fn rebalance(c: &mut Criterion) {
+    let mut g = c.benchmark_group("qos_rebalance");
+    for cores in [2usize, 8] {
+        for tenants in SIZES {
+            let mut bal = Balancer::new(LINK, tenants, cores);
+            for t in 0..tenants {
+                bal.set_tenant(
+                    t as u32,
+                    TenantQos { guarantee: LINK / 2 / tenants as u64, limit: None, weight: 1 + (t as u32 % 4) },
+                );
+            }
+            // each tenant on every core, with demand that changes from interval to interval
+            let mut demand: Vec<Vec<Demand>> = (0..cores)
+                .map(|c| {
+                    (0..tenants as u32)
+                        .map(|t| Demand {
+                            tenant: t,
+                            arrived: 1_000 + u64::from(t) * (c as u64 + 1) % 977,
+                            backlog: 0,
+                            saturated: t % 3 == 0,
+                        })
+                        .collect()
+                })
+                .collect();
+            let mut parts = vec![CoreShare::default(); cores];
+            let mut now = 0u64;
+            g.throughput(Throughput::Elements(tenants as u64));
+            g.bench_function(BenchmarkId::new(format!("{cores}_cores"), tenants), |b| {
+                b.iter(|| {
+                    now += share::INTERVAL_NS;
+                    for rows in demand.iter_mut() {
+                        for d in rows.iter_mut() {
+                            d.arrived = d.arrived * 7 % 2_003 + 500;
+                        }
+                    }
+                    bal.rebalance(&demand, now, &mut parts);
+                    black_box(&parts);
+                })
+            });
+        }
+    }
+    g.finish();
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default().sample_size(30).warm_up_time(std::time::Duration::from_secs(1)).measurement_time(std::time::Duration::from_secs(3));
-    targets = burst_64, burst_imix, interleaved, deep_64, cores_64
+    targets = burst_64, burst_imix, interleaved, deep_64, cores_64, rebalance
 }
 criterion_main!(benches);
