@@ -508,12 +508,17 @@ impl Scheduler {
         let owner = if fl.len > 0 { fl.tenant } else { tenant };
         let room = (mask + 1 - fl.len).min(self.frames.saturating_sub(self.backlog).min(u64::from(NIL)) as u32);
         let took = descs.len().min(room as usize);
-        // at most two copies: up to the end of the flow's ring, then from its start
+        // one frame (`enqueue`) is one store; a run is at most two copies: up to the end of
+        // the flow's ring, then from its start
         let first = ((fl.head + fl.len) & mask) as usize;
-        let wrap = (first + took).saturating_sub(mask as usize + 1);
         let base = self.slot(flow, 0);
-        self.buf[base + first..base + first + took - wrap].copy_from_slice(&descs[..took - wrap]);
-        self.buf[base..base + wrap].copy_from_slice(&descs[took - wrap..took]);
+        if took == 1 {
+            self.buf[base + first] = descs[0];
+        } else if took > 1 {
+            let wrap = (first + took).saturating_sub(mask as usize + 1);
+            self.buf[base + first..base + first + took - wrap].copy_from_slice(&descs[..took - wrap]);
+            self.buf[base..base + wrap].copy_from_slice(&descs[took - wrap..took]);
+        }
         let t = &mut self.tenants[owner as usize];
         t.stats.drops += (descs.len() - took) as u64;
         if took == 0 {
