@@ -32,8 +32,6 @@ pub struct UplinkShare {
     balancer: Mutex<Work>,
     /// When the next rebalance is due (ns, the cores' common clock).
     next_at: AtomicU64,
-    /// Rebalances run so far.
-    rebalances: AtomicU64,
 }
 
 /// One core's post box.
@@ -75,18 +73,12 @@ impl UplinkShare {
                 out: vec![CoreShare { rows: Vec::with_capacity(tenants), ..CoreShare::default() }; cores],
             }),
             next_at: AtomicU64::new(0),
-            rebalances: AtomicU64::new(0),
         }
     }
 
     /// Number of cores.
     pub fn cores(&self) -> usize {
         self.slots.len()
-    }
-
-    /// Rebalances run so far.
-    pub fn rebalances(&self) -> u64 {
-        self.rebalances.load(Ordering::Relaxed)
     }
 
     /// New tables: the link rate and every tenant's settings (called by each core as it
@@ -151,7 +143,6 @@ impl UplinkShare {
             s.rows.extend_from_slice(&part.rows);
             slot.seq.fetch_add(1, Ordering::Release);
         }
-        self.rebalances.fetch_add(1, Ordering::Relaxed);
         // A rebalance runs on a forwarding core and costs 30-120 ns per active (tenant, core)
         // row: with many tenants active it may not take more than a tenth of the time.
         let took = started.elapsed().as_nanos() as u64;

@@ -233,23 +233,8 @@ impl<P: Port, M: FrameMem> Core<P, M> {
                 // the old one holds into the new one (which has room for every frame of the
                 // core) or, without a rate, to the uplink unscheduled. Every frame stays
                 // accounted for.
-                let old = self.qos.take();
-                self.qos = new_scheduler(&tables, self.mem.frames(), now, self.advice, cores);
-                if let (Some(s), Some((_, meter))) = (&self.qos, &mut self.sharing) {
-                    *meter = CoreMeter::new(s.capacity().0);
-                }
+                self.rebuild_scheduler(&tables, now, cores);
                 self.qos_rebuilt = true;
-                if let Some(mut old) = old {
-                    let (new, backlog) = (&mut self.qos, &mut self.uplink_backlog);
-                    old.drain(|d, tenant, flow| match new {
-                        Some(s) => {
-                            if let Err(d) = s.enqueue(tenant, flow, d, now) {
-                                backlog.push_back(d); // the tenant is gone: the frame goes out as is
-                            }
-                        }
-                        None => backlog.push_back(d),
-                    });
-                }
             }
         }
         if let Some(s) = self.qos.as_mut() {
@@ -270,8 +255,15 @@ impl<P: Port, M: FrameMem> Core<P, M> {
         }
         self.sharing = Some((cores, CoreMeter::new(0)));
         let tables = Arc::clone(self.pipeline.tables());
+        self.rebuild_scheduler(&tables, now, cores);
+    }
+
+    /// Makes the scheduler anew for `tables` and `cores` cores (none without a rate), sizes
+    /// the meter to it, and moves what the old one holds into it or, without a rate (or for
+    /// a tenant that is gone), to the uplink unscheduled: every frame stays accounted for.
+    fn rebuild_scheduler(&mut self, tables: &Tables, now: u64, cores: usize) {
         let old = self.qos.take();
-        self.qos = new_scheduler(&tables, self.mem.frames(), now, self.advice, cores);
+        self.qos = new_scheduler(tables, self.mem.frames(), now, self.advice, cores);
         if let (Some(s), Some((_, meter))) = (&self.qos, &mut self.sharing) {
             *meter = CoreMeter::new(s.capacity().0);
         }
