@@ -38,8 +38,9 @@ pub struct UplinkShare {
 struct Slot {
     /// (when it was sampled, each tenant's demand).
     demand: Mutex<(u64, Vec<Demand>)>,
-    /// Its part, and a sequence number bumped at every new part.
-    share: Mutex<CoreShare>,
+    /// Its part (with whether the core has taken it), and a sequence number bumped at every
+    /// new part.
+    share: Mutex<(CoreShare, bool)>,
     seq: AtomicU64,
     /// Its scheduler started over: the balancer gives it every row anew.
     rebuilt: std::sync::atomic::AtomicBool,
@@ -62,7 +63,7 @@ impl UplinkShare {
             slots: (0..cores)
                 .map(|_| Slot {
                     demand: Mutex::new((0, Vec::with_capacity(tenants))),
-                    share: Mutex::new(CoreShare { rows: Vec::with_capacity(tenants), ..CoreShare::default() }),
+                    share: Mutex::new((CoreShare { rows: Vec::with_capacity(tenants), ..CoreShare::default() }, false)),
                     seq: AtomicU64::new(0),
                     rebuilt: std::sync::atomic::AtomicBool::new(false),
                 })
@@ -136,11 +137,23 @@ impl UplinkShare {
         }
         balancer.rebalance(demand, now, out);
         for (slot, part) in self.slots.iter().zip(out.iter()) {
-            let mut s = slot.share.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let mut g = slot.share.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let (s, unread) = &mut *g;
+            // The rows are changes: a part the core has not taken yet (it did not run for an
+            // interval) is added to, never replaced, or its changes would be lost.
+            if !*unread {
+                s.rows.clear();
+                s.late_ns = 0;
+            }
+            for &row in &part.rows {
+                match s.rows.iter_mut().find(|r| r.0 == row.0) {
+                    Some(r) => *r = row,
+                    None => s.rows.push(row),
+                }
+            }
             s.link_bps = part.link_bps;
-            s.late_ns = part.late_ns;
-            s.rows.clear();
-            s.rows.extend_from_slice(&part.rows);
+            s.late_ns = s.late_ns.max(part.late_ns);
+            *unread = true;
             slot.seq.fetch_add(1, Ordering::Release);
         }
         // A rebalance runs on a forwarding core and costs 30-120 ns per active (tenant, core)
@@ -158,8 +171,10 @@ impl UplinkShare {
         if seq == *seen {
             return false;
         }
-        let Ok(s) = slot.share.try_lock() else { return false };
+        let Ok(mut g) = slot.share.try_lock() else { return false };
         *seen = seq;
+        let (s, unread) = &mut *g;
+        *unread = false;
         into.link_bps = s.link_bps;
         into.late_ns = s.late_ns;
         into.rows.clear();
@@ -177,5 +192,39 @@ fn set_tenants(b: &mut Balancer, tables: &Tables) {
     for (i, t) in tables.tenants.iter().enumerate() {
         let qos = t.as_ref().map_or(TenantQos::default(), |t| t.qos);
         b.set_tenant(i as u32, qos);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::share::Demand;
+
+    #[test]
+    fn a_part_the_core_has_not_taken_is_added_to_not_replaced() {
+        let cfg = crate::config::Config::from_toml(
+            "[uplink]\ninterface = \"up0\"\nvtep_ip = \"192.168.77.1/24\"\nmac = \"02:00:00:00:ff:01\"\nrate = \"100M\"\n\n\
+             [[tenant]]\nname = \"a\"\nvni = 1\nguarantee = \"10M\"\n\n[[tenant]]\nname = \"b\"\nvni = 2\nguarantee = \"10M\"\n",
+        )
+        .unwrap();
+        let t = cfg.build(None, None).unwrap();
+        let u = UplinkShare::new(2, &t);
+        let d = |tenant| Demand { tenant, arrived: 1_000, backlog: 0, saturated: false };
+        // interval 1 gives core 0 its rows, the next ones with the same demand change few or
+        // none; the core took none of them
+        u.post(0, &[d(0), d(1)], INTERVAL_NS);
+        u.rebalance_if_due(INTERVAL_NS);
+        // (well after: a slow rebalance stretches the interval; the third as late as the
+        // second, so it changes nothing)
+        for k in [10_000, 20_000] {
+            u.post(0, &[d(0), d(1)], k * INTERVAL_NS);
+            u.rebalance_if_due(k * INTERVAL_NS);
+        }
+        let (mut seen, mut part) = (0, CoreShare::default());
+        assert!(u.take(0, &mut seen, &mut part));
+        for t in [0, 1] {
+            assert!(part.rows.iter().any(|r| r.0 == t && r.1 > 0), "interval 1's row of {t} kept: {:?}", part.rows);
+        }
+        assert!(!u.take(0, &mut seen, &mut part), "taken once");
     }
 }
